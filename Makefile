@@ -1,0 +1,41 @@
+# Two commands matter: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= config.example.toml
+
+.PHONY: run test bench chaos audit clean venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/bridge serve --config $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/forward.py
+	$(BIN)/python bench/relay.py
+	$(BIN)/pip install --quiet matplotlib
+	$(BIN)/python bench/scale.py
+
+chaos: $(STAMP)
+	CHAOS_SCALE=10 $(BIN)/python -m pytest tests/chaos -q
+
+# Needs a network that reaches PyPI's JSON API or OSV; see docs/security.md.
+audit: $(STAMP)
+	$(BIN)/pip install --quiet pip-audit
+	$(BIN)/pip-audit --strict -r requirements.lock
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

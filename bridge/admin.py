@@ -1,0 +1,356 @@
+"""The admin API under /admin/ (JSON, bearer tokens) and /metrics.
+
+Enabled only when `[admin] tokens` lists at least one token; otherwise every /admin/ path answers
+404. Tokens are compared in constant time against each configured one. /metrics is public unless
+`[admin] protect_metrics = true`.
+
+    GET  /admin/events                 filters: source, event_type, state, since, until, key;
+                                       cursor pagination (cursor, limit)
+    GET  /admin/events/{id}            headers, body, deliveries with attempts, executions,
+                                       callbacks
+    POST /admin/events/{id}/replay     new deliveries to the event's routes, new keys
+    POST /admin/events/replay          the same for every event matching a filter (JSON body)
+    GET  /admin/dead-letters           filters: route, source; cursor pagination
+    POST /admin/dead-letters/redrive   {"ids": [...]} or {"all": true, "route"?, "source"?}
+    POST /admin/dead-letters/discard   the same, plus "reason"
+    GET  /admin/routes                 state (active/paused, why) and pending counts
+    POST /admin/routes/{name}/pause    {"reason"?}
+    POST /admin/routes/{name}/resume
+    GET  /admin/sources                counts and the last verification failure (reason only)
+    POST /admin/prune                  {"limit"?}: forget events older than the dedupe window
+    GET  /admin/openapi.json
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bridge import outbox
+from bridge.errors import BadRequest, BridgeError, NotFound
+from bridge.metrics import CONTENT_TYPE, Metrics
+from bridge.models import RouteState, VerifiedEvent
+from bridge.store import SQLiteStore
+
+MAX_PAGE = 500
+MAX_BULK = 10_000
+
+
+class Unauthorized(BridgeError):
+    status_code = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Admin:
+    def __init__(self, runtime: Any, store: SQLiteStore, metrics: Metrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.runtime = runtime  # has .config (swapped on reload) and .failures
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+
+    @property
+    def config(self) -> Any:
+        return self.runtime.config
+
+    def authorise(self, request: Request, required: bool = True) -> None:
+        tokens = [t.reveal().encode() for t in self.config.admin.tokens]
+        if not tokens:
+            raise NotFound("the admin API is disabled: set [admin] tokens")
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        found = False
+        for token in tokens:  # every token compared, whatever matched
+            found |= hmac.compare_digest(token, given.strip().encode("utf-8", "replace"))
+        if scheme.lower() != "bearer" or not found:
+            raise Unauthorized("a valid admin bearer token is required")
+
+    def routes(self) -> list[Route]:
+        def guarded(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+            async def endpoint(request: Request) -> Response:
+                self.authorise(request)
+                return await handler(request)  # type: ignore[no-any-return]
+            return endpoint
+
+        table = [
+            ("/admin/events", self.list_events, "GET"),
+            ("/admin/events/replay", self.replay_matching, "POST"),
+            ("/admin/events/{id}", self.show_event, "GET"),
+            ("/admin/events/{id}/replay", self.replay_event, "POST"),
+            ("/admin/dead-letters", self.list_dead, "GET"),
+            ("/admin/dead-letters/redrive", self.redrive, "POST"),
+            ("/admin/dead-letters/discard", self.discard, "POST"),
+            ("/admin/routes", self.list_routes, "GET"),
+            ("/admin/routes/{name}/pause", self.pause_route, "POST"),
+            ("/admin/routes/{name}/resume", self.resume_route, "POST"),
+            ("/admin/sources", self.list_sources, "GET"),
+            ("/admin/prune", self.prune, "POST"),
+            ("/admin/openapi.json", self.openapi, "GET"),
+        ]
+        return [Route(path, guarded(fn), methods=[method]) for path, fn, method in table] + [
+            Route("/metrics", self.scrape, methods=["GET"])]
+
+    # events
+
+    async def list_events(self, request: Request) -> Response:
+        q = request.query_params
+        limit = _limit(q.get("limit"))
+        rows = await self.store.list_events(
+            source=q.get("source"), event_type=q.get("event_type"), state=q.get("state"),
+            since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+            key_contains=q.get("key"), before_id=q.get("cursor"), limit=limit)
+        cursor = rows[-1]["id"] if len(rows) == limit else None
+        return JSONResponse({"events": rows, "next_cursor": cursor})
+
+    async def show_event(self, request: Request) -> Response:
+        event = await self.store.get_event(request.path_params["id"])
+        if event is None:
+            raise NotFound("no such event")
+        body = bytes(event.pop("body"))
+        try:
+            event["body"], event["body_encoding"] = body.decode("utf-8"), "text"
+        except UnicodeDecodeError:
+            event["body"], event["body_encoding"] = base64.b64encode(body).decode(), "base64"
+        return JSONResponse(event)
+
+    async def replay_event(self, request: Request) -> Response:
+        event = await self.store.get_event(request.path_params["id"])
+        if event is None:
+            raise NotFound("no such event")
+        return JSONResponse({"event_id": event["id"], "replayed": await self._replay(event)})
+
+    async def replay_matching(self, request: Request) -> Response:
+        filters = await _json(request)
+        limit = min(int(filters.get("limit", MAX_BULK)), MAX_BULK)
+        events = deliveries = 0
+        cursor = None
+        while events < limit:
+            page = await self.store.list_events(
+                source=filters.get("source"), event_type=filters.get("event_type"),
+                state=filters.get("state"), since=_time(filters.get("since"), "since"),
+                until=_time(filters.get("until"), "until"), key_contains=filters.get("key"),
+                before_id=cursor, limit=min(MAX_PAGE, limit - events))
+            if not page:
+                break
+            for row in page:
+                event = await self.store.get_event(row["id"])
+                if event is not None:
+                    deliveries += await self._replay(event)
+                    events += 1
+            cursor = page[-1]["id"]
+        return JSONResponse({"events": events, "replayed": deliveries})
+
+    async def _replay(self, event: dict[str, Any]) -> int:
+        verified = VerifiedEvent(event["id"], event["source"], event["provider"],
+                                 event["event_type"], event["idempotency_key"],
+                                 event["received_at"], event["headers"], bytes(event["body"]))
+        routes = outbox.matching(self.config.routes, event["source"], event["event_type"])
+        suffix = f":replay-{secrets.token_hex(4)}"
+        limit = self.config.platform.idempotency_key_max_length
+        rendered = []
+        for route in routes:
+            delivery = outbox.render(verified, route, limit)
+            key = outbox.delivery_key(event["idempotency_key"], route.trigger + suffix, limit)
+            rendered.append(dataclasses.replace(delivery, idempotency_key=key))
+        return await self.store.replay(event["id"], rendered, self.clock())
+
+    # dead letters
+
+    async def list_dead(self, request: Request) -> Response:
+        q = request.query_params
+        limit = _limit(q.get("limit"))
+        rows = await self.store.dead_letters(route=q.get("route"), source=q.get("source"),
+                                             after_id=q.get("cursor"), limit=limit)
+        return JSONResponse({"dead_letters": rows,
+                             "next_cursor": rows[-1]["id"] if len(rows) == limit else None})
+
+    async def _selected(self, body: dict[str, Any]) -> list[str]:
+        if isinstance(body.get("ids"), list):
+            return [str(i) for i in body["ids"]]
+        if body.get("all") is True:
+            ids: list[str] = []
+            cursor = None
+            while len(ids) < MAX_BULK:
+                rows = await self.store.dead_letters(route=body.get("route"),
+                                                     source=body.get("source"),
+                                                     after_id=cursor, limit=MAX_PAGE)
+                if not rows:
+                    break
+                ids += [r["id"] for r in rows]
+                cursor = rows[-1]["id"]
+            return ids
+        raise BadRequest('give "ids": [...] or "all": true')
+
+    async def redrive(self, request: Request) -> Response:
+        ids = await self._selected(await _json(request))
+        return JSONResponse({"redriven": await self.store.redrive(ids, self.clock())})
+
+    async def discard(self, request: Request) -> Response:
+        body = await _json(request)
+        reason = str(body.get("reason") or "").strip()
+        if not reason:
+            raise BadRequest("a reason is required to discard")
+        ids = await self._selected(body)
+        return JSONResponse({"discarded": await self.store.discard(ids, reason, self.clock())})
+
+    # routes and sources
+
+    async def list_routes(self, request: Request) -> Response:
+        states = await self.store.route_states()
+        pending = await self.store.pending_by_route()
+        out = []
+        for route in self.config.routes:
+            state = states.get(route.name) or {}
+            out.append({"name": route.name, "source": route.source, "trigger": route.trigger,
+                        "events": list(route.events), "state": state.get("state", "active"),
+                        "reason": state.get("reason"), "changed_at": state.get("changed_at"),
+                        "pending": pending.get(route.name, 0)})
+        return JSONResponse({"routes": out})
+
+    async def _route(self, request: Request) -> str:
+        name = request.path_params["name"]
+        if not any(r.name == name for r in self.config.routes):
+            raise NotFound(f"no route named {name!r}")
+        return str(name)
+
+    async def pause_route(self, request: Request) -> Response:
+        name = await self._route(request)
+        body = await _json(request, optional=True)
+        reason = str(body.get("reason") or "paused by an operator")
+        # An operator's pause is not probed: it lasts until resumed.
+        await self.store.set_route_state(name, RouteState.PAUSED, reason, self.clock(),
+                                         probe_every=10 * 365 * 86400.0)
+        return JSONResponse({"name": name, "state": "paused", "reason": reason})
+
+    async def resume_route(self, request: Request) -> Response:
+        name = await self._route(request)
+        await self.store.set_route_state(name, RouteState.ACTIVE, None, self.clock(), 0.0)
+        return JSONResponse({"name": name, "state": "active"})
+
+    async def list_sources(self, request: Request) -> Response:
+        counts = await self.store.source_counts()
+        failures = self.runtime.failures
+        return JSONResponse({"sources": [
+            {"name": s.name, "provider": s.provider,
+             "events": counts.get(s.name, {}).get("events", 0),
+             "last_received_at": counts.get(s.name, {}).get("last"),
+             "last_failure": failures.get(s.name)}
+            for s in self.config.sources]})
+
+    async def prune(self, request: Request) -> Response:
+        body = await _json(request, optional=True)
+        limit = max(1, min(int(body.get("limit", 1000)), MAX_BULK))
+        removed = await self.store.prune(self.clock() - self.config.store.dedupe_window, limit)
+        return JSONResponse({"removed": removed, "more": removed == limit})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    # metrics
+
+    async def scrape(self, request: Request) -> Response:
+        if self.config.admin.protect_metrics:
+            self.authorise(request)
+        counts = await self.store.counts()
+        for status in ("pending", "leased", "delivered", "dead", "discarded"):
+            self.metrics.outbox.labels(status).set(counts["deliveries"].get(status, 0))
+        for state in ("queued", "unrouted", "delivered", "dead"):
+            self.metrics.events.labels(state).set(counts["events"].get(state, 0))
+        states = await self.store.route_states()
+        for route in self.config.routes:
+            paused = states.get(route.name, {}).get("state") == RouteState.PAUSED
+            self.metrics.paused.labels(route.name).set(1 if paused else 0)
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _limit(raw: str | None) -> int:
+    try:
+        value = int(raw) if raw else 50
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    return max(1, min(value, MAX_PAGE))
+
+
+def _time(raw: Any, name: str) -> float | None:
+    if raw in (None, ""):
+        return None
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise BadRequest(f"{name} must be a Unix time or an ISO 8601 date") from None
+
+
+async def _json(request: Request, optional: bool = False) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw and optional:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _op(summary: str, params: list[str] | None = None, body: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "security": [{"bearer": []}],
+                          "responses": {"200": {"description": "OK"},
+                                        "401": {"description": "missing or wrong token"}}}
+    if params:
+        op["parameters"] = [{"name": p, "in": "query", "required": False,
+                             "schema": {"type": "string"}} for p in params]
+    if body:
+        op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
+    return op
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "webhook-bridge admin API", "version": "1"},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "paths": {
+        "/admin/events": {"get": _op("List events, newest first", [
+            "source", "event_type", "state", "since", "until", "key", "cursor", "limit"])},
+        "/admin/events/{id}": {"parameters": [_path_param("id")],
+                               "get": _op("One event with its deliveries, attempts, "
+                                          "executions and callbacks")},
+        "/admin/events/{id}/replay": {"parameters": [_path_param("id")],
+                                      "post": _op("Replay one event to its routes")},
+        "/admin/events/replay": {"post": _op("Replay every event matching a filter",
+                                             body=True)},
+        "/admin/dead-letters": {"get": _op("List dead deliveries",
+                                           ["route", "source", "cursor", "limit"])},
+        "/admin/dead-letters/redrive": {"post": _op("Redrive dead deliveries", body=True)},
+        "/admin/dead-letters/discard": {"post": _op("Discard dead deliveries", body=True)},
+        "/admin/routes": {"get": _op("Routes and their state")},
+        "/admin/routes/{name}/pause": {"parameters": [_path_param("name")],
+                                       "post": _op("Pause a route", body=True)},
+        "/admin/routes/{name}/resume": {"parameters": [_path_param("name")],
+                                        "post": _op("Resume a route")},
+        "/admin/sources": {"get": _op("Sources with counts and last verification failure")},
+        "/admin/prune": {"post": _op("Forget events older than the dedupe window", body=True)},
+    },
+}

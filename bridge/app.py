@@ -1,0 +1,208 @@
+"""create_app(): routes, the one error handler, and the lifespan that runs the loops.
+
+Shutdown order (uvicorn has already stopped accepting and drained in-flight requests):
+  1. background loops stop claiming new work and finish in-flight attempts (bounded grace),
+  2. leases still held are released,
+  3. the store's writer is flushed and both connections closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bridge import logs, status
+from bridge.admin import Admin
+from bridge.config import Config, load
+from bridge.errors import BridgeError, ConfigError, StoreUnavailable
+from bridge.forwarder import Forwarder
+from bridge.inbound import Inbound, Runtime
+from bridge.metrics import Metrics
+from bridge.providers import build_all
+from bridge.relay import Relay
+from bridge.status import StatusTokens
+from bridge.store import SQLiteStore, Store
+from bridge.tracker import PushReceiver, Tracker
+
+log = logging.getLogger("bridge.app")
+READY_TIMEOUT = 3.0
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+async def bridge_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BridgeError)
+    return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers())
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error", extra={"path": request.url.path})
+    return JSONResponse(error_body("internal", "internal error"), 500)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    store: Store = request.app.state.store
+    try:
+        await asyncio.wait_for(store.check_writable(), READY_TIMEOUT)
+    except (StoreUnavailable, TimeoutError):
+        return JSONResponse(error_body("not_ready", "the store is not writable"), 503,
+                            headers={"Retry-After": "5"})
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(config: Config, *, store: SQLiteStore | None = None,
+               clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+               transport: httpx.AsyncBaseTransport | None = None,
+               config_path: str | None = None) -> Starlette:
+    """Build the application. Raises ConfigError for what the config parser cannot see
+    (undecodable secrets, bad provider options) so it surfaces before the port is bound."""
+    providers = build_all(config)
+    for name, provider in providers.items():
+        if provider.source.provider == "none":
+            log.warning("source accepts unsigned requests", extra={"source": name})
+    store = store or SQLiteStore(config.store.path, busy_timeout=config.store.busy_timeout,
+                                 max_size_bytes=config.store.max_size_bytes)
+    rng = rng or random.Random()
+    metrics = Metrics()
+    runtime = Runtime(config, providers)
+    store.on_commit = lambda size, seconds: (metrics.batch_size.observe(size),
+                                            metrics.commit_seconds.observe(seconds))
+    tracking = config.tracking.enabled and config.platform.api_key is not None
+    forwarder = Forwarder(config, store, clock=clock, rng=rng, transport=transport,
+                          track_deadline=config.tracking.deadline if tracking else None,
+                          metrics=metrics)
+    tracker = Tracker(config, store, clock=clock, transport=transport, metrics=metrics)
+    relay = Relay(config, store, clock=clock, rng=rng, transport=transport, metrics=metrics)
+    admin = Admin(runtime, store, metrics, clock)
+    push = PushReceiver(config, tracker)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        secret = config.server.secret_key
+        key = secret.reveal() if secret else await store.secret_key()
+        tokens = StatusTokens(key, max_age=config.store.dedupe_window)
+        app.state.store = store
+        app.state.tokens = tokens
+        app.state.forwarder = forwarder
+        app.state.inbound = Inbound(runtime, store, tokens, metrics, clock)
+        if config_path is not None:
+            _on_sighup(lambda: reload(runtime, tracker, config_path))
+        tasks = [asyncio.create_task(_prune_loop(store, config, clock), name="prune")]
+        loops = [forwarder, tracker, relay]
+        if config.routes and config.forwarder.enabled:
+            tasks.append(asyncio.create_task(forwarder.run(), name="forwarder"))
+        if tracking:
+            tasks.append(asyncio.create_task(tracker.run(), name="tracker"))
+        elif config.routes:
+            log.warning("executions are not followed: set [platform] api_key to track them")
+        tasks.append(asyncio.create_task(relay.run(), name="relay"))
+        log.info("bridge started", extra={"config": config.origin, "store": config.store.path,
+                                          "sources": len(config.sources),
+                                          "routes": len(config.routes)})
+        try:
+            yield
+        finally:
+            await asyncio.gather(*(loop.stop() for loop in loops))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await store.close()
+            log.info("bridge stopped")
+
+    async def hooks(request: Request) -> Response:
+        inbound: Inbound = request.app.state.inbound
+        return await inbound(request)
+
+    routes = [
+        Route("/hooks/{source}", hooks, methods=["POST"]),
+        Route("/events/{token}", status.show, methods=["GET"]),
+        Route("/platform/events", push.handle, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *admin.routes(),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={BridgeError: bridge_error, HTTPException: http_error,
+                            Exception: unexpected},
+    )
+
+
+def reload(runtime: Runtime, tracker: Tracker, path: str) -> bool:
+    """Load `path` again and swap in its sources, routes and secrets; on any error keep the
+    running config and log why. Server, store and platform settings need a restart."""
+    try:
+        new = load(path)
+        providers = build_all(new)
+    except ConfigError as exc:
+        log.error("reload refused: the new config is invalid; keeping the running one",
+                  extra={"problems": exc.problems})
+        return False
+    old = runtime.config
+    for section in ("server", "store", "platform", "forwarder", "emulator"):
+        if getattr(old, section) != getattr(new, section):
+            log.warning("reload: this section changes only on restart", extra={"section": section})
+    logs.REDACTOR.set_secrets(set(logs.REDACTOR.secrets) | set(new.secrets()))
+    runtime.config = dataclasses.replace(
+        old, sources=new.sources, routes=new.routes, admin=new.admin)
+    runtime.providers = providers
+    tracker.routes = {route.name: route.callbacks for route in new.routes}
+    log.info("config reloaded", extra={"config": path, "sources": len(new.sources),
+                                       "routes": len(new.routes)})
+    return True
+
+
+def _on_sighup(callback: Callable[[], object]) -> None:
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)
+
+
+def from_environment() -> Starlette:
+    """The app for one of several uvicorn worker processes: config from $BRIDGE_CONFIG."""
+    path = os.environ.get("BRIDGE_CONFIG")
+    config = load(path)
+    logs.configure(config.server.log_format, config.secrets())
+    return create_app(config, config_path=path)
+
+
+async def _prune_loop(store: Store, config: Config, clock: Callable[[], float]) -> None:
+    while True:
+        try:
+            removed = 1
+            while removed:
+                removed = await store.prune(clock() - config.store.dedupe_window)
+                if removed:
+                    log.info("pruned events", extra={"count": removed})
+        except StoreUnavailable:
+            log.warning("prune skipped: store unavailable")
+        await asyncio.sleep(config.store.prune_interval)

@@ -1,0 +1,165 @@
+"""Command line: `bridge serve | check-config | emulator`, `bridge --version`.
+
+Exit codes: 0 success, 1 runtime failure (e.g. the port is taken or the store cannot open),
+2 usage or configuration error (nothing has been bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from bridge import __version__, ops
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger("bridge.cli")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="bridge", description="webhook-bridge")
+    root.add_argument("--version", action="version", version=f"webhook-bridge {__version__}")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the bridge")
+    serve.add_argument("--config", help="TOML config file (default: $BRIDGE_CONFIG)")
+    serve.add_argument("--log-format", choices=("json", "text"), help="overrides the config")
+
+    check = commands.add_parser("check-config", help="validate a config and print it, masked")
+    check.add_argument("--config", help="TOML config file (default: $BRIDGE_CONFIG)")
+
+    emulator = commands.add_parser("emulator", help="run the platform emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8090)
+    emulator.add_argument("--trigger-key", default=os.environ.get("EMULATOR_TRIGGER_KEY",
+                                                                  "dev-trigger-key"))
+    emulator.add_argument("--api-key", default=os.environ.get("EMULATOR_API_KEY", "dev-api-key"))
+    emulator.add_argument("--execution-delay", type=float, default=0.5, metavar="SECONDS")
+
+    commands.add_parser("demo", help="run a bridge, the emulator and a callback receiver, and "
+                                     "show a GitHub and a Stripe event travel end to end")
+    ops.add_commands(commands)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "emulator":
+        return run_emulator(args)
+    if args.command == "demo":
+        from bridge.demo import run as run_demo
+
+        return run_demo()
+    if args.command not in ("serve", "check-config"):
+        return ops.run(args)
+    from bridge.config import load
+    from bridge.errors import ConfigError
+
+    path = args.config or os.environ.get("BRIDGE_CONFIG") or None
+    try:
+        config = load(path)
+        if args.command == "check-config":
+            return check_config(config)
+        return serve(config, args.log_format)
+    except ConfigError as exc:
+        print(f"bridge: invalid configuration ({path or 'built-in defaults'}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def check_config(config: object) -> int:
+    from bridge.config import Config, masked
+    from bridge.providers import build_all
+
+    assert isinstance(config, Config)
+    build_all(config)
+    print(json.dumps(masked(config), indent=2))
+    return EXIT_OK
+
+
+def serve(config: object, log_format: str | None) -> int:
+    import uvicorn
+
+    from bridge import logs
+    from bridge.app import create_app
+    from bridge.config import Config
+    from bridge.emulator import Emulator, EmulatorServer, Settings
+
+    assert isinstance(config, Config)
+    logs.configure(log_format or config.server.log_format, config.secrets())
+    if config.server.workers > 1:
+        return serve_workers(config)
+    app = create_app(config, config_path=config.origin if config.origin.endswith(".toml")
+                     or os.path.isfile(config.origin) else None)
+    log.info("config loaded", extra={"config": config.origin, "host": config.server.host,
+                                     "port": config.server.port})
+    emulator = None
+    if config.emulator.enabled:
+        settings = Settings(execution_delay=config.emulator.execution_delay)
+        if config.platform.trigger_key:
+            settings.trigger_key = config.platform.trigger_key.reveal()
+        if config.platform.api_key:
+            settings.api_key = config.platform.api_key.reveal()
+        emulator = EmulatorServer(Emulator(settings), config.emulator.host, config.emulator.port)
+        emulator.start()
+        log.info("platform emulator started", extra={"url": emulator.base_url})
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.server.host, port=config.server.port, log_config=None,
+        access_log=False, lifespan="on", server_header=False,
+        timeout_graceful_shutdown=int(config.server.shutdown_timeout),
+        timeout_keep_alive=5,
+    ))
+    # uvicorn restores the previous handlers after its graceful shutdown and re-raises the
+    # signal it caught; a no-op handler here turns that into a clean exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        if emulator is not None:
+            emulator.stop()
+    return EXIT_OK if server.started else EXIT_FAILURE
+
+
+def serve_workers(config: object) -> int:
+    """Several worker processes on one port, each building the app from $BRIDGE_CONFIG. They
+    share the SQLite file (one writer at a time, by SQLite's lock) and the outbox (by leases).
+    The emulator, a development aid, is not started in this mode."""
+    import uvicorn
+
+    from bridge.config import Config
+
+    assert isinstance(config, Config)
+    os.environ["BRIDGE_CONFIG"] = config.origin
+    log.info("config loaded", extra={"config": config.origin, "workers": config.server.workers})
+    uvicorn.run("bridge.app:from_environment", factory=True, host=config.server.host,
+                port=config.server.port, workers=config.server.workers, log_config=None,
+                access_log=False, server_header=False,
+                timeout_graceful_shutdown=int(config.server.shutdown_timeout))
+    return EXIT_OK
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bridge import logs
+    from bridge.emulator import Emulator, Settings
+
+    logs.configure("text", [args.trigger_key, args.api_key])
+    settings = Settings(trigger_key=args.trigger_key, api_key=args.api_key,
+                        execution_delay=args.execution_delay)
+    uvicorn.run(Emulator(settings).app(), host=args.host, port=args.port, log_config=None,
+                access_log=False)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

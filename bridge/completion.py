@@ -1,0 +1,87 @@
+"""What a finished execution produces: the callback body, rendered once and stored.
+
+    {"type": "execution.completed" | "execution.failed" | "execution.cancelled"
+             | "execution.timed_out",
+     "timestamp": "<when the execution ended, as seen by the bridge>",
+     "data": {"event": {id, source, provider, event_type, idempotency_key, received_at},
+              "trigger": "<trigger name>",
+              "execution": {id, status, output, node_results, started_at, completed_at}}}
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.models import ExecutionResult
+
+TYPES = {"completed": "execution.completed", "failed": "execution.failed",
+         "cancelled": "execution.cancelled", "timed_out": "execution.timed_out"}
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def callback_body(event: dict[str, Any], trigger: str, execution_id: str,
+                  result: ExecutionResult, now: float) -> bytes:
+    document = {
+        "type": TYPES.get(result.status, f"execution.{result.status}"),
+        "timestamp": iso(now),
+        "data": {
+            "event": {
+                "id": event["id"], "source": event["source"], "provider": event["provider"],
+                "event_type": event["event_type"], "idempotency_key": event["idempotency_key"],
+                "received_at": iso(event["received_at"]),
+            },
+            "trigger": trigger,
+            "execution": {
+                "id": execution_id, "status": result.status, "output": result.output,
+                "node_results": result.node_results, "error": result.error,
+                "started_at": result.started_at, "completed_at": result.completed_at,
+            },
+        },
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def parse_result(data: Any) -> ExecutionResult | None:
+    """An ExecutionResult from any of the platform's shapes (GET, SSE event, push); None when
+    the document carries no status. Unknown fields are ignored."""
+    if not isinstance(data, dict):
+        return None
+    status = data.get("status")
+    kind = data.get("type")
+    if kind == "execution_complete" and not status:
+        status = "completed"
+    elif kind == "execution_failed" and not status:
+        status = "failed"
+    if not isinstance(status, str) or not status:
+        return None
+    if status in ("complete", "succeeded", "success"):
+        status = "completed"
+    elif status in ("canceled",):
+        status = "cancelled"
+    error = data.get("error")
+    if isinstance(error, dict):
+        error = error.get("message") or json.dumps(error)
+    return ExecutionResult(
+        status=status, output=data.get("output"), node_results=data.get("node_results"),
+        error=str(error) if error is not None else None,
+        started_at=_text(data.get("started_at")), completed_at=_text(data.get("completed_at")),
+    )
+
+
+def execution_id_of(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    for key in ("execution_id", "id", "executionId"):
+        value = data.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+            return str(value)
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

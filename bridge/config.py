@@ -1,0 +1,640 @@
+"""Configuration: strict TOML parsed once into frozen dataclasses.
+
+`load(path, environ)` reads the file, substitutes `${VAR}` / `${VAR:-default}` from `environ`,
+rejects unknown keys, checks every cross-reference and returns a `Config`. Every problem is
+reported with its key path (`sources[1].secret: required`) in one `ConfigError`.
+
+Provider-specific source keys (the generic `hmac` model's `header`, `algorithm`, ...) are kept in
+`SourceConfig.options` and validated by the provider registry when verifiers are built, which
+happens before the port is bound as well.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_MAX_BODY = 25 * 1024 * 1024
+DEFAULT_DB_PATH = "data/bridge.db"
+DAY = 86400.0
+MIN_DEDUPE_WINDOW = 72 * 3600.0
+PROVIDERS = ("github", "stripe", "standard", "hmac", "token", "none", "slack", "shopify",
+             "twilio", "gitlab", "bitbucket", "linear", "paddle", "square", "zoom", "twitch",
+             "hubspot", "intercom", "discord", "sendgrid", "mailgun", "pagerduty", "typeform",
+             "jira")
+ENVELOPES = ("envelope", "raw")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Secret:
+    """A secret value whose repr and str are masked; `.reveal()` is the only way in."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    public_url: str = ""
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    secret_key: Secret | None = None
+    log_format: str = "json"
+    shutdown_timeout: float = 8.0
+    workers: int = 1  # uvicorn worker processes; each runs the loops too (leases keep them apart)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = DEFAULT_DB_PATH
+    dedupe_window: float = 7 * DAY
+    prune_interval: float = 3600.0
+    max_size_bytes: int | None = None
+    busy_timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float = 5.0
+    factor: float = 2.0
+    cap: float = 3600.0
+    max_age: float = 3 * DAY
+    jitter: str = "full"  # full | none
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    base_url: str = ""
+    trigger_key: Secret | None = None
+    api_key: Secret | None = None
+    project_slug: str | None = None
+    project_id: str | None = None
+    rate_limit: int | None = None  # requests per minute
+    timeout: float = 30.0
+    idempotency_key_max_length: int = 255
+    webhook_secret: Secret | None = None  # verifies execution pushes to POST /platform/events
+
+
+@dataclass(frozen=True)
+class ForwarderConfig:
+    enabled: bool = True
+    concurrency: int = 32
+    batch_size: int = 64
+    lease: float = 60.0
+    poll_interval: float = 0.5
+    pause_probe: float = 30.0
+    shutdown_grace: float = 5.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    deadline: float = DAY  # an execution unfinished by then becomes timed_out
+    max_streams: int = 100  # open SSE streams at most; beyond that, poll
+    poll_initial: float = 1.0
+    poll_max: float = 30.0
+    lease: float = 300.0  # a stream is reopened (and a dead tracker's claim freed) after this
+    concurrency: int = 200
+    batch_size: int = 64
+    poll_interval: float = 0.5
+
+
+@dataclass(frozen=True)
+class CallbacksConfig:
+    signing_secret: Secret | None = None
+    allow_private: bool = False
+    timeout: float = 10.0
+    concurrency: int = 16
+    batch_size: int = 32
+    lease: float = 60.0
+    poll_interval: float = 0.5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    tokens: tuple[Secret, ...] = ()  # bearer tokens for /admin/*; none: the admin API is off
+    protect_metrics: bool = False  # require an admin token for /metrics too
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    enabled: bool = False
+    host: str = DEFAULT_HOST
+    port: int = 8090
+    execution_delay: float = 0.5
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    provider: str
+    secrets: tuple[Secret, ...] = ()
+    tolerance: float | None = None
+    max_body_bytes: int | None = None
+    insecure: bool = False
+    allow_callback_urls: tuple[str, ...] = ()
+    gzip: bool = False  # accept Content-Encoding: gzip (decompressed under max_body_bytes)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    source: str
+    trigger: str
+    events: tuple[str, ...] = ("*",)
+    callbacks: tuple[str, ...] = ()
+    envelope: str = "envelope"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
+    forwarder: ForwarderConfig = field(default_factory=ForwarderConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
+    sources: tuple[SourceConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    origin: str = "built-in defaults"
+
+    @property
+    def public_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+    def source(self, name: str) -> SourceConfig | None:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        return None
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the config, for the log redaction filter."""
+        found: list[str] = []
+        _collect_secrets(self, found)
+        return [s for s in found if s]
+
+
+def _collect_secrets(value: Any, found: list[str]) -> None:
+    if isinstance(value, Secret):
+        found.append(value.reveal())
+    elif is_dataclass(value) and not isinstance(value, type):
+        for f in fields(value):
+            _collect_secrets(getattr(value, f.name), found)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect_secrets(item, found)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_secrets(item, found)
+
+
+def parse_duration(text: str) -> float:
+    """'300s', '5m', '72h', '7d', '250ms' -> seconds. Raises ValueError."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    if not match:
+        raise ValueError(f"expected a duration like '300s', '5m', '72h' or '7d', got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def interpolate(value: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Substitute ${VAR} and ${VAR:-default} in every string; `$$` is a literal `$`."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            problems.append(f"{path}: environment variable {name} is not set")
+            return ""
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ, _join(path, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class _Section:
+    """Reads typed keys out of one TOML table, recording problems with their key paths."""
+
+    def __init__(self, data: Any, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            problems.append(f"{path}: expected a table")
+            data = {}
+        self.data = dict(data)
+
+    def where(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def fail(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.where(key)}: {message}")
+
+    def _take(self, key: str, kinds: tuple[type, ...], kind_name: str, default: Any) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data.pop(key)
+        if isinstance(value, bool) and bool not in kinds:
+            self.fail(key, f"expected {kind_name}")
+            return default
+        if not isinstance(value, kinds):
+            self.fail(key, f"expected {kind_name}")
+            return default
+        return value
+
+    def string(self, key: str, default: Any = None, required: bool = False) -> Any:
+        if required and key not in self.data:
+            self.fail(key, "required")
+        return self._take(key, (str,), "a string", default)
+
+    def integer(self, key: str, default: Any = None, minimum: int | None = None) -> Any:
+        value = self._take(key, (int,), "an integer", default)
+        if value is not None and minimum is not None and value < minimum:
+            self.fail(key, f"must be >= {minimum}")
+            return default
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        value = self._take(key, (int, float), "a number", default)
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return bool(self._take(key, (bool,), "true or false", default))
+
+    def duration(self, key: str, default: Any) -> Any:
+        raw = self._take(key, (str,), "a duration string such as '5m'", None)
+        if raw is None:
+            return default
+        try:
+            return parse_duration(raw)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+            return default
+
+    def secret(self, key: str, required: bool = False) -> Secret | None:
+        value = self.string(key, required=required)
+        if value is None:
+            return None
+        if required and not value:
+            self.fail(key, "must not be empty")
+        return Secret(value) if value else None
+
+    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        if key not in self.data:
+            return default
+        value = self.data.pop(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(key, "expected a list of strings")
+            return default
+        return tuple(value)
+
+    def url(self, key: str, default: str = "") -> str:
+        value = self.string(key, default) or ""
+        if value and not is_http_url(value):
+            self.fail(key, "expected an http:// or https:// URL")
+        return str(value)
+
+    def finish(self) -> None:
+        for key in self.data:
+            self.fail(key, "unknown key")
+
+    def rest(self) -> dict[str, Any]:
+        rest, self.data = self.data, {}
+        return rest
+
+
+def is_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate a config file; `None` gives the built-in defaults."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        return parse({}, env, origin="built-in defaults (no config file)")
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read ({exc.__class__.__name__})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    return parse(raw, env, origin=str(file))
+
+
+def parse(raw: dict[str, Any], environ: Mapping[str, str], origin: str = "") -> Config:
+    problems: list[str] = []
+    data = interpolate(raw, environ, "", problems)
+    top = _Section(data, "", problems)
+    server = _server(_Section(top.data.pop("server", None), "server", problems))
+    store = _store(_Section(top.data.pop("store", None), "store", problems))
+    platform = _platform(_Section(top.data.pop("platform", None), "platform", problems))
+    forwarder = _forwarder(_Section(top.data.pop("forwarder", None), "forwarder", problems))
+    callbacks = _callbacks(_Section(top.data.pop("callbacks", None), "callbacks", problems))
+    tracking = _tracking(_Section(top.data.pop("tracking", None), "tracking", problems))
+    admin = _admin(_Section(top.data.pop("admin", None), "admin", problems))
+    emulator = _emulator(_Section(top.data.pop("emulator", None), "emulator", problems))
+    sources = _tables(top.data.pop("sources", []), "sources", problems, _source)
+    routes = _tables(top.data.pop("routes", []), "routes", problems, _route)
+    top.finish()
+    config = Config(server, store, platform, forwarder, callbacks, tracking, admin, emulator,
+                    tuple(sources), tuple(routes), origin)
+    _cross_check(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _tables(value: Any, path: str, problems: list[str], build: Any) -> list[Any]:
+    if not isinstance(value, list):
+        problems.append(f"{path}: expected an array of tables ([[{path}]])")
+        return []
+    return [build(_Section(item, f"{path}[{i}]", problems), i) for i, item in enumerate(value)]
+
+
+def _server(s: _Section) -> ServerConfig:
+    cfg = ServerConfig(
+        host=s.string("host", DEFAULT_HOST),
+        port=s.integer("port", DEFAULT_PORT, minimum=0),
+        public_url=s.url("public_url"),
+        max_body_bytes=s.integer("max_body_bytes", DEFAULT_MAX_BODY, minimum=1),
+        secret_key=s.secret("secret_key"),
+        log_format=s.string("log_format", "json"),
+        shutdown_timeout=s.duration("shutdown_timeout", 8.0),
+        workers=s.integer("workers", 1, minimum=1),
+    )
+    if cfg.log_format not in ("json", "text"):
+        s.fail("log_format", "expected 'json' or 'text'")
+    if cfg.port > 65535:
+        s.fail("port", "must be <= 65535")
+    s.finish()
+    return cfg
+
+
+def _store(s: _Section) -> StoreConfig:
+    cfg = StoreConfig(
+        path=s.string("path", DEFAULT_DB_PATH),
+        dedupe_window=s.duration("dedupe_window", 7 * DAY),
+        prune_interval=s.duration("prune_interval", 3600.0),
+        max_size_bytes=s.integer("max_size_bytes", None, minimum=65536),
+        busy_timeout=s.duration("busy_timeout", 2.0),
+    )
+    if cfg.dedupe_window < MIN_DEDUPE_WINDOW:
+        s.fail("dedupe_window", "must be >= 72h (providers such as Stripe retry for ~3 days)")
+    s.finish()
+    return cfg
+
+
+def _platform(s: _Section) -> PlatformConfig:
+    cfg = PlatformConfig(
+        base_url=s.url("base_url").rstrip("/"),
+        trigger_key=s.secret("trigger_key"),
+        api_key=s.secret("api_key"),
+        project_slug=s.string("project_slug"),
+        project_id=s.string("project_id"),
+        rate_limit=s.integer("rate_limit", None, minimum=1),
+        timeout=s.duration("timeout", 30.0),
+        idempotency_key_max_length=s.integer("idempotency_key_max_length", 255, minimum=32),
+        webhook_secret=s.secret("webhook_secret"),
+    )
+    if cfg.project_slug and cfg.project_id:
+        s.fail("project_id", "set project_slug or project_id, not both")
+    s.finish()
+    return cfg
+
+
+def _retry(s: _Section) -> RetryPolicy:
+    cfg = RetryPolicy(
+        base=s.duration("base", 5.0),
+        factor=s.number("factor", 2.0),
+        cap=s.duration("cap", 3600.0),
+        max_age=s.duration("max_age", 3 * DAY),
+        jitter=s.string("jitter", "full"),
+    )
+    if cfg.jitter not in ("full", "none"):
+        s.fail("jitter", "expected 'full' or 'none'")
+    if cfg.factor < 1:
+        s.fail("factor", "must be >= 1")
+    s.finish()
+    return cfg
+
+
+def _forwarder(s: _Section) -> ForwarderConfig:
+    retry = _retry(_Section(s.data.pop("retry", None), s.where("retry"), s.problems))
+    cfg = ForwarderConfig(
+        enabled=s.boolean("enabled", True),
+        concurrency=s.integer("concurrency", 32, minimum=1),
+        batch_size=s.integer("batch_size", 64, minimum=1),
+        lease=s.duration("lease", 60.0),
+        poll_interval=s.duration("poll_interval", 0.5),
+        pause_probe=s.duration("pause_probe", 30.0),
+        shutdown_grace=s.duration("shutdown_grace", 5.0),
+        retry=retry,
+    )
+    s.finish()
+    return cfg
+
+
+def _callbacks(s: _Section) -> CallbacksConfig:
+    retry = _retry(_Section(s.data.pop("retry", None), s.where("retry"), s.problems))
+    cfg = CallbacksConfig(
+        signing_secret=s.secret("signing_secret"),
+        allow_private=s.boolean("allow_private", False),
+        timeout=s.duration("timeout", 10.0),
+        concurrency=s.integer("concurrency", 16, minimum=1),
+        batch_size=s.integer("batch_size", 32, minimum=1),
+        lease=s.duration("lease", 60.0),
+        poll_interval=s.duration("poll_interval", 0.5),
+        retry=retry,
+    )
+    s.finish()
+    return cfg
+
+
+def _admin(s: _Section) -> AdminConfig:
+    tokens = tuple(Secret(t) for t in s.strings("tokens") if t)
+    cfg = AdminConfig(tokens=tokens, protect_metrics=s.boolean("protect_metrics", False))
+    if any(len(t.reveal()) < 16 for t in tokens):
+        s.fail("tokens", "each admin token must be at least 16 characters")
+    s.finish()
+    return cfg
+
+
+def _tracking(s: _Section) -> TrackingConfig:
+    cfg = TrackingConfig(
+        enabled=s.boolean("enabled", True),
+        deadline=s.duration("deadline", DAY),
+        max_streams=s.integer("max_streams", 100, minimum=0),
+        poll_initial=s.duration("poll_initial", 1.0),
+        poll_max=s.duration("poll_max", 30.0),
+        lease=s.duration("lease", 300.0),
+        concurrency=s.integer("concurrency", 200, minimum=1),
+        batch_size=s.integer("batch_size", 64, minimum=1),
+        poll_interval=s.duration("poll_interval", 0.5),
+    )
+    s.finish()
+    return cfg
+
+
+def _emulator(s: _Section) -> EmulatorConfig:
+    cfg = EmulatorConfig(
+        enabled=s.boolean("enabled", False),
+        host=s.string("host", DEFAULT_HOST),
+        port=s.integer("port", 8090, minimum=0),
+        execution_delay=s.duration("execution_delay", 0.5),
+    )
+    s.finish()
+    return cfg
+
+
+def _source(s: _Section, index: int) -> SourceConfig:
+    name = s.string("name", "", required=True)
+    provider = s.string("provider", "", required=True)
+    secrets: list[Secret] = []
+    single = s.secret("secret")
+    if single:
+        secrets.append(single)
+    if "secrets" in s.data:
+        if single:
+            s.fail("secrets", "set secret or secrets, not both")
+        secrets.extend(Secret(v) for v in s.strings("secrets") if v)
+    cfg = SourceConfig(
+        name=name,
+        provider=provider,
+        secrets=tuple(secrets),
+        tolerance=s.duration("tolerance", None),
+        max_body_bytes=s.integer("max_body_bytes", None, minimum=1),
+        insecure=s.boolean("insecure", False),
+        allow_callback_urls=s.strings("allow_callback_urls"),
+        gzip=s.boolean("gzip", False),
+        options=s.rest(),
+        index=index,
+    )
+    if name and not _SOURCE_NAME.match(name):
+        s.fail("name", "use letters, digits, '.', '_' or '-' (at most 64)")
+    if provider and provider not in PROVIDERS:
+        s.fail("provider", f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
+    if provider == "none" and not cfg.insecure:
+        s.fail("insecure", "provider 'none' accepts unsigned requests: set insecure = true")
+    elif provider and provider != "none" and not secrets:
+        s.fail("secret", "required")
+    return cfg
+
+
+def _route(s: _Section, index: int) -> RouteConfig:
+    source = s.string("source", "", required=True)
+    trigger = s.string("trigger", "", required=True)
+    cfg = RouteConfig(
+        name=s.string("name", None) or f"{source}->{trigger}",
+        source=source,
+        trigger=trigger,
+        events=s.strings("events", ("*",)) or ("*",),
+        callbacks=s.strings("callbacks"),
+        envelope=s.string("envelope", "envelope"),
+    )
+    if cfg.envelope not in ENVELOPES:
+        s.fail("envelope", "expected 'envelope' or 'raw'")
+    if trigger and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", trigger):
+        s.fail("trigger", "use letters, digits, '.', '_' or '-'")
+    for i, url in enumerate(cfg.callbacks):
+        if not is_http_url(url):
+            s.problems.append(f"{s.where('callbacks')}[{i}]: expected an http(s) URL")
+    s.finish()
+    return cfg
+
+
+def _cross_check(config: Config, problems: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for source in config.sources:
+        if source.name in seen:
+            problems.append(f"sources[{source.index}].name: duplicate source {source.name!r}")
+        seen[source.name] = source.index
+    names: set[str] = set()
+    for i, route in enumerate(config.routes):
+        if route.source and route.source not in seen:
+            problems.append(f"routes[{i}].source: no source named {route.source!r}")
+        if route.name in names:
+            problems.append(f"routes[{i}].name: duplicate route {route.name!r}")
+        names.add(route.name)
+    wants_callbacks = any(r.callbacks for r in config.routes) or any(
+        s.allow_callback_urls for s in config.sources)
+    if wants_callbacks and not config.callbacks.signing_secret:
+        problems.append("callbacks.signing_secret: required when routes have callbacks or "
+                        "sources allow callback URLs")
+    if config.routes and config.forwarder.enabled:
+        if not config.platform.base_url and not config.emulator.enabled:
+            problems.append("platform.base_url: required when routes are configured")
+        if not config.platform.trigger_key:
+            problems.append("platform.trigger_key: required when routes are configured")
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The effective config as plain data with every secret replaced by '********'."""
+    return _plain(config)  # type: ignore[no-any-return]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return "********"
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.name != "index"}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

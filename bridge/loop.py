@@ -1,0 +1,138 @@
+"""The shape shared by the forwarder, the tracker and the relay: claim leased work, handle it.
+
+A subclass provides `claim(limit, now)`, `handle(item)` and `release()`; optionally `next_due()`
+(when the next item falls due, so an idle loop sleeps just long enough) and `holding()` (seconds
+to claim nothing, e.g. while rate limited).
+
+`run_once(now)` claims one batch and handles all of it: tests call it directly. `run()` keeps up
+to `concurrency` items in flight and claims again once a quarter of the slots are free, so a
+stream of completions costs one claim per several items. `stop()` stops claiming, waits a bounded
+grace for in-flight items, cancels the rest and gives their leases back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from bridge.errors import StoreUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger("bridge.loop")
+
+
+def owner_id(role: str) -> str:
+    """Who holds a lease: host, process and a random part, so replicas never collide."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}:{role}"
+
+
+class ClaimLoop(Generic[T]):
+    name = "loop"
+
+    def __init__(self, *, concurrency: int, batch_size: int, poll_interval: float,
+                 shutdown_grace: float, clock: Callable[[], float] = time.time) -> None:
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.shutdown_grace = shutdown_grace
+        self.clock = clock
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.in_flight: set[asyncio.Task[None]] = set()
+
+    # to implement
+
+    async def claim(self, limit: int, now: float) -> list[T]:
+        raise NotImplementedError
+
+    async def handle(self, item: T) -> None:
+        raise NotImplementedError
+
+    async def release(self) -> None:
+        """Give back the leases this loop still holds."""
+
+    async def next_due(self) -> float | None:
+        return None
+
+    def holding(self) -> float:
+        return 0.0
+
+    # the loop
+
+    async def run_once(self, now: float | None = None) -> int:
+        items = await self.claim(self.batch_size, self.clock() if now is None else now)
+        await asyncio.gather(*(self.handle(item) for item in items))
+        return len(items)
+
+    async def run(self) -> None:
+        refill = max(1, self.concurrency // 4)
+        while not self.stopping.is_set():
+            held = self.holding()
+            if held > 0:  # claim nothing, so no lease ages while we wait
+                await self._sleep(held)
+                continue
+            self.wake.clear()
+            free = self.concurrency - len(self.in_flight)
+            items: list[T] = []
+            if free >= refill or not self.in_flight:
+                try:
+                    items = await self.claim(min(free, self.batch_size), self.clock())
+                except StoreUnavailable:
+                    log.warning("claim failed: store unavailable", extra={"loop": self.name})
+            for item in items:
+                task = asyncio.create_task(self._guarded(item))
+                self.in_flight.add(task)
+                task.add_done_callback(self._done)
+            if items and len(items) == free:
+                continue  # there may be more due right now
+            await self._idle()
+
+    async def _guarded(self, item: T) -> None:
+        try:
+            await self.handle(item)
+        except StoreUnavailable:
+            log.error("could not record the outcome: store unavailable; the lease will expire",
+                      extra={"loop": self.name})
+        except Exception:
+            log.exception("unexpected error", extra={"loop": self.name})
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self.wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    async def _idle(self) -> None:
+        timeout = self.poll_interval
+        try:
+            due = await self.next_due()
+        except StoreUnavailable:
+            due = None
+        if due is not None:
+            timeout = max(0.0, min(timeout, due - self.clock()))
+        wake = asyncio.ensure_future(self.wake.wait())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({wake, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            stop.cancel()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self.in_flight:
+            _, pending = await asyncio.wait(set(self.in_flight), timeout=self.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(StoreUnavailable):
+            await self.release()

@@ -1,0 +1,194 @@
+"""Value types shared by every layer: statuses, the verified event, delivery outcomes."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class EventState(StrEnum):
+    QUEUED = "queued"  # stored, at least one delivery still on its way
+    UNROUTED = "unrouted"  # stored, no route matched: never forwarded
+    DELIVERED = "delivered"  # every delivery reached the platform
+    DEAD = "dead"  # no delivery pending and at least one dead
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt (or for its paused route)
+    LEASED = "leased"  # claimed by a worker until lease_until; expires if the worker dies
+    DELIVERED = "delivered"  # the platform accepted it (2xx)
+    DEAD = "dead"  # permanent failure or retries exhausted; kept for redrive
+    DISCARDED = "discarded"  # an operator gave up on a dead delivery
+
+
+class ExecutionStatus(StrEnum):
+    PENDING = "pending"  # the platform accepted the trigger; not started yet
+    RUNNING = "running"
+    COMPLETED = "completed"  # terminal: the workflow finished
+    FAILED = "failed"  # terminal: the workflow failed
+    CANCELLED = "cancelled"  # terminal
+    TIMED_OUT = "timed_out"  # terminal: still unfinished at the tracking deadline (ours, not the platform's)
+
+
+TERMINAL = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED,
+                      ExecutionStatus.CANCELLED, ExecutionStatus.TIMED_OUT})
+
+
+class CallbackStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt
+    LEASED = "leased"  # being sent
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    DEAD = "dead"  # retries exhausted, or refused by the SSRF guard
+
+
+class RouteState(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"  # configuration fault (401/403/404) or an operator; probed periodically
+
+
+def new_id() -> str:
+    """A UUIDv7: time-ordered, so inserts land at the end of the primary-key index."""
+    ms = (time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF
+    rand = int.from_bytes(os.urandom(10), "big")
+    a = 0x7000 | (rand >> 68)  # version 7 + 12 random bits
+    b = 0x8000 | ((rand >> 54) & 0x3FFF)  # variant 10 + 14 random bits
+    c = rand & 0x3F_FFFF_FFFF_FFFF & 0xFFFF_FFFF_FFFF  # 48 random bits
+    h = f"{ms:012x}"
+    return f"{h[:8]}-{h[8:]}-{a:04x}-{b:04x}-{c:012x}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEvent:
+    """A request whose signature has been checked; the only thing the store accepts."""
+
+    id: str
+    source: str
+    provider: str
+    event_type: str
+    idempotency_key: str
+    received_at: float
+    headers: dict[str, str]
+    body: bytes
+    callback_url: str | None = None
+    items: tuple[str, ...] = ()  # per-item idempotency keys of a batch
+    nonce: str | None = None  # a single-use value (Mailgun's token), refused if seen again
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A delivery rendered at accept time: its body is sent byte-identical on every attempt."""
+
+    route: str
+    trigger: str
+    idempotency_key: str
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event_id: str
+    duplicate: bool
+
+
+# Outcomes of one delivery attempt, produced by platform.classify().
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    execution_id: str | None
+    status_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    reason: str
+    status_code: int | None = None
+    after: float | None = None  # seconds the platform asked for (Retry-After)
+    counts_as_failure: bool = True  # a 429 is pacing, not a failure
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    reason: str
+    status_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    reason: str
+    status_code: int | None = None
+
+
+Outcome = Delivered | RetryLater | Dead | Paused
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The record of one HTTP try, whatever its outcome."""
+
+    delivery_id: str
+    started_at: float
+    latency_ms: float
+    outcome: str
+    status_code: int | None = None
+    error: str | None = None
+    response_excerpt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    id: str
+    event_id: str
+    route: str
+    trigger: str
+    idempotency_key: str
+    body: bytes
+    content_type: str
+    attempts: int
+    failures: int
+    created_at: float
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedExecution:
+    id: str
+    delivery_id: str
+    event_id: str
+    route: str
+    trigger: str
+    status: str
+    deadline_at: float
+    checks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """What the platform said about an execution (stream, poll or push)."""
+
+    status: str
+    output: object = None
+    node_results: object = None
+    error: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedCallback:
+    id: str  # also the webhook-id: the same on every attempt
+    execution_id: str
+    event_id: str
+    url: str
+    sender_supplied: bool
+    body: bytes
+    attempts: int
+    failures: int
+    created_at: float

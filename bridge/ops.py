@@ -1,0 +1,338 @@
+"""Operator commands: the CLI side of the admin API, plus `sign` and `send`.
+
+Each command talks to a running bridge over HTTP (`--url`, default $BRIDGE_URL or
+http://127.0.0.1:8080) with an admin token (`--token`, default $BRIDGE_ADMIN_TOKEN), prints a
+table for people or JSON with `--json`, and fails with one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+EXIT_OK, EXIT_ERROR = 0, 1
+
+
+class OpsError(Exception):
+    """One line for the operator; exit 1."""
+
+
+def add_commands(commands: Any) -> None:
+    def client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--url", default=os.environ.get("BRIDGE_URL", "http://127.0.0.1:8080"))
+        p.add_argument("--token", default=os.environ.get("BRIDGE_ADMIN_TOKEN"))
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return p
+
+    events = commands.add_parser("events", help="list, show and replay events")
+    ev = events.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = client_options(ev.add_parser("list"))
+    for name in ("source", "event-type", "state", "since", "until", "key", "cursor"):
+        listing.add_argument(f"--{name}")
+    listing.add_argument("--limit", type=int, default=50)
+    client_options(ev.add_parser("show")).add_argument("id")
+    replay = client_options(ev.add_parser("replay"))
+    replay.add_argument("id", nargs="?", help="one event; or filter with the options below")
+    for name in ("source", "event-type", "state", "since", "until", "key"):
+        replay.add_argument(f"--{name}")
+
+    dead = commands.add_parser("dead-letters", help="list, redrive and discard dead deliveries")
+    dl = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dead_list = client_options(dl.add_parser("list"))
+    for name in ("route", "source", "cursor"):
+        dead_list.add_argument(f"--{name}")
+    dead_list.add_argument("--limit", type=int, default=50)
+    for action in ("redrive", "discard"):
+        p = client_options(dl.add_parser(action))
+        p.add_argument("ids", nargs="*")
+        p.add_argument("--all", action="store_true", help="every dead delivery (with filters)")
+        p.add_argument("--route")
+        p.add_argument("--source")
+        if action == "discard":
+            p.add_argument("--reason", required=True)
+
+    routes = commands.add_parser("routes", help="list, pause and resume routes")
+    rt = routes.add_subparsers(dest="action", required=True, metavar="ACTION")
+    client_options(rt.add_parser("list"))
+    pause = client_options(rt.add_parser("pause"))
+    pause.add_argument("name")
+    pause.add_argument("--reason")
+    client_options(rt.add_parser("resume")).add_argument("name")
+
+    client_options(commands.add_parser("prune", help="forget events past the dedupe window"))
+
+    sign = commands.add_parser("sign", help="print the headers a provider would send")
+    sign.add_argument("--provider", required=True)
+    sign.add_argument("--secret", default=os.environ.get("BRIDGE_SIGN_SECRET"))
+    sign.add_argument("--url", default="", help="the URL signed by URL-signing providers")
+
+    send = commands.add_parser("send", help="sign a payload and post it to a running bridge")
+    send.add_argument("--source", required=True)
+    send.add_argument("--config", help="config holding the source (default $BRIDGE_CONFIG)")
+    send.add_argument("--url", default=os.environ.get("BRIDGE_URL", "http://127.0.0.1:8080"))
+    send.add_argument("file", help="the payload; - for standard input")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        handler = HANDLERS[(args.command, getattr(args, "action", None))]
+        return handler(args)
+    except OpsError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    try:
+        response = httpx.request(method, args.url.rstrip("/") + path, headers=headers,
+                                 timeout=60, **kwargs)
+    except httpx.HTTPError as exc:
+        raise OpsError(f"cannot reach {args.url}: {exc.__class__.__name__}") from None
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status_code >= 400:
+        error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+        message = error.get("message") or response.text[:200]
+        raise OpsError(f"{response.status_code} {error.get('code', '')}: {message}".replace(
+            "  ", " "))
+    return data
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)]).rstrip()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float) and value > 1e9:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def output(args: argparse.Namespace, data: Any, rows: Sequence[dict[str, Any]] | None = None,
+           columns: Sequence[str] = ()) -> int:
+    if args.json or rows is None:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print(table(rows, columns))
+    return EXIT_OK
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, label: str, total: int | None = None) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.tty = sys.stderr.isatty()
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        if self.total:
+            filled = int(30 * self.done / max(self.total, 1))
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
+        else:
+            bar = f"{self.done}"
+        end = "\r" if self.tty else "\n"
+        print(f"{self.label} {bar}", end=end, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _filters(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    out = {}
+    for name in names:
+        value = getattr(args, name.replace("-", "_"), None)
+        if value is not None:
+            out[name.replace("-", "_")] = value
+    return out
+
+
+def events_list(args: argparse.Namespace) -> int:
+    params = _filters(args, ("source", "event-type", "state", "since", "until", "key", "cursor",
+                             "limit"))
+    data = call(args, "GET", "/admin/events", params=params)
+    return output(args, data, data["events"], ("id", "received_at", "source", "event_type",
+                                               "state", "idempotency_key"))
+
+
+def events_show(args: argparse.Namespace) -> int:
+    data = call(args, "GET", f"/admin/events/{args.id}")
+    if args.json:
+        return output(args, data)
+    for key in ("id", "source", "provider", "event_type", "idempotency_key", "state"):
+        print(f"{key:16} {data.get(key)}")
+    print(f"{'received_at':16} {_cell(data.get('received_at'))}")
+    print("\ndeliveries:")
+    print(table(data["deliveries"], ("id", "trigger", "status", "attempts", "execution_id",
+                                     "last_error")))
+    if data.get("executions"):
+        print("\nexecutions:")
+        print(table(data["executions"], ("id", "trigger", "status", "completed_at")))
+    if data.get("callbacks"):
+        print("\ncallbacks:")
+        print(table(data["callbacks"], ("id", "url", "status", "attempts", "last_error")))
+    return EXIT_OK
+
+
+def events_replay(args: argparse.Namespace) -> int:
+    if args.id:
+        data = call(args, "POST", f"/admin/events/{args.id}/replay")
+        return output(args, data, [data], ("event_id", "replayed"))
+    filters = _filters(args, ("source", "event-type", "state", "since", "until", "key"))
+    if not filters:
+        raise OpsError("name an event id, or at least one filter to replay every match")
+    ids: list[str] = []
+    cursor = None
+    while True:  # gather the matching events, then replay them one by one with progress
+        page = call(args, "GET", "/admin/events", params={**filters, "limit": 500,
+                                                           **({"cursor": cursor} if cursor else {})})
+        ids += [e["id"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    progress = Progress("replaying", len(ids))
+    replayed = 0
+    for event_id in ids:
+        replayed += call(args, "POST", f"/admin/events/{event_id}/replay")["replayed"]
+        progress.advance()
+    progress.close()
+    data = {"events": len(ids), "replayed": replayed}
+    return output(args, data, [data], ("events", "replayed"))
+
+
+def dead_list(args: argparse.Namespace) -> int:
+    data = call(args, "GET", "/admin/dead-letters",
+                params=_filters(args, ("route", "source", "cursor", "limit")))
+    return output(args, data, data["dead_letters"], ("id", "source", "route", "attempts",
+                                                     "last_error"))
+
+
+def _selection(args: argparse.Namespace) -> dict[str, Any]:
+    if args.ids:
+        return {"ids": args.ids}
+    if args.all:
+        return {"all": True, **_filters(args, ("route", "source"))}
+    raise OpsError("name delivery ids, or --all")
+
+
+def dead_redrive(args: argparse.Namespace) -> int:
+    data = call(args, "POST", "/admin/dead-letters/redrive", json=_selection(args))
+    return output(args, data, [data], ("redriven",))
+
+
+def dead_discard(args: argparse.Namespace) -> int:
+    data = call(args, "POST", "/admin/dead-letters/discard",
+                json={**_selection(args), "reason": args.reason})
+    return output(args, data, [data], ("discarded",))
+
+
+def routes_list(args: argparse.Namespace) -> int:
+    data = call(args, "GET", "/admin/routes")
+    return output(args, data, data["routes"], ("name", "trigger", "state", "pending", "reason"))
+
+
+def routes_pause(args: argparse.Namespace) -> int:
+    body = {"reason": args.reason} if args.reason else {}
+    data = call(args, "POST", f"/admin/routes/{args.name}/pause", json=body)
+    return output(args, data, [data], ("name", "state", "reason"))
+
+
+def routes_resume(args: argparse.Namespace) -> int:
+    data = call(args, "POST", f"/admin/routes/{args.name}/resume")
+    return output(args, data, [data], ("name", "state"))
+
+
+def prune(args: argparse.Namespace) -> int:
+    progress = Progress("pruned")
+    total = 0
+    while True:
+        data = call(args, "POST", "/admin/prune", json={"limit": 1000})
+        total += data["removed"]
+        progress.advance(data["removed"])
+        if not data["more"]:
+            break
+    progress.close()
+    return output(args, {"removed": total}, [{"removed": total}], ("removed",))
+
+
+def sign(args: argparse.Namespace) -> int:
+    from bridge.signers import SIGNERS
+
+    if args.provider not in SIGNERS:
+        raise OpsError(f"no signer for {args.provider!r}; one of: {', '.join(sorted(SIGNERS))}")
+    if not args.secret:
+        raise OpsError("give --secret (or $BRIDGE_SIGN_SECRET)")
+    body = sys.stdin.buffer.read()
+    try:
+        headers = SIGNERS[args.provider](body, args.secret, int(time.time()), args.url)
+    except ValueError as exc:
+        raise OpsError(f"cannot sign: {exc}") from None
+    for name, value in headers.items():
+        print(f"{name}: {value}")
+    return EXIT_OK
+
+
+def send(args: argparse.Namespace) -> int:
+    from bridge.config import load
+    from bridge.errors import ConfigError
+    from bridge.signers import SIGNERS
+
+    path = args.config or os.environ.get("BRIDGE_CONFIG")
+    if not path:
+        raise OpsError("give --config (or $BRIDGE_CONFIG): the source's secret is read there")
+    try:
+        source = load(path).source(args.source)
+    except ConfigError as exc:
+        raise OpsError(f"invalid config: {exc}") from None
+    if source is None:
+        raise OpsError(f"no source named {args.source!r} in {path}")
+    if source.provider not in SIGNERS:
+        raise OpsError(f"cannot sign for provider {source.provider!r}")
+    body = sys.stdin.buffer.read() if args.file == "-" else _read(args.file)
+    url = f"{args.url.rstrip('/')}/hooks/{source.name}"
+    headers = SIGNERS[source.provider](body, source.secrets[0].reveal(), int(time.time()), url)
+    try:
+        response = httpx.post(url, content=body, headers={"Content-Type": "application/json",
+                                                          **headers}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise OpsError(f"cannot reach {args.url}: {exc.__class__.__name__}") from None
+    print(f"{response.status_code} {response.text}")
+    return EXIT_OK if response.status_code < 300 else EXIT_ERROR
+
+
+def _read(file: str) -> bytes:
+    try:
+        return Path(file).read_bytes()
+    except OSError as exc:
+        raise OpsError(f"cannot read {file}: {exc.strerror}") from None
+
+
+HANDLERS = {
+    ("events", "list"): events_list, ("events", "show"): events_show,
+    ("events", "replay"): events_replay,
+    ("dead-letters", "list"): dead_list, ("dead-letters", "redrive"): dead_redrive,
+    ("dead-letters", "discard"): dead_discard,
+    ("routes", "list"): routes_list, ("routes", "pause"): routes_pause,
+    ("routes", "resume"): routes_resume,
+    ("prune", None): prune, ("sign", None): sign, ("send", None): send,
+}

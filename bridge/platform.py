@@ -1,0 +1,210 @@
+"""The workflow platform, as the bridge sees it: trigger calls, pacing, and `classify()`.
+
+`classify()` is the one place where an upstream answer (or an httpx failure) becomes an outcome:
+
+    2xx                          Delivered(execution id from execution_id | id | executionId)
+    429                          RetryLater(after Retry-After / X-RateLimit-Reset), not a failure
+    400, 422, other 4xx          Dead(reason)
+    409                          Dead(idempotency conflict)  -- logged as an error
+    401, 403, 404                Paused(reason)              -- a configuration fault
+    408, 425, 5xx, timeouts,
+    connection errors            RetryLater(reason)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from bridge import __version__
+from bridge.completion import execution_id_of
+from bridge.config import Config
+from bridge.models import Dead, Delivered, Outcome, Paused, RetryLater
+from bridge.retry import parse_retry_after
+
+log = logging.getLogger("bridge.platform")
+EXCERPT = 512
+LOW_WATER = 0.1  # slow down once fewer than 10 % of the window's requests remain
+
+
+def base_url(config: Config) -> str:
+    if config.platform.base_url:
+        return config.platform.base_url
+    return f"http://{config.emulator.host}:{config.emulator.port}/api/v1"
+
+
+def error_reason(response: httpx.Response) -> str:
+    """`<status> <code>: <message>` from either error dialect, else a body excerpt."""
+    code, message = "", ""
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            code = str(error.get("code") or "")
+            message = str(error.get("message") or "")
+        elif isinstance(data.get("detail"), str):
+            message = data["detail"]
+    if not (code or message):
+        message = response.text[:200]
+    label = f" {code}" if code else ""
+    return f"{response.status_code}{label}: {message}".strip()
+
+
+def execution_id(response: httpx.Response) -> str | None:
+    try:
+        return execution_id_of(json.loads(response.content))
+    except ValueError:
+        return None
+
+
+def classify(result: httpx.Response | Exception, now: float) -> Outcome:
+    if isinstance(result, httpx.TimeoutException):
+        return RetryLater(f"timeout ({result.__class__.__name__})")
+    if isinstance(result, Exception):
+        return RetryLater(f"connection error ({result.__class__.__name__})")
+    status = result.status_code
+    if 200 <= status < 300:
+        return Delivered(execution_id(result), status)
+    if status == 429:
+        after = parse_retry_after(result.headers.get("retry-after"), now)
+        if after is None:
+            reset = _number(result.headers.get("x-ratelimit-reset"))
+            after = max(0.0, reset - now) if reset is not None else None
+        return RetryLater(error_reason(result), status, after, counts_as_failure=False)
+    if status in (401, 403, 404):
+        return Paused(error_reason(result), status)
+    if status == 409:
+        return Dead(f"idempotency conflict: {error_reason(result)}", status)
+    if status in (408, 425) or status >= 500:
+        after = parse_retry_after(result.headers.get("retry-after"), now)
+        return RetryLater(error_reason(result), status, after)
+    return Dead(error_reason(result), status)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+class Pacer:
+    """Client-side pacing: a token bucket from `rate_limit`, a slowdown as the platform's
+    X-RateLimit-Remaining runs low, and a full stop until a 429's Retry-After has passed."""
+
+    def __init__(self, per_minute: int | None, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.rate = per_minute / 60.0 if per_minute else None
+        self.capacity = max(1.0, min(float(per_minute or 1), (per_minute or 60) / 10))
+        self.tokens = self.capacity
+        self.clock = clock
+        self.wall = wall
+        self.updated = clock()
+        self.not_before = 0.0  # monotonic time before which nothing is sent
+        self.lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self.lock:
+            while True:
+                now = self.clock()
+                if now < self.not_before:
+                    await asyncio.sleep(self.not_before - now)
+                    continue
+                if self.rate is None:
+                    return
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await asyncio.sleep((1 - self.tokens) / self.rate)
+
+    def holding(self) -> float:
+        """Seconds until sending may resume (0 when it may now)."""
+        return max(0.0, self.not_before - self.clock())
+
+    def observe(self, response: httpx.Response) -> None:
+        headers = response.headers
+        now_wall = self.wall()
+        if response.status_code == 429:
+            after = parse_retry_after(headers.get("retry-after"), now_wall)
+            if after is None:
+                reset = _number(headers.get("x-ratelimit-reset"))
+                after = max(0.0, reset - now_wall) if reset is not None else 1.0
+            self.hold(after)
+            return
+        limit = _number(headers.get("x-ratelimit-limit"))
+        remaining = _number(headers.get("x-ratelimit-remaining"))
+        reset = _number(headers.get("x-ratelimit-reset"))
+        if limit and remaining is not None and reset is not None and remaining < limit * LOW_WATER:
+            window = max(0.0, reset - now_wall)
+            # Spread what is left of the window over the time until it resets.
+            self.hold(window / max(remaining, 1.0) if remaining > 0 else window)
+
+    def hold(self, seconds: float) -> None:
+        self.not_before = max(self.not_before, self.clock() + min(seconds, 3600.0))
+
+
+POOL_SIZE = 4  # connections per httpx client; see ClientPool
+
+
+class ClientPool:
+    """Several small httpx clients used in turn, together allowing `connections` at once.
+
+    httpcore checks every idle connection of a pool (one poll() each) on every request, so one
+    client with many connections gets slower per request as concurrency grows.
+    """
+
+    def __init__(self, connections: int, per_client: int = POOL_SIZE, **options: Any) -> None:
+        count = max(1, -(-connections // per_client))
+        size = -(-connections // count)
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        self.clients = [httpx.AsyncClient(limits=limits, **options) for _ in range(count)]
+        self.turn = 0
+
+    def pick(self) -> httpx.AsyncClient:
+        self.turn = (self.turn + 1) % len(self.clients)
+        return self.clients[self.turn]
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+class PlatformClient:
+    """Trigger calls for one forwarder loop."""
+
+    def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        platform = config.platform
+        self.base = base_url(config)
+        headers = {"User-Agent": f"webhook-bridge/{__version__}"}
+        if platform.project_slug:
+            headers["X-Project-Slug"] = platform.project_slug
+        if platform.project_id:
+            headers["X-Project-ID"] = platform.project_id
+        self.trigger_auth = f"Bearer {platform.trigger_key.reveal()}" if platform.trigger_key else ""
+        self.pool = ClientPool(config.forwarder.concurrency, headers=headers,
+                               timeout=platform.timeout, transport=transport)
+        self.pacer = Pacer(platform.rate_limit)
+
+    async def trigger(self, trigger: str, body: bytes, content_type: str, key: str,
+                      extra: dict[str, Any] | None = None) -> httpx.Response:
+        await self.pacer.acquire()
+        headers = {"Authorization": self.trigger_auth, "Idempotency-Key": key,
+                   "Content-Type": content_type, **(extra or {})}
+        response = await self.pool.pick().post(
+            f"{self.base}/workflows/triggers/{trigger}", content=body, headers=headers)
+        self.pacer.observe(response)
+        return response
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()

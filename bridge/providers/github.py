@@ -1,0 +1,21 @@
+"""GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`; no timestamp.
+
+Idempotency: `X-GitHub-Delivery` (unchanged on redelivery). Event type: `X-GitHub-Event`, plus
+`.action` from the body when present (`pull_request.opened`).
+"""
+
+from __future__ import annotations
+
+from bridge.providers.base import Identity, InboundRequest, body_field
+from bridge.providers.body_hmac import BodyHmac
+
+
+class GitHub(BodyHmac):
+    name = "github"
+    headers = ("x-hub-signature-256",)
+    prefix = "sha256="
+
+    def identify(self, request: InboundRequest) -> Identity:
+        event = request.header("x-github-event") or "unknown"
+        action = body_field(request, "action")
+        return Identity(request.header("x-github-delivery"), f"{event}.{action}" if action else event)

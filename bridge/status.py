@@ -1,0 +1,97 @@
+"""Status URLs for senders: a signed, expiring token that names one event."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from bridge.errors import BridgeError, NotFound
+from bridge.store import Store
+
+
+class InvalidToken(BridgeError):
+    status_code = 404
+    code = "invalid_token"
+
+
+class ExpiredToken(BridgeError):
+    status_code = 410
+    code = "expired_token"
+
+
+class StatusTokens:
+    """`{event id}.{timestamp}.{HMAC-SHA256}`: URL-safe, tamper-evident, expiring."""
+
+    def __init__(self, secret_key: str, max_age: float) -> None:
+        self.signer = TimestampSigner(secret_key, salt="bridge.status",
+                                      digest_method=hashlib.sha256)
+        self.max_age = max_age
+
+    def make(self, event_id: str) -> str:
+        return self.signer.sign(event_id).decode("ascii")
+
+    def read(self, token: str) -> str:
+        try:
+            value = self.signer.unsign(token, max_age=self.max_age)
+        except SignatureExpired:
+            raise ExpiredToken("this status link has expired") from None
+        except BadSignature:
+            raise InvalidToken("this status link is not valid") from None
+        return value.decode("ascii", "replace")
+
+
+def public_view(event: dict[str, Any]) -> dict[str, Any]:
+    """What a sender may see: states and outcomes, never headers or bodies."""
+    executions = {x["delivery_id"]: x for x in event.get("executions", [])}
+    return {
+        "id": event["id"],
+        "source": event["source"],
+        "event_type": event["event_type"],
+        "idempotency_key": event["idempotency_key"],
+        "received_at": event["received_at"],
+        "state": event["state"],
+        "deliveries": [
+            {"trigger": d["trigger"], "status": d["status"], "attempts": d["attempts"],
+             "execution_id": d["execution_id"], "last_error": d["last_error"],
+             "execution": _execution(executions.get(d["id"]))}
+            for d in event["deliveries"]
+        ],
+        "callbacks": [
+            {"id": c["id"], "status": c["status"], "attempts": c["attempts"],
+             "last_error": c["last_error"]}
+            for c in event.get("callbacks", [])
+        ],
+    }
+
+
+def _execution(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {key: row[key] for key in ("id", "status", "output", "node_results", "error",
+                                      "started_at", "completed_at")}
+
+
+def settled(event: dict[str, Any]) -> bool:
+    """Nothing more will happen to the event's deliveries and executions."""
+    executions = {x["delivery_id"]: x for x in event.get("executions", [])}
+    for delivery in event["deliveries"]:
+        if delivery["status"] in ("pending", "leased"):
+            return False
+        execution = executions.get(delivery["id"])
+        if execution is not None and execution["status"] in ("pending", "running"):
+            return False
+    return True
+
+
+async def show(request: Request) -> JSONResponse:
+    tokens: StatusTokens = request.app.state.tokens
+    store: Store = request.app.state.store
+    event_id = tokens.read(request.path_params["token"])
+    event = await store.get_event(event_id)
+    if event is None:
+        raise NotFound("this event is no longer stored")
+    return JSONResponse(public_view(event))

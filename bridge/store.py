@@ -1,0 +1,979 @@
+"""Durable storage: the `Store` interface and its SQLite implementation.
+
+Handlers and loops talk only to `Store`. `SQLiteStore` keeps one SQLite file in WAL mode with
+`synchronous=FULL` and two connections: a reader, and a writer owned by one task. Every change is
+a function queued to that task, which applies all the changes that arrived together in a single
+transaction (each under its own savepoint), commits once, and only then resolves every caller:
+group commit, so a burst of webhooks costs one fsync rather than one each, and nothing is
+acknowledged before it is durable.
+
+Every sqlite3 error is translated here: a failure to write or commit becomes `StoreUnavailable`
+(HTTP 503 with Retry-After); nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import aiosqlite
+
+from bridge.completion import callback_body
+from bridge.errors import ReplayedToken, StoreUnavailable
+from bridge.models import (
+    Accepted,
+    Attempt,
+    CallbackStatus,
+    ClaimedCallback,
+    ClaimedDelivery,
+    Dead,
+    Delivered,
+    DeliveryStatus,
+    EventState,
+    ExecutionResult,
+    ExecutionStatus,
+    NewDelivery,
+    Outcome,
+    Paused,
+    RetryLater,
+    RouteState,
+    TrackedExecution,
+    VerifiedEvent,
+    new_id,
+)
+
+log = logging.getLogger("bridge.store")
+# Deliveries rendered once the duplicate items of a batch are known.
+Render = Callable[[frozenset[str]], Sequence[NewDelivery]]
+T = TypeVar("T")
+MAX_BATCH = 512
+
+MIGRATIONS: list[str] = [
+    # 1: events, the outbox (deliveries), attempts, route state, metadata
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        state TEXT NOT NULL,
+        callback_url TEXT
+    );
+    CREATE UNIQUE INDEX events_key ON events(idempotency_key);
+    CREATE INDEX events_received ON events(received_at);
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        route TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        body BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        execution_id TEXT,
+        last_error TEXT,
+        replay_of TEXT
+    );
+    CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
+    CREATE INDEX deliveries_event ON deliveries(event_id);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        delivery_id TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        latency_ms REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        status_code INTEGER,
+        error TEXT,
+        response_excerpt TEXT
+    );
+    CREATE INDEX attempts_delivery ON attempts(delivery_id);
+    CREATE TABLE routes (
+        name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        reason TEXT,
+        changed_at REAL NOT NULL,
+        next_probe_at REAL
+    );
+    """,
+    # 2: executions followed to their end, and the callbacks they produce
+    """
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY,
+        delivery_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        route TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        status TEXT NOT NULL,
+        output TEXT,
+        node_results TEXT,
+        error TEXT,
+        started_at TEXT,
+        completed_at TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        deadline_at REAL NOT NULL,
+        next_check_at REAL NOT NULL,
+        checks INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT,
+        lease_until REAL
+    );
+    CREATE INDEX executions_due ON executions(status, next_check_at);
+    CREATE INDEX executions_event ON executions(event_id);
+    CREATE TABLE callbacks (
+        id TEXT PRIMARY KEY,
+        execution_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        sender_supplied INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX callbacks_due ON callbacks(status, next_attempt_at);
+    CREATE INDEX callbacks_execution ON callbacks(execution_id);
+    """,
+    # 3: per-item keys of batch requests, and single-use tokens
+    """
+    CREATE TABLE event_items (key TEXT PRIMARY KEY, event_id TEXT NOT NULL);
+    CREATE INDEX event_items_event ON event_items(event_id);
+    CREATE TABLE nonces (key TEXT PRIMARY KEY, event_id TEXT NOT NULL);
+    CREATE INDEX nonces_event ON nonces(event_id);
+    """,
+]
+
+
+class Store(Protocol):
+    """What the handlers and loops need from storage; a PostgreSQL store implements the same."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def accept(self, event: VerifiedEvent,
+                     deliveries: Sequence[NewDelivery] | Render) -> Accepted: ...
+    async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
+    async def claim(self, owner: str, now: float, lease: float, limit: int,
+                    probe_every: float) -> list[ClaimedDelivery]: ...
+    async def record(self, delivery: ClaimedDelivery, owner: str, attempt: Attempt,
+                     outcome: Outcome, next_at: float | None, now: float,
+                     probe_every: float, track_until: float | None = None) -> None: ...
+    async def claim_executions(self, owner: str, now: float, lease: float,
+                               limit: int) -> list[TrackedExecution]: ...
+    async def reschedule_execution(self, execution_id: str, owner: str, status: str | None,
+                                   next_check_at: float, now: float) -> None: ...
+    async def complete_execution(self, execution_id: str, result: ExecutionResult, now: float,
+                                 callback_urls: Callable[[str], Sequence[str]]) -> bool: ...
+    async def next_execution_due(self) -> float | None: ...
+    async def claim_callbacks(self, owner: str, now: float, lease: float,
+                              limit: int) -> list[ClaimedCallback]: ...
+    async def record_callback(self, callback: ClaimedCallback, owner: str, attempt: Attempt,
+                              delivered: bool, next_at: float | None, reason: str | None,
+                              now: float) -> None: ...
+    async def next_callback_due(self) -> float | None: ...
+    async def release(self, owner: str) -> int: ...
+    async def get_execution(self, execution_id: str) -> dict[str, Any] | None: ...
+    async def next_due(self) -> float | None: ...
+    async def route_states(self) -> dict[str, dict[str, Any]]: ...
+    async def prune(self, before: float, limit: int = 1000) -> int: ...
+    async def check_writable(self) -> None: ...
+    async def secret_key(self) -> str: ...
+    def watch(self, callback: Callable[[], None]) -> None: ...
+
+
+class SQLiteStore:
+    def __init__(self, path: str, *, busy_timeout: float = 2.0,
+                 max_size_bytes: int | None = None) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.max_size_bytes = max_size_bytes
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[tuple[Callable[[sqlite3.Connection], Any],
+                                         asyncio.Future[Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._watchers: list[Callable[[], None]] = []
+        self._new_work = False
+        self.on_commit: Callable[[int, float], None] | None = None  # (batch size, seconds)
+
+    # lifecycle
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._writer._execute(self._migrate, self._writer._conn)
+        self._reader = await self._connect()
+        self._task = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        if self.max_size_bytes:
+            page = (await (await conn.execute("PRAGMA page_size")).fetchone())[0]  # type: ignore[index]
+            await conn.execute(f"PRAGMA max_page_count={max(16, self.max_size_bytes // page)}")
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("store migrated", extra={"schema_version": number})
+
+    async def close(self) -> None:
+        if self._task:
+            await self._queue.join()
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call `callback` after every commit that made new deliveries due."""
+        self._watchers.append(callback)
+
+    # the writer
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], savepoint: bool = True) -> T:
+        """Queue `fn` for the next transaction. `savepoint=False` is for jobs that cannot fail
+        on their own (only with the whole batch), which saves two statements per job."""
+        if self._task is None or self._task.done():
+            raise StoreUnavailable("the store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((fn if savepoint else _Bare(fn), future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        assert self._writer is not None
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            started = time.perf_counter()
+            try:
+                results = await self._writer._execute(
+                    self._apply, self._writer._conn, [fn for fn, _ in batch]
+                )
+            except Exception as exc:  # the whole transaction is lost: nobody gets a 2xx
+                log.error("store commit failed", extra={"error": _describe(exc),
+                                                        "batch": len(batch)})
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(StoreUnavailable("the store cannot commit"))
+            else:
+                if self.on_commit is not None:
+                    self.on_commit(len(batch), time.perf_counter() - started)
+                for (_, future), (ok, value) in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                if self._new_work:
+                    self._new_work = False
+                    for callback in self._watchers:
+                        callback()
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection,
+               jobs: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        """Runs on the writer's thread: one transaction, one savepoint per job."""
+        out: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for job in jobs:
+                if isinstance(job, _Bare):  # it raises, if at all, before writing anything
+                    try:
+                        out.append((True, job.fn(conn)))
+                    except (sqlite3.OperationalError, sqlite3.InternalError):
+                        raise
+                    except Exception as exc:
+                        out.append((False, exc))
+                    continue
+                conn.execute("SAVEPOINT job")
+                try:
+                    out.append((True, job(conn)))
+                except (sqlite3.OperationalError, sqlite3.InternalError):
+                    raise  # disk full, locked, I/O: the batch cannot commit
+                except Exception as exc:  # this job alone is undone
+                    conn.execute("ROLLBACK TO job")
+                    out.append((False, exc))
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        return out
+
+    # events
+
+    async def accept(self, event: VerifiedEvent,
+                     deliveries: Sequence[NewDelivery] | Render) -> Accepted:
+        """Store the event and its deliveries atomically, or name the event already stored
+        under the same idempotency key. Returns only once the transaction is durable.
+
+        For a batch (`event.items`), a request whose items were all seen before is a duplicate
+        of the event that first carried one of them; otherwise it is stored, and `deliveries`
+        (then a callable) is given the set of items already seen. A `nonce` seen before with
+        another event raises ReplayedToken."""
+        headers = json.dumps(event.headers, separators=(",", ":"))
+        source_key = f"{event.source}:"
+
+        def job(conn: sqlite3.Connection) -> Accepted:
+            seen: frozenset[str] = frozenset()
+            if event.items or event.nonce:  # checks first: nothing is written before them
+                row = conn.execute("SELECT id FROM events WHERE idempotency_key = ?",
+                                   (event.idempotency_key,)).fetchone()
+                if row is not None:
+                    return Accepted(row[0], duplicate=True)
+                if event.nonce and conn.execute("SELECT 1 FROM nonces WHERE key = ?",
+                                                (source_key + event.nonce,)).fetchone():
+                    raise ReplayedToken("this signature token was already used")
+                if event.items:
+                    marks = ",".join("?" * len(event.items))
+                    found = conn.execute(f"SELECT key, event_id FROM event_items WHERE key IN"
+                                         f" ({marks})", event.items).fetchall()
+                    seen = frozenset(key for key, _ in found)
+                    if len(seen) == len(set(event.items)):
+                        return Accepted(found[0][1], duplicate=True)
+            rendered = deliveries(seen) if callable(deliveries) else deliveries
+            state = EventState.QUEUED if rendered else EventState.UNROUTED
+            cur = conn.execute(
+                "INSERT INTO events (id, source, provider, event_type, idempotency_key,"
+                " received_at, headers, body, state, callback_url)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(idempotency_key) DO NOTHING",
+                (event.id, event.source, event.provider, event.event_type,
+                 event.idempotency_key, event.received_at, headers, event.body, state,
+                 event.callback_url),
+            )
+            if cur.rowcount == 0:
+                row = conn.execute("SELECT id FROM events WHERE idempotency_key = ?",
+                                   (event.idempotency_key,)).fetchone()
+                return Accepted(row[0], duplicate=True)
+            if event.items:
+                conn.executemany("INSERT OR IGNORE INTO event_items (key, event_id) VALUES (?,?)",
+                                 [(key, event.id) for key in event.items])
+            if event.nonce:
+                conn.execute("INSERT INTO nonces (key, event_id) VALUES (?,?)",
+                             (source_key + event.nonce, event.id))
+            if rendered:
+                conn.executemany(
+                    "INSERT INTO deliveries (id, event_id, route, trigger, idempotency_key, body,"
+                    " content_type, status, next_attempt_at, created_at, updated_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [(new_id(), event.id, d.route, d.trigger, d.idempotency_key, d.body,
+                      d.content_type, DeliveryStatus.PENDING, event.received_at,
+                      event.received_at, event.received_at) for d in rendered],
+                )
+                self._new_work = True
+            return Accepted(event.id, duplicate=False)
+
+        return await self._write(job, savepoint=False)
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        event = await self._one("SELECT * FROM events WHERE id = ?", (event_id,))
+        if event is None:
+            return None
+        event["headers"] = json.loads(event["headers"])
+        deliveries = await self._all(
+            "SELECT id, route, trigger, idempotency_key, status, attempts, failures,"
+            " next_attempt_at, execution_id, last_error, replay_of, created_at, updated_at"
+            " FROM deliveries WHERE event_id = ? ORDER BY created_at, id", (event_id,))
+        for delivery in deliveries:
+            delivery["attempt_log"] = await self._all(
+                "SELECT started_at, latency_ms, outcome, status_code, error, response_excerpt"
+                " FROM attempts WHERE delivery_id = ? ORDER BY id", (delivery["id"],))
+        event["deliveries"] = deliveries
+        event["executions"] = [_decode_execution(row) for row in await self._all(
+            "SELECT id, delivery_id, route, trigger, status, output, node_results, error,"
+            " started_at, completed_at, checks FROM executions WHERE event_id = ?"
+            " ORDER BY created_at", (event_id,))]
+        event["callbacks"] = await self._all(
+            "SELECT id, execution_id, url, sender_supplied, status, attempts, last_error,"
+            " created_at, updated_at FROM callbacks WHERE event_id = ? ORDER BY created_at, id",
+            (event_id,))
+        return event
+
+    async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
+        row = await self._one("SELECT * FROM executions WHERE id = ?", (execution_id,))
+        return None if row is None else _decode_execution(row)
+
+    # the outbox
+
+    async def claim(self, owner: str, now: float, lease: float, limit: int,
+                    probe_every: float) -> list[ClaimedDelivery]:
+        """Lease up to `limit` due deliveries of active routes, plus one probe per paused route
+        whose probe is due. An expired lease (a crashed worker's) is due again."""
+
+        def job(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
+            paused = [r[0] for r in conn.execute(
+                "SELECT name FROM routes WHERE state = ?", (RouteState.PAUSED,))]
+            skip = ",".join("?" * len(paused))
+            # Each half walks an index in due order and stops at the limit: no sort of the
+            # whole backlog per claim.
+            due = [r[0] for r in conn.execute(
+                f"SELECT id FROM deliveries WHERE status = ? AND next_attempt_at <= ?"
+                f" AND route NOT IN ({skip}) ORDER BY next_attempt_at LIMIT ?",
+                (DeliveryStatus.PENDING, now, *paused, limit))]
+            if len(due) < limit:
+                due += [r[0] for r in conn.execute(
+                    f"SELECT id FROM deliveries WHERE status = ? AND lease_until <= ?"
+                    f" AND route NOT IN ({skip}) ORDER BY lease_until LIMIT ?",
+                    (DeliveryStatus.LEASED, now, *paused, limit - len(due)))]
+            marks = ",".join("?" * len(due))
+            rows = conn.execute(
+                f"UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
+                f" WHERE id IN ({marks}) RETURNING *",
+                (DeliveryStatus.LEASED, owner, now + lease, *due),
+            ).fetchall() if due else []
+            claimed = [_claimed(row) for row in rows]
+            for route in paused:
+                claimed.extend(self._probe(conn, route, owner, now, lease, probe_every))
+            return claimed
+
+        return await self._write(job)
+
+    @staticmethod
+    def _probe(conn: sqlite3.Connection, route: str, owner: str, now: float, lease: float,
+               probe_every: float) -> list[ClaimedDelivery]:
+        due = conn.execute(
+            "UPDATE routes SET next_probe_at = ? WHERE name = ? AND next_probe_at <= ?",
+            (now + probe_every, route, now)).rowcount
+        if not due:
+            return []
+        rows = conn.execute(
+            "UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
+            " WHERE id = (SELECT id FROM deliveries WHERE route = ? AND"
+            "  ((status = ? AND next_attempt_at <= ?) OR (status = ? AND lease_until <= ?))"
+            "  ORDER BY next_attempt_at LIMIT 1) RETURNING *",
+            (DeliveryStatus.LEASED, owner, now + lease, route, DeliveryStatus.PENDING, now,
+             DeliveryStatus.LEASED, now)).fetchall()
+        return [_claimed(row, probe=True) for row in rows]
+
+    async def record(self, delivery: ClaimedDelivery, owner: str, attempt: Attempt,
+                     outcome: Outcome, next_at: float | None, now: float,
+                     probe_every: float, track_until: float | None = None) -> None:
+        """Record one attempt and apply its outcome, in one transaction. A delivery that
+        started an execution also starts following it when `track_until` is given."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome, status_code,"
+                " error, response_excerpt) VALUES (?,?,?,?,?,?,?)",
+                (attempt.delivery_id, attempt.started_at, attempt.latency_ms, attempt.outcome,
+                 attempt.status_code, attempt.error, attempt.response_excerpt))
+            where = " WHERE id = ? AND status = 'leased' AND lease_owner = ?"
+            key = (delivery.id, owner)
+            if isinstance(outcome, Delivered):
+                conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                             " execution_id = ?, last_error = NULL, lease_owner = NULL,"
+                             " lease_until = NULL, updated_at = ?" + where,
+                             (DeliveryStatus.DELIVERED, outcome.execution_id, now, *key))
+                _set_route(conn, delivery.route, RouteState.ACTIVE, None, now, None)
+                if outcome.execution_id and track_until is not None:
+                    conn.execute(
+                        "INSERT INTO executions (id, delivery_id, event_id, route, trigger, status,"
+                        " created_at, updated_at, deadline_at, next_check_at)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
+                        (outcome.execution_id, delivery.id, delivery.event_id, delivery.route,
+                         delivery.trigger, ExecutionStatus.PENDING, now, now, track_until, now))
+                    self._new_work = True
+            elif isinstance(outcome, RetryLater) and next_at is not None:
+                conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                             " failures = failures + ?, next_attempt_at = ?, last_error = ?,"
+                             " lease_owner = NULL, lease_until = NULL, updated_at = ?" + where,
+                             (DeliveryStatus.PENDING, int(outcome.counts_as_failure), next_at,
+                              outcome.reason, now, *key))
+            elif isinstance(outcome, Paused):
+                conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                             " last_error = ?, lease_owner = NULL, lease_until = NULL,"
+                             " updated_at = ?" + where,
+                             (DeliveryStatus.PENDING, outcome.reason, now, *key))
+                _set_route(conn, delivery.route, RouteState.PAUSED, outcome.reason, now,
+                           now + probe_every)
+            else:
+                reason = outcome.reason if isinstance(outcome, Dead | RetryLater) else "dead"
+                conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                             " last_error = ?, lease_owner = NULL, lease_until = NULL,"
+                             " updated_at = ?" + where,
+                             (DeliveryStatus.DEAD, reason, now, *key))
+            _refresh_event(conn, delivery.event_id)
+
+        await self._write(job)
+
+    async def release(self, owner: str) -> int:
+        """Give back every lease `owner` still holds (clean shutdown)."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE deliveries SET status = ?, lease_owner = NULL, lease_until = NULL"
+                " WHERE status = ? AND lease_owner = ?",
+                (DeliveryStatus.PENDING, DeliveryStatus.LEASED, owner)).rowcount
+
+        return await self._write(job)
+
+    async def next_due(self) -> float | None:
+        row = await self._one(
+            "SELECT MIN(t) AS t FROM ("
+            " SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'"
+            " UNION ALL SELECT MIN(lease_until) FROM deliveries WHERE status = 'leased')", ())
+        return None if row is None else row["t"]
+
+    async def route_states(self) -> dict[str, dict[str, Any]]:
+        rows = await self._all("SELECT * FROM routes", ())
+        return {row["name"]: row for row in rows}
+
+    async def set_route_state(self, route: str, state: RouteState, reason: str | None,
+                              now: float, probe_every: float) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            next_probe = now + probe_every if state == RouteState.PAUSED else None
+            _set_route(conn, route, state, reason, now, next_probe)
+            if state == RouteState.ACTIVE:
+                self._new_work = True
+
+        await self._write(job)
+
+    # executions
+
+    async def claim_executions(self, owner: str, now: float, lease: float,
+                               limit: int) -> list[TrackedExecution]:
+        """Lease unfinished executions whose next check is due (or whose lease expired)."""
+
+        def job(conn: sqlite3.Connection) -> list[TrackedExecution]:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM executions WHERE status IN ('pending', 'running')"
+                " AND next_check_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+                " ORDER BY next_check_at LIMIT ?", (now, now, limit))]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"UPDATE executions SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})"
+                f" RETURNING id, delivery_id, event_id, route, trigger, status, deadline_at, checks",
+                (owner, now + lease, *ids)).fetchall()
+            return [TrackedExecution(*row) for row in rows]
+
+        return await self._write(job)
+
+    async def reschedule_execution(self, execution_id: str, owner: str, status: str | None,
+                                   next_check_at: float, now: float) -> None:
+        """Not finished yet: note its status, free the lease, check again at `next_check_at`."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE executions SET status = COALESCE(?, status), next_check_at = ?,"
+                " checks = checks + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND lease_owner = ? AND status IN ('pending', 'running')",
+                (status, next_check_at, now, execution_id, owner))
+
+        await self._write(job)
+
+    async def complete_execution(self, execution_id: str, result: ExecutionResult, now: float,
+                                 callback_urls: Callable[[str], Sequence[str]]) -> bool:
+        """Apply a terminal state once; in the same transaction, create one callback per URL of
+        the execution's route (and the sender's own, if it gave one). False if it was already
+        finished (a push and a poll for the same execution produce one completion)."""
+
+        def job(conn: sqlite3.Connection) -> bool:
+            changed = conn.execute(
+                "UPDATE executions SET status = ?, output = ?, node_results = ?, error = ?,"
+                " started_at = COALESCE(?, started_at), completed_at = ?, lease_owner = NULL,"
+                " lease_until = NULL, updated_at = ? WHERE id = ?"
+                " AND status IN ('pending', 'running') RETURNING event_id, route, trigger",
+                (result.status, _json(result.output), _json(result.node_results), result.error,
+                 result.started_at, result.completed_at, now, execution_id)).fetchone()
+            if changed is None:
+                return False
+            event_id, route, trigger = changed
+            cursor = conn.execute(
+                "SELECT id, source, provider, event_type, idempotency_key, received_at,"
+                " callback_url FROM events WHERE id = ?", (event_id,))
+            names = [d[0] for d in cursor.description]
+            event = dict(zip(names, cursor.fetchone(), strict=True))
+            targets = [(url, 0) for url in callback_urls(route)]
+            if event["callback_url"]:
+                targets.append((event["callback_url"], 1))
+            if targets:
+                body = callback_body(event, trigger, execution_id, result, now)
+                conn.executemany(
+                    "INSERT INTO callbacks (id, execution_id, event_id, url, sender_supplied,"
+                    " body, status, next_attempt_at, created_at, updated_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [(new_id(), execution_id, event_id, url, supplied, body,
+                      CallbackStatus.PENDING, now, now, now) for url, supplied in targets])
+                self._new_work = True
+            return True
+
+        return await self._write(job)
+
+    async def next_execution_due(self) -> float | None:
+        row = await self._one("SELECT MIN(next_check_at) AS t FROM executions"
+                              " WHERE status IN ('pending', 'running')", ())
+        return None if row is None else row["t"]
+
+    # callbacks
+
+    async def claim_callbacks(self, owner: str, now: float, lease: float,
+                              limit: int) -> list[ClaimedCallback]:
+        def job(conn: sqlite3.Connection) -> list[ClaimedCallback]:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM callbacks WHERE status = ? AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?", (CallbackStatus.PENDING, now, limit))]
+            if len(ids) < limit:
+                ids += [r[0] for r in conn.execute(
+                    "SELECT id FROM callbacks WHERE status = ? AND lease_until <= ?"
+                    " ORDER BY lease_until LIMIT ?",
+                    (CallbackStatus.LEASED, now, limit - len(ids)))]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"UPDATE callbacks SET status = ?, lease_owner = ?, lease_until = ?"
+                f" WHERE id IN ({marks}) RETURNING id, execution_id, event_id, url,"
+                f" sender_supplied, body, attempts, failures, created_at",
+                (CallbackStatus.LEASED, owner, now + lease, *ids)).fetchall()
+            return [ClaimedCallback(r[0], r[1], r[2], r[3], bool(r[4]), bytes(r[5]), r[6], r[7],
+                                    r[8]) for r in rows]
+
+        return await self._write(job)
+
+    async def record_callback(self, callback: ClaimedCallback, owner: str, attempt: Attempt,
+                              delivered: bool, next_at: float | None, reason: str | None,
+                              now: float) -> None:
+        """Record one callback attempt; delivered, retried at `next_at`, or dead."""
+        if delivered:
+            status = CallbackStatus.DELIVERED
+        else:
+            status = CallbackStatus.PENDING if next_at is not None else CallbackStatus.DEAD
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome, status_code,"
+                " error, response_excerpt) VALUES (?,?,?,?,?,?,?)",
+                (attempt.delivery_id, attempt.started_at, attempt.latency_ms, attempt.outcome,
+                 attempt.status_code, attempt.error, attempt.response_excerpt))
+            conn.execute(
+                "UPDATE callbacks SET status = ?, attempts = attempts + 1, failures = failures + ?,"
+                " next_attempt_at = COALESCE(?, next_attempt_at), last_error = ?,"
+                " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND status = 'leased' AND lease_owner = ?",
+                (status, 0 if delivered else 1, next_at, reason, now, callback.id, owner))
+
+        await self._write(job)
+
+    async def next_callback_due(self) -> float | None:
+        row = await self._one("SELECT MIN(next_attempt_at) AS t FROM callbacks"
+                              " WHERE status = 'pending'", ())
+        return None if row is None else row["t"]
+
+    async def release_leases(self, owner: str) -> None:
+        """Free every execution and callback lease `owner` holds (clean shutdown)."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE executions SET lease_owner = NULL, lease_until = NULL"
+                         " WHERE lease_owner = ?", (owner,))
+            conn.execute("UPDATE callbacks SET status = 'pending', lease_owner = NULL,"
+                         " lease_until = NULL WHERE status = 'leased' AND lease_owner = ?",
+                         (owner,))
+
+        await self._write(job)
+
+    # operations (admin API)
+
+    async def list_events(self, *, source: str | None = None, event_type: str | None = None,
+                          state: str | None = None, since: float | None = None,
+                          until: float | None = None, key_contains: str | None = None,
+                          before_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first. `before_id` is the cursor: ids are time-ordered, so the page after one
+        ending at X is everything with an id below X."""
+        where, params = [], []
+        for column, value in (("source", source), ("event_type", event_type), ("state", state)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("received_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("received_at < ?")
+            params.append(until)
+        if key_contains:
+            where.append("instr(idempotency_key, ?) > 0")
+            params.append(key_contains)
+        if before_id:
+            where.append("id < ?")
+            params.append(before_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return await self._all(
+            f"SELECT id, source, provider, event_type, idempotency_key, received_at, state"
+            f" FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
+
+    async def event_body(self, event_id: str) -> bytes | None:
+        row = await self._one("SELECT body FROM events WHERE id = ?", (event_id,))
+        return None if row is None else bytes(row["body"])
+
+    async def replay(self, event_id: str, deliveries: Sequence[NewDelivery], now: float) -> int:
+        """New deliveries for an event, each recorded as a replay of it; returns how many."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            conn.executemany(
+                "INSERT INTO deliveries (id, event_id, route, trigger, idempotency_key, body,"
+                " content_type, status, next_attempt_at, created_at, updated_at, replay_of)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(new_id(), event_id, d.route, d.trigger, d.idempotency_key, d.body,
+                  d.content_type, DeliveryStatus.PENDING, now, now, now, event_id)
+                 for d in deliveries])
+            if deliveries:
+                _refresh_event(conn, event_id)
+                self._new_work = True
+            return len(deliveries)
+
+        return await self._write(job)
+
+    async def dead_letters(self, *, route: str | None = None, source: str | None = None,
+                           after_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        where, params = ["d.status = 'dead'"], []
+        if route:
+            where.append("d.route = ?")
+            params.append(route)
+        if source:
+            where.append("e.source = ?")
+            params.append(source)
+        if after_id:
+            where.append("d.id > ?")
+            params.append(after_id)
+        return await self._all(
+            "SELECT d.id, d.event_id, e.source, e.event_type, d.route, d.trigger,"
+            " d.idempotency_key, d.attempts, d.last_error, d.updated_at FROM deliveries d"
+            f" JOIN events e ON e.id = d.event_id WHERE {' AND '.join(where)}"
+            " ORDER BY d.id LIMIT ?", (*params, limit))
+
+    async def redrive(self, delivery_ids: Sequence[str], now: float) -> int:
+        """Dead deliveries back to pending, due now, with their own idempotency key; their age
+        (for the retry policy's max_age) starts again."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            changed = 0
+            for delivery_id in delivery_ids:
+                row = conn.execute(
+                    "UPDATE deliveries SET status = 'pending', failures = 0, next_attempt_at = ?,"
+                    " created_at = ?, updated_at = ? WHERE id = ? AND status = 'dead'"
+                    " RETURNING event_id", (now, now, now, delivery_id)).fetchone()
+                if row is not None:
+                    changed += 1
+                    _refresh_event(conn, row[0])
+            if changed:
+                self._new_work = True
+            return changed
+
+        return await self._write(job)
+
+    async def discard(self, delivery_ids: Sequence[str], reason: str, now: float) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            changed = 0
+            for delivery_id in delivery_ids:
+                row = conn.execute(
+                    "UPDATE deliveries SET status = 'discarded', last_error = ?, updated_at = ?"
+                    " WHERE id = ? AND status = 'dead' RETURNING event_id",
+                    (f"discarded: {reason}", now, delivery_id)).fetchone()
+                if row is not None:
+                    changed += 1
+            return changed
+
+        return await self._write(job)
+
+    async def pending_by_route(self) -> dict[str, int]:
+        rows = await self._all("SELECT route, COUNT(*) AS n FROM deliveries"
+                               " WHERE status IN ('pending', 'leased') GROUP BY route", ())
+        return {row["route"]: row["n"] for row in rows}
+
+    async def source_counts(self) -> dict[str, dict[str, Any]]:
+        rows = await self._all("SELECT source, COUNT(*) AS events, MAX(received_at) AS last"
+                               " FROM events GROUP BY source", ())
+        return {row["source"]: row for row in rows}
+
+    # housekeeping
+
+    async def prune(self, before: float, limit: int = 1000) -> int:
+        """Forget events received before `before` that have nothing left to deliver."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM events e WHERE received_at < ? AND NOT EXISTS ("
+                " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
+                " AND d.status IN ('pending', 'leased')) AND NOT EXISTS ("
+                " SELECT 1 FROM executions x WHERE x.event_id = e.id"
+                " AND x.status IN ('pending', 'running')) AND NOT EXISTS ("
+                " SELECT 1 FROM callbacks c WHERE c.event_id = e.id"
+                " AND c.status IN ('pending', 'leased')) ORDER BY received_at LIMIT ?",
+                (before, limit))]
+            if not ids:
+                return 0
+            marks = ",".join("?" * len(ids))
+            conn.execute(f"DELETE FROM attempts WHERE delivery_id IN"
+                         f" (SELECT id FROM deliveries WHERE event_id IN ({marks}))", ids)
+            conn.execute(f"DELETE FROM attempts WHERE delivery_id IN"
+                         f" (SELECT id FROM callbacks WHERE event_id IN ({marks}))", ids)
+            conn.execute(f"DELETE FROM callbacks WHERE event_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM executions WHERE event_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM event_items WHERE event_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM nonces WHERE event_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM deliveries WHERE event_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM events WHERE id IN ({marks})", ids)
+            return len(ids)
+
+        return await self._write(job)
+
+    async def check_writable(self) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?)",
+                         (str(time.time()),))
+
+        await self._write(job)
+
+    async def secret_key(self) -> str:
+        """The key that signs status tokens when the config sets none: made once, kept."""
+
+        def job(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('secret_key', ?)",
+                         (secrets.token_urlsafe(32),))
+            return str(conn.execute(
+                "SELECT value FROM meta WHERE key = 'secret_key'").fetchone()[0])
+
+        return await self._write(job)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        events = await self._all("SELECT state, COUNT(*) AS n FROM events GROUP BY state", ())
+        deliveries = await self._all(
+            "SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status", ())
+        return {"events": {r["state"]: r["n"] for r in events},
+                "deliveries": {r["status"]: r["n"] for r in deliveries}}
+
+    # reads
+
+    async def _all(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        if self._reader is None:
+            raise StoreUnavailable("the store is closed")
+        try:
+            cursor = await self._reader.execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            rows = await cursor.fetchall()
+        except sqlite3.Error as exc:
+            log.error("store read failed", extra={"error": _describe(exc)})
+            raise StoreUnavailable("the store cannot be read") from None
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    async def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
+
+
+class _Bare:
+    """A job applied without its own savepoint."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+
+
+def _claimed(row: sqlite3.Row | tuple[Any, ...], probe: bool = False) -> ClaimedDelivery:
+    # RETURNING * yields columns in table order (see MIGRATIONS[0]).
+    (id_, event_id, route, trigger, key, body, content_type, _status, attempts, failures,
+     _next, _owner, _until, created_at, *_rest) = row
+    return ClaimedDelivery(id_, event_id, route, trigger, key, bytes(body), content_type,
+                           attempts, failures, created_at, probe)
+
+
+def _set_route(conn: sqlite3.Connection, route: str, state: RouteState, reason: str | None,
+               now: float, next_probe: float | None) -> None:
+    current = conn.execute("SELECT state FROM routes WHERE name = ?", (route,)).fetchone()
+    if current is None and state == RouteState.ACTIVE:
+        return  # routes are active unless a row says otherwise
+    if current is not None and current[0] == state and state == RouteState.ACTIVE:
+        return
+    conn.execute(
+        "INSERT INTO routes (name, state, reason, changed_at, next_probe_at) VALUES (?,?,?,?,?)"
+        " ON CONFLICT(name) DO UPDATE SET state = excluded.state, reason = excluded.reason,"
+        " changed_at = excluded.changed_at, next_probe_at = excluded.next_probe_at",
+        (route, state, reason, now, next_probe))
+    if state == RouteState.ACTIVE:
+        log.info("route resumed", extra={"route": route})
+    else:
+        log.warning("route paused", extra={"route": route, "reason": reason})
+
+
+def _refresh_event(conn: sqlite3.Connection, event_id: str) -> None:
+    conn.execute(
+        "UPDATE events SET state = CASE"
+        " WHEN EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1"
+        "   AND status IN ('pending', 'leased')) THEN 'queued'"
+        " WHEN EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1 AND status IN ('dead', 'discarded'))"
+        "   THEN 'dead'"
+        " ELSE 'delivered' END WHERE id = ?1", (event_id,))
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _decode_execution(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("output", "node_results"):
+        if row.get(key) is not None:
+            row[key] = json.loads(row[key])
+    return row
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def open_store(path: str, **options: Any) -> SQLiteStore:
+    """The store for a config's `[store] path` (PostgreSQL URLs come later)."""
+    return SQLiteStore(os.fspath(path), **options)

@@ -1,0 +1,215 @@
+"""The tracker: follow each started execution to its end, then hand it to the relay.
+
+For each due execution it opens the platform's SSE stream (`GET /executions/{id}/stream`) while
+fewer than `max_streams` are open, and otherwise polls `GET /executions/{id}`. A stream that is
+unavailable, errors, or ends without a terminal event falls back to polling, which backs off from
+`poll_initial` (1 s) by 1.5x per check to `poll_max` (30 s). A stream is held at most half a
+lease and then reopened, so a crashed tracker's executions are picked up again within a lease.
+Past `deadline` (24 h) an unfinished execution becomes `timed_out`.
+
+Completions, from here or from a platform push (`POST /platform/events`), go through
+`Store.complete_execution`, which applies a terminal state once and creates the callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from bridge import __version__
+from bridge.completion import execution_id_of, parse_result
+from bridge.config import Config, SourceConfig
+from bridge.errors import BadRequest, NotFound
+from bridge.inbound import read_body, request_headers
+from bridge.loop import ClaimLoop, owner_id
+from bridge.metrics import Metrics
+from bridge.models import ExecutionResult, ExecutionStatus, TrackedExecution
+from bridge.platform import ClientPool, base_url
+from bridge.providers import InboundRequest
+from bridge.providers.standard import Standard
+from bridge.store import Store
+
+log = logging.getLogger("bridge.tracker")
+MAX_PUSH_BYTES = 1024 * 1024
+
+
+class Tracker(ClaimLoop[TrackedExecution]):
+    name = "tracker"
+
+    def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 metrics: Metrics | None = None) -> None:
+        settings = config.tracking
+        self.metrics = metrics or Metrics()
+        super().__init__(concurrency=settings.concurrency, batch_size=settings.batch_size,
+                         poll_interval=settings.poll_interval, shutdown_grace=1.0, clock=clock)
+        self.config = config
+        self.settings = settings
+        self.store = store
+        self.transport = transport
+        self.owner = owner_id("tracker")
+        self.open_streams = 0
+        self.no_stream: set[str] = set()  # executions whose stream failed: poll them
+        self.http: ClientPool | None = None
+        self.routes = {route.name: route.callbacks for route in config.routes}
+        store.watch(self.wake.set)
+
+    def client(self) -> httpx.AsyncClient:
+        """A client for one request; streams and polls together may hold max_streams + the
+        loop's concurrency connections."""
+        if self.http is None:
+            platform = self.config.platform
+            headers = {"User-Agent": f"webhook-bridge/{__version__}",
+                       "Accept": "application/json"}
+            if platform.api_key:
+                headers["Authorization"] = f"Bearer {platform.api_key.reveal()}"
+            if platform.project_slug:
+                headers["X-Project-Slug"] = platform.project_slug
+            if platform.project_id:
+                headers["X-Project-ID"] = platform.project_id
+            self.http = ClientPool(self.settings.max_streams + self.settings.concurrency,
+                                   per_client=32, base_url=base_url(self.config),
+                                   headers=headers, timeout=platform.timeout,
+                                   transport=self.transport)
+        return self.http.pick()
+
+    def callback_urls(self, route: str) -> tuple[str, ...]:
+        return self.routes.get(route, ())
+
+    async def claim(self, limit: int, now: float) -> list[TrackedExecution]:
+        return await self.store.claim_executions(self.owner, now, self.settings.lease, limit)
+
+    async def next_due(self) -> float | None:
+        return await self.store.next_execution_due()
+
+    async def release(self) -> None:
+        await self.store.release_leases(self.owner)
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
+
+    async def handle(self, item: TrackedExecution) -> None:
+        now = self.clock()
+        if now >= item.deadline_at:
+            await self.finish(item.id, ExecutionResult(
+                ExecutionStatus.TIMED_OUT, error="still unfinished at the tracking deadline"))
+            return
+        result: ExecutionResult | None = None
+        if item.id not in self.no_stream and self.open_streams < self.settings.max_streams:
+            result = await self.follow_stream(item, min(self.settings.lease / 2,
+                                                        item.deadline_at - now))
+        if result is None or not result.terminal:
+            result = await self.poll(item) or result
+        if result is not None and result.terminal:
+            await self.finish(item.id, result)
+            return
+        delay = min(self.settings.poll_max, self.settings.poll_initial * 1.5 ** item.checks)
+        status = result.status if result is not None and result.status in (
+            ExecutionStatus.PENDING, ExecutionStatus.RUNNING) else None
+        now = self.clock()
+        await self.store.reschedule_execution(item.id, self.owner, status,
+                                              min(now + delay, item.deadline_at), now)
+
+    async def finish(self, execution_id: str, result: ExecutionResult) -> bool:
+        changed = await self.store.complete_execution(execution_id, result, self.clock(),
+                                                      self.callback_urls)
+        self.no_stream.discard(execution_id)
+        if changed:
+            log.info("execution finished", extra={"execution_id": execution_id,
+                                                  "status": result.status})
+        return changed
+
+    async def follow_stream(self, item: TrackedExecution,
+                            budget: float) -> ExecutionResult | None:
+        """Read the SSE stream until a terminal event, an error, its end, or `budget` seconds."""
+        self.open_streams += 1
+        self.metrics.streams.set(self.open_streams)
+        last: ExecutionResult | None = None
+        deadline = time.monotonic() + budget
+        timeout = httpx.Timeout(self.config.platform.timeout, read=max(1.0, budget))
+        try:
+            async with self.client().stream("GET", f"/executions/{item.id}/stream",
+                                            timeout=timeout) as response:
+                if response.status_code != 200:
+                    self.no_stream.add(item.id)
+                    return None
+                data: list[str] = []
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        last = _event(data) or last
+                        data = []
+                        if last is not None and last.terminal:
+                            return last
+                    if time.monotonic() > deadline:
+                        return last  # reopened on the next claim
+            self.no_stream.add(item.id)  # ended without a terminal event: poll instead
+        except httpx.HTTPError as exc:
+            log.info("stream dropped; polling", extra={"execution_id": item.id,
+                                                        "error": exc.__class__.__name__})
+            self.no_stream.add(item.id)
+        finally:
+            self.open_streams -= 1
+            self.metrics.streams.set(self.open_streams)
+        return last
+
+    async def poll(self, item: TrackedExecution) -> ExecutionResult | None:
+        try:
+            response = await self.client().get(f"/executions/{item.id}")
+        except httpx.HTTPError as exc:
+            log.info("poll failed", extra={"execution_id": item.id,
+                                           "error": exc.__class__.__name__})
+            return None
+        if response.status_code != 200:
+            log.info("poll answered", extra={"execution_id": item.id,
+                                             "status_code": response.status_code})
+            return None
+        try:
+            return parse_result(response.json())
+        except ValueError:
+            return None
+
+
+def _event(data: list[str]) -> ExecutionResult | None:
+    try:
+        return parse_result(json.loads("\n".join(data)))
+    except ValueError:
+        return None
+
+
+class PushReceiver:
+    """POST /platform/events: a Standard-Webhooks-signed execution state from the platform."""
+
+    def __init__(self, config: Config, tracker: Tracker) -> None:
+        self.tracker = tracker
+        secret = config.platform.webhook_secret
+        self.verifier = Standard(SourceConfig(name="platform", provider="standard",
+                                              secrets=(secret,))) if secret else None
+
+    async def handle(self, request: Request) -> JSONResponse:
+        if self.verifier is None:
+            raise NotFound("execution pushes are not enabled ([platform] webhook_secret)")
+        body = await read_body(request, MAX_PUSH_BYTES)
+        inbound = InboundRequest(request_headers(request), body)
+        self.verifier.verify(inbound, self.tracker.clock())
+        document = inbound.json()
+        data = document.get("data", document) if isinstance(document, dict) else None
+        execution_id = execution_id_of(data) or execution_id_of(document)
+        result = parse_result(data) or parse_result(document)
+        if execution_id is None or result is None:
+            raise BadRequest("expected an execution id and status")
+        if await self.tracker.store.get_execution(execution_id) is None:
+            return JSONResponse({"execution_id": execution_id, "tracked": False})
+        if not result.terminal:
+            return JSONResponse({"execution_id": execution_id, "tracked": True,
+                                 "completed": False})
+        changed = await self.tracker.finish(execution_id, result)
+        return JSONResponse({"execution_id": execution_id, "tracked": True,
+                             "completed": True, "duplicate": not changed})

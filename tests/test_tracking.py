@@ -1,0 +1,271 @@
+"""Execution tracking and signed callbacks: real bridge, real emulator, real callback receiver."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from bridge.emulator import EmulatorServer
+from tests.conftest import Bridge, github_headers, wait_for
+from tests.receiver import Receiver
+
+CALLBACK_SECRET = "whsec_cGxhdGZvcm0tY2FsbGJhY2stc2VjcmV0LTAx"
+PUSH_SECRET = "whsec_cHVzaC1zZWNyZXQtZm9yLXRlc3RzLTAxMjM0NTY3"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+def tracked_config(receiver: Receiver, tracking: str = "", callbacks: str = "") -> str:
+    return f"""
+[callbacks]
+signing_secret = "{CALLBACK_SECRET}"
+{callbacks}
+[callbacks.retry]
+base = "200ms"
+cap = "1s"
+
+[tracking]
+poll_initial = "100ms"
+poll_max = "300ms"
+lease = "2s"
+poll_interval = "100ms"
+{tracking}
+
+[[sources]]
+name = "zap"
+provider = "token"
+secret = "zap-token"
+id_header = "X-Request-Id"
+allow_callback_urls = ["http://*", "https://*.example.com/*"]
+
+[[routes]]
+source = "github"
+trigger = "notify"
+events = ["issues.*"]
+callbacks = ["{receiver.url}/done"]
+
+[[routes]]
+source = "zap"
+trigger = "zap-flow"
+"""
+
+
+def send_issue(bridge: Bridge, delivery: str, query: str = "") -> httpx.Response:
+    body = json.dumps({"action": "opened", "issue": {"title": "Ünïcode ✓"}}).encode()
+    return bridge.post(f"/hooks/github{query}", body,
+                       github_headers(body, delivery=delivery, event="issues"))
+
+
+def verified(message: dict[str, object]) -> dict[str, object]:
+    """Verify a received callback with the official Standard Webhooks library."""
+    body = message["body"]
+    assert isinstance(body, bytes)
+    headers = message["headers"]
+    assert isinstance(headers, dict)
+    return Webhook(CALLBACK_SECRET).verify(body.decode(), headers)  # type: ignore[no-any-return]
+
+
+def test_completion_reaches_the_callback_signed_once(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    bridge = make_bridge(tracked_config(receiver))
+    ack = send_issue(bridge, "track-1").json()
+    wait_for(lambda: receiver.accepted())
+    time.sleep(0.5)
+    [message] = receiver.all()
+    payload = verified(message)
+    assert payload["type"] == "execution.completed"
+    data = payload["data"]
+    assert data["trigger"] == "notify"
+    assert data["event"]["idempotency_key"] == "github:track-1"
+    assert data["execution"]["status"] == "completed"
+    assert data["execution"]["output"]["echo"]["payload"]["issue"]["title"] == "Ünïcode ✓"
+    [execution] = emulator.emulator.executions_for("notify")
+    assert data["execution"]["id"] == execution.id
+    assert message["headers"]["webhook-id"]
+    shown = httpx.get(ack["status_url"]).json()
+    delivery = shown["deliveries"][0]
+    assert delivery["execution"]["status"] == "completed"
+    assert delivery["execution"]["output"]["echo"]["payload"]["issue"]["title"] == "Ünïcode ✓"
+    assert shown["callbacks"][0]["status"] == "delivered"
+
+
+def test_a_failing_workflow_sends_execution_failed(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    emulator.emulator.configure(failing_triggers=["notify"])
+    bridge = make_bridge(tracked_config(receiver))
+    send_issue(bridge, "fail-1")
+    wait_for(lambda: receiver.accepted())
+    payload = verified(receiver.accepted()[0])
+    assert payload["type"] == "execution.failed"
+    assert payload["data"]["execution"]["status"] == "failed"
+
+
+def test_an_execution_that_never_ends_times_out(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    emulator.emulator.configure(hanging_triggers=["notify"])
+    bridge = make_bridge(tracked_config(receiver, tracking='deadline = "1500ms"'))
+    send_issue(bridge, "hang-1")
+    wait_for(lambda: receiver.accepted(), timeout=20)
+    payload = verified(receiver.accepted()[0])
+    assert payload["type"] == "execution.timed_out"
+    assert bridge.query("SELECT status FROM executions") == [("timed_out",)]
+
+
+def test_a_503_callback_is_retried_with_the_same_id_and_a_fresh_signature(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    receiver.fail_next = [503]
+    bridge = make_bridge(tracked_config(receiver))
+    send_issue(bridge, "cb-503")
+    wait_for(lambda: receiver.accepted(), timeout=20)
+    first, second = receiver.all()
+    assert (first["status"], second["status"]) == (503, 200)
+    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
+    assert first["body"] == second["body"]
+    # Both verify on their own timestamp; the signature changes whenever the timestamp does.
+    verified(first)
+    verified(second)
+    rows = bridge.query("SELECT status, attempts FROM callbacks")
+    assert rows == [("delivered", 2)]
+
+
+@pytest.mark.parametrize("mode", ["drop", "unavailable"])
+def test_polling_finishes_when_the_stream_fails(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver,
+        mode: str) -> None:
+    emulator.emulator.configure(stream_mode=mode, execution_delay=0.8)
+    bridge = make_bridge(tracked_config(receiver))
+    send_issue(bridge, f"stream-{mode}")
+    wait_for(lambda: receiver.accepted(), timeout=20)
+    assert verified(receiver.accepted()[0])["type"] == "execution.completed"
+    assert bridge.query("SELECT checks > 0 FROM executions") == [(1,)]  # it polled
+
+
+def test_tracking_survives_kill_9(make_bridge: Callable[..., Bridge], emulator: EmulatorServer,
+                                  receiver: Receiver) -> None:
+    emulator.emulator.configure(execution_delay=3.0)
+    bridge = make_bridge(tracked_config(receiver))
+    for i in range(5):
+        assert send_issue(bridge, f"kill-{i}").status_code == 202
+    wait_for(lambda: bridge.query("SELECT COUNT(*) FROM executions") == [(5,)])
+    bridge.kill()  # while every execution is still running
+    assert receiver.all() == []
+    bridge.start()
+    wait_for(lambda: len(receiver.accepted()) >= 5, timeout=30)
+    time.sleep(1.0)
+    ids = [m["headers"]["webhook-id"] for m in receiver.all()]
+    assert len(ids) == 5 and len(set(ids)) == 5  # each completion delivered once
+    executions = {verified(m)["data"]["execution"]["id"] for m in receiver.all()}
+    assert executions == {e.id for e in emulator.emulator.executions_for("notify")}
+
+
+def test_wait_returns_the_output_or_202(make_bridge: Callable[..., Bridge],
+                                        emulator: EmulatorServer, receiver: Receiver) -> None:
+    emulator.emulator.configure(execution_delay=0.2)
+    bridge = make_bridge(tracked_config(receiver))
+    fast = send_issue(bridge, "wait-fast", "?wait=10")
+    assert fast.status_code == 200
+    result = fast.json()
+    assert result["state"] == "delivered" and result["duplicate"] is False
+    execution = result["deliveries"][0]["execution"]
+    assert execution["status"] == "completed"
+    assert execution["output"]["echo"]["payload"]["action"] == "opened"
+    emulator.emulator.configure(execution_delay=5.0)
+    started = time.monotonic()
+    slow = send_issue(bridge, "wait-slow", "?wait=1")
+    assert slow.status_code == 202 and 0.9 <= time.monotonic() - started < 4
+    assert "status_url" in slow.json()
+    assert bridge.query("SELECT COUNT(*) FROM events WHERE idempotency_key = 'github:wait-slow'"
+                        ) == [(1,)]
+    assert send_issue(bridge, "wait-bad", "?wait=600").status_code == 400
+
+
+def test_a_push_and_a_poll_make_one_completion(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    emulator.emulator.configure(hanging_triggers=["notify"])
+    bridge = make_bridge(tracked_config(receiver), start=False)
+    text = bridge.config_path.read_text().replace(
+        "[platform]\n", f'[platform]\nwebhook_secret = "{PUSH_SECRET}"\n', 1)
+    bridge.config_path.write_text(text)
+    bridge.start()
+    send_issue(bridge, "push-1")
+    wait_for(lambda: bridge.query("SELECT id FROM executions"))
+    [(execution_id,)] = bridge.query("SELECT id FROM executions")
+    body = json.dumps({"type": "execution.completed",
+                       "data": {"execution_id": execution_id, "status": "completed",
+                                "output": {"pushed": True}}})
+    from datetime import UTC, datetime
+
+    def push(msg_id: str) -> httpx.Response:
+        signature = Webhook(PUSH_SECRET).sign(msg_id, datetime.now(tz=UTC), body)
+        return bridge.post("/platform/events", body.encode(),
+                           {"webhook-id": msg_id, "webhook-timestamp": str(int(time.time())),
+                            "webhook-signature": signature})
+
+    first = push("msg-1")
+    assert first.status_code == 200 and first.json()["duplicate"] is False
+    again = push("msg-2")
+    assert again.json()["duplicate"] is True
+    wait_for(lambda: receiver.accepted())
+    time.sleep(0.8)  # the tracker keeps polling the (hanging) execution meanwhile
+    assert len(receiver.all()) == 1
+    assert verified(receiver.all()[0])["data"]["execution"]["output"] == {"pushed": True}
+    forged = bridge.post("/platform/events", body.encode(),
+                         {"webhook-id": "m", "webhook-timestamp": str(int(time.time())),
+                          "webhook-signature": "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="})
+    assert forged.status_code == 401
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://10.0.0.1/x",
+                                 "http://169.254.169.254/latest/meta-data"])
+def test_sender_callback_urls_to_private_addresses_are_refused(
+        make_bridge: Callable[..., Bridge], receiver: Receiver, url: str) -> None:
+    bridge = make_bridge(tracked_config(receiver))
+    response = bridge.post(f"/hooks/zap?callback_url={url}", b'{"a":1}',
+                           {"X-Webhook-Token": "zap-token", "X-Request-Id": "r1"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "callback_not_allowed"
+
+
+def test_a_name_resolving_to_loopback_is_refused_at_send_time(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    bridge = make_bridge(tracked_config(receiver))
+    port = receiver.url.rsplit(":", 1)[1]
+    response = bridge.post(f"/hooks/zap?callback_url=http://localhost:{port}/sender",
+                           b'{"a":1}', {"X-Webhook-Token": "zap-token", "X-Request-Id": "r2"})
+    assert response.status_code == 202
+    wait_for(lambda: bridge.query("SELECT status FROM callbacks") == [("dead",)], timeout=20)
+    [(error,)] = bridge.query("SELECT last_error FROM callbacks")
+    assert "non-public" in error
+    assert receiver.all() == []  # nothing reached the loopback receiver
+
+
+def test_private_callbacks_work_when_allowed(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    bridge = make_bridge(tracked_config(receiver, callbacks="allow_private = true"))
+    response = bridge.post(f"/hooks/zap?callback_url={receiver.url}/mine", b'{"a":1}',
+                           {"X-Webhook-Token": "zap-token", "X-Request-Id": "r3"})
+    assert response.status_code == 202
+    wait_for(lambda: receiver.accepted())
+    assert receiver.accepted()[0]["path"] == "/mine"
+
+
+def test_callback_url_needs_an_allowing_source(make_bridge: Callable[..., Bridge],
+                                               receiver: Receiver) -> None:
+    bridge = make_bridge(tracked_config(receiver))
+    body = b'{"a":1}'
+    refused = bridge.post("/hooks/github?callback_url=https://x.example.com/cb", body,
+                          github_headers(body))
+    assert refused.status_code == 400
+    outside = bridge.post("/hooks/zap?callback_url=ftp://x.example.com/cb", body,
+                          {"X-Webhook-Token": "zap-token"})
+    assert outside.status_code == 400
