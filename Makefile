@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.example.toml
 
-.PHONY: run test bench chaos audit clean venv
+.PHONY: run test bench chaos fuzz audit clean venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	CHAOS_SCALE=10 $(BIN)/python -m pytest tests/chaos -q
+
+# Open-ended coverage-guided fuzzing with a fresh seed; crashes are written to fuzz/crashes/.
+fuzz: $(STAMP)
+	mkdir -p fuzz/crashes
+	$(BIN)/python fuzz/verifiers.py -atheris_runs=$${RUNS:-1000000} -artifact_prefix=fuzz/crashes/
 
 # Needs a network that reaches PyPI's JSON API or OSV; see docs/security.md.
 audit: $(STAMP)
