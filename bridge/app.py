@@ -31,7 +31,7 @@ from bridge.admin import Admin
 from bridge.config import Config, load
 from bridge.errors import BridgeError, ConfigError, StoreUnavailable
 from bridge.forwarder import Forwarder
-from bridge.inbound import Inbound, Runtime
+from bridge.inbound import Hooks, Inbound, Runtime
 from bridge.metrics import Metrics
 from bridge.providers import build_all
 from bridge.relay import Relay
@@ -81,7 +81,7 @@ async def readyz(request: Request) -> Response:
 def create_app(config: Config, *, store: SQLiteStore | None = None,
                clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                transport: httpx.AsyncBaseTransport | None = None,
-               config_path: str | None = None) -> Starlette:
+               config_path: str | None = None) -> Hooks:
     """Build the application. Raises ConfigError for what the config parser cannot see
     (undecodable secrets, bad provider options) so it surfaces before the port is bound."""
     providers = build_all(config)
@@ -113,7 +113,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
         app.state.store = store
         app.state.tokens = tokens
         app.state.forwarder = forwarder
-        app.state.inbound = Inbound(runtime, store, tokens, metrics, clock)
+        hooks.inbound = Inbound(runtime, store, tokens, metrics, clock)
         if config_path is not None:
             _on_sighup(lambda: reload(runtime, tracker, config_path))
         tasks = [asyncio.create_task(_prune_loop(store, config, clock), name="prune")]
@@ -138,24 +138,24 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
             await store.close()
             log.info("bridge stopped")
 
-    async def hooks(request: Request) -> Response:
-        inbound: Inbound = request.app.state.inbound
-        return await inbound(request)
+    async def not_ready(request: Request) -> Response:  # only before the lifespan has run
+        raise StoreUnavailable("starting up")
 
     routes = [
-        Route("/hooks/{source}", hooks, methods=["POST"]),
+        Route("/hooks/{source}", not_ready, methods=["POST"]),
         Route("/events/{token}", status.show, methods=["GET"]),
         Route("/platform/events", push.handle, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *admin.routes(),
     ]
-    return Starlette(
+    hooks = Hooks(Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={BridgeError: bridge_error, HTTPException: http_error,
                             Exception: unexpected},
-    )
+    ))
+    return hooks
 
 
 def reload(runtime: Runtime, tracker: Tracker, path: str) -> bool:
@@ -187,7 +187,7 @@ def _on_sighup(callback: Callable[[], object]) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, callback)
 
 
-def from_environment() -> Starlette:
+def from_environment() -> Hooks:
     """The app for one of several uvicorn worker processes: config from $BRIDGE_CONFIG."""
     path = os.environ.get("BRIDGE_CONFIG")
     config = load(path)

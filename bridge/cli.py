@@ -113,7 +113,7 @@ def serve(config: object, log_format: str | None) -> int:
         log.info("platform emulator started", extra={"url": emulator.base_url})
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port, log_config=None,
-        access_log=False, lifespan="on", server_header=False,
+        access_log=False, lifespan="on", server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=int(config.server.shutdown_timeout),
         timeout_keep_alive=5,
     ))
@@ -142,7 +142,7 @@ def serve_workers(config: object) -> int:
     log.info("config loaded", extra={"config": config.origin, "workers": config.server.workers})
     uvicorn.run("bridge.app:from_environment", factory=True, host=config.server.host,
                 port=config.server.port, workers=config.server.workers, log_config=None,
-                access_log=False, server_header=False,
+                access_log=False, server_header=False, proxy_headers=False,
                 timeout_graceful_shutdown=int(config.server.shutdown_timeout))
     return EXIT_OK
 

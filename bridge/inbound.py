@@ -1,4 +1,10 @@
-"""POST /hooks/{source}: bounded body -> verify -> identify -> store (durable) -> ack."""
+"""POST /hooks/{source}: bounded body -> verify -> identify -> store (durable) -> ack.
+
+This is the one path that runs for every webhook, so it is a plain ASGI handler: `Hooks` sits in
+front of the Starlette router and takes `POST /hooks/{source}` straight to `Inbound`, which
+reads the body from `receive`, answers with one `send` of prebuilt bytes, and writes its log
+line without building a LogRecord. Everything else goes through the router as usual.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,12 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import parse_qsl
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from bridge import outbox
+from bridge import codec, logs, outbox
 from bridge.config import Config, is_http_url
 from bridge.errors import (
     BadRequest,
@@ -37,6 +41,19 @@ from bridge.store import Store
 log = logging.getLogger("bridge.inbound")
 MAX_WAIT = 60.0
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# (status, body, headers): an answer ready to send.
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+_JSON = (b"content-type", b"application/json")
+
+
+class Disconnected(Exception):
+    """The sender went away before its body arrived; there is nobody to answer."""
+
 # Never stored or forwarded: credentials, signatures, and hop-by-hop framing.
 _DROP_EXACT = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "host", "connection",
@@ -55,29 +72,51 @@ def kept_headers(headers: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in headers.items() if _keep(name)}
 
 
-def request_headers(request: Request) -> dict[str, str]:
+def request_headers(scope: Scope) -> dict[str, str]:
     """Lower-cased headers; a repeated header's values are joined with ', ' (RFC 9110)."""
     out: dict[str, str] = {}
-    for raw_name, raw_value in request.scope["headers"]:
+    for raw_name, raw_value in scope["headers"]:
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
         out[name] = f"{out[name]}, {value}" if name in out else value
     return out
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The raw body; past `limit` bytes stop reading and answer 413."""
-    declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise Disconnected
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        if not chunks and not more:  # the usual case: the whole body in one message
+            if len(chunk) > limit:
+                raise PayloadTooLarge(f"body exceeds {limit} bytes")
+            return chunk
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body exceeds {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not more:
+            return b"".join(chunks)
+
+
+def json_answer(payload: Any, status: int, headers: dict[str, str] | None = None) -> Answer:
+    body = codec.dumps(payload)
+    out = [_JSON, (b"content-length", str(len(body)).encode())]
+    if headers:
+        out += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    return status, body, out
+
+
+def error_answer(exc: BridgeError) -> Answer:
+    return json_answer({"error": {"code": exc.code, "message": exc.message}}, exc.status_code,
+                       exc.headers())
 
 
 def decode_body(body: bytes, encoding: str | None, allowed: bool, limit: int) -> bytes:
@@ -125,22 +164,35 @@ class Inbound:
         self.tokens = tokens
         self.metrics = metrics
         self.clock = clock
+        self.lines = logs.EventLines("bridge.inbound")
+        self._meters: dict[str, _Meters] = {}
 
     @property
     def config(self) -> Config:
         return self.runtime.config
 
-    async def __call__(self, request: Request) -> Response:
-        name = request.path_params["source"]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        try:
+            answer = await self.answer(path[path.rindex("/") + 1:], scope, receive)
+        except Disconnected:
+            return
+        status, body, headers = answer
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def answer(self, name: str, scope: Scope, receive: Receive) -> Answer:
         provider = self.runtime.providers.get(name)
         if provider is None:
             log.warning("rejected", extra={"source": name[:64], "outcome": "rejected",
                                            "reason": UnknownSource.code})
-            raise UnknownSource(f"no source named {name!r}")
+            return error_answer(UnknownSource(f"no source named {name!r}"))
+        meters = self._meters.get(name) or self._meters.setdefault(name, _Meters(self.metrics,
+                                                                                  name))
         started = time.perf_counter()
-        self.metrics.received.labels(name).inc()
+        meters.received.inc()
         try:
-            response = await self.handle(request, name, provider)
+            return await self.handle(scope, receive, name, provider, meters)
         except BridgeError as exc:
             log.warning("rejected", extra={"source": name, "outcome": "rejected",
                                            "reason": exc.code})
@@ -148,29 +200,40 @@ class Inbound:
             if isinstance(exc, SignatureError | MalformedSignature):
                 self.runtime.failures[name] = {"reason": f"{exc.code}: {exc.message}",
                                                "at": self.clock()}
+            return error_answer(exc)
+        except Disconnected:
             raise
+        except Exception:
+            log.exception("unexpected error", extra={"source": name})
+            return json_answer({"error": {"code": "internal", "message": "internal error"}}, 500)
         finally:
-            self.metrics.request_seconds.labels(name).observe(time.perf_counter() - started)
-        return response
+            meters.seconds.observe(time.perf_counter() - started)
 
-    async def handle(self, request: Request, name: str, provider: Provider) -> Response:
+    async def handle(self, scope: Scope, receive: Receive, name: str, provider: Provider,
+                     meters: _Meters) -> Answer:
         source = provider.source
         limit = source.max_body_bytes or self.config.server.max_body_bytes
-        body = await read_body(request, limit)
-        headers = request_headers(request)
+        headers = request_headers(scope)
+        body = await read_body(receive, headers.get("content-length"), limit)
         body = decode_body(body, headers.get("content-encoding"), source.gzip, limit)
-        url = self.config.public_url + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
-        inbound = InboundRequest(headers, body, url, request.method)
+        url = self.config.public_url + scope["path"]
+        raw_query: bytes = scope.get("query_string", b"")
+        query: dict[str, str] = {}
+        if raw_query:
+            url += "?" + raw_query.decode("latin-1")
+            query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True))
+        inbound = InboundRequest(headers, body, url, scope["method"])
         now = self.clock()
         provider.verify(inbound, now)
-        callback_url = self.callback_url(request, source)
-        wait = self.wait_seconds(request)
+        callback_url = self.callback_url(query.get("callback_url"), source)
+        wait = self.wait_seconds(query.get("wait"))
         challenge = provider.handshake(inbound)
         if challenge is not None:
             status, extra, content = challenge
-            return Response(content, status, headers=extra)
+            answer_headers = [(b"content-length", str(len(content)).encode())]
+            answer_headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                               for k, v in extra.items()]
+            return status, content, answer_headers
         identity = provider.identify(inbound)
         event = VerifiedEvent(
             id=new_id(), source=name, provider=source.provider,
@@ -188,13 +251,11 @@ class Inbound:
 
         accepted = await self.store.accept(event, deliveries if event.items else deliveries(
             frozenset()))
-        counter = self.metrics.duplicates if accepted.duplicate else self.metrics.accepted
-        counter.labels(name).inc()
+        (meters.duplicates if accepted.duplicate else meters.accepted).inc()
         outcome = "duplicate" if accepted.duplicate else "accepted"
-        log.info(outcome, extra={"source": name, "event_id": accepted.event_id,
-                                 "idempotency_key": event.idempotency_key,
-                                 "event_type": event.event_type, "outcome": outcome,
-                                 "routes": len(routes)})
+        self.lines.info(outcome, source=name, event_id=accepted.event_id,
+                        idempotency_key=event.idempotency_key, event_type=event.event_type,
+                        outcome=outcome, routes=len(routes))
         payload: dict[str, Any] = {
             "id": accepted.event_id,
             "idempotency_key": event.idempotency_key,
@@ -204,11 +265,10 @@ class Inbound:
         if wait:
             outcome_view = await self.wait_for(accepted.event_id, wait)
             if outcome_view is not None:
-                return JSONResponse({**payload, **outcome_view}, 200)
-        return JSONResponse(payload, 200 if accepted.duplicate else 202)
+                return json_answer({**payload, **outcome_view}, 200)
+        return json_answer(payload, 200 if accepted.duplicate else 202)
 
-    def callback_url(self, request: Request, source: Any) -> str | None:
-        url = request.query_params.get("callback_url")
+    def callback_url(self, url: str | None, source: Any) -> str | None:
         if url is None:
             return None
         if not source.allow_callback_urls:
@@ -220,8 +280,7 @@ class Inbound:
         return url
 
     @staticmethod
-    def wait_seconds(request: Request) -> float:
-        raw = request.query_params.get("wait")
+    def wait_seconds(raw: str | None) -> float:
         if raw is None:
             return 0.0
         try:
@@ -247,3 +306,37 @@ class Inbound:
                 return None
             await asyncio.sleep(min(pause, remaining))
             pause = min(0.5, pause * 1.5)
+
+
+class _Meters:
+    """One source's metric children, looked up once instead of on every request."""
+
+    __slots__ = ("received", "accepted", "duplicates", "seconds")
+
+    def __init__(self, metrics: Metrics, source: str) -> None:
+        self.received = metrics.received.labels(source)
+        self.accepted = metrics.accepted.labels(source)
+        self.duplicates = metrics.duplicates.labels(source)
+        self.seconds = metrics.request_seconds.labels(source)
+
+
+class Hooks:
+    """In front of the router: `POST /hooks/{source}` goes straight to `Inbound`; everything
+    else (including other methods on /hooks/, which get 405) to `app`. `inbound` is set by the
+    lifespan once the store has given the status-token key."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.inbound: Inbound | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.inbound is not None and scope["type"] == "http" and scope["method"] == "POST"
+                and is_hook_path(scope["path"])):
+            await self.inbound(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def is_hook_path(path: str) -> bool:
+    """`/hooks/{source}`: one non-empty segment after the prefix, as the router would match."""
+    return path.startswith("/hooks/") and len(path) > 7 and path.find("/", 7) == -1

@@ -2,19 +2,25 @@
 
 `configure()` installs a filter on the root handler that replaces every configured secret, any
 bearer token and any signature header value that reaches a log record with `********`.
+
+Lines are written once per event-loop turn (`LineHandler`), and the per-webhook line skips the
+LogRecord machinery (`EventLines`); both format and redact exactly as a logged record would.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import re
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
+
+from bridge import codec
 
 MASK = "********"
+MAX_PENDING = 256  # lines buffered before a write is forced
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "color_message"}
 # Bearer tokens, `signature=...`-style assignments, and signature values (sha256=<hex>, v1,<b64>).
@@ -25,8 +31,8 @@ _PATTERN = re.compile(
     r"|(sha(?:1|256|512)=)[0-9a-fA-F]{16,}"
     r"|(v1[,=])[A-Za-z0-9+/=]{16,}"
 )
-_TRIGGERS = ("earer", "ignature", "oken", "ecret", "uthorization", "sha1=", "sha256=", "sha512=",
-             "v1,", "v1=", "EARER", "IGNATURE", "OKEN", "ECRET", "UTHORIZATION")
+_TRIGGERS = re.compile("earer|ignature|oken|ecret|uthorization|sha1=|sha256=|sha512=|v1,|v1="
+                       "|EARER|IGNATURE|OKEN|ECRET|UTHORIZATION")
 
 
 def _keep_prefix(match: re.Match[str]) -> str:
@@ -46,7 +52,7 @@ class Redactor(logging.Filter):
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        if any(trigger in text for trigger in _TRIGGERS):
+        if _TRIGGERS.search(text):
             text = _PATTERN.sub(_keep_prefix, text)
         return text
 
@@ -62,40 +68,112 @@ class Redactor(logging.Filter):
         return True
 
 
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD:
-                data[key] = value
-        if record.exc_text:
-            data["exc"] = record.exc_text
-        return json.dumps(data, default=str, ensure_ascii=False)
+        return self.line(record.created, record.levelname, record.name, record.getMessage(),
+                         _extras(record), record.exc_text)
+
+    @staticmethod
+    def line(created: float, level: str, name: str, msg: str, fields: dict[str, Any],
+             exc: str | None = None) -> str:
+        data: dict[str, Any] = {"ts": round(created, 3), "level": level.lower(), "logger": name,
+                                "msg": msg, **fields}
+        if exc:
+            data["exc"] = exc
+        return codec.dumps(data).decode()
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
-        when = time.strftime("%H:%M:%S", time.localtime(record.created))
-        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        if extras:
-            line += f" {extras}"
-        if record.exc_text:
-            line += "\n" + record.exc_text
+        return self.line(record.created, record.levelname, record.name, record.getMessage(),
+                         _extras(record), record.exc_text)
+
+    @staticmethod
+    def line(created: float, level: str, name: str, msg: str, fields: dict[str, Any],
+             exc: str | None = None) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(created))
+        line = f"{when} {level:<7} {name}: {msg}"
+        if fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        if exc:
+            line += "\n" + exc
         return line
 
 
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Buffers lines and writes them together at the end of the event-loop turn (at once when
+    no loop runs in the calling thread), so a burst of requests costs one write, not one each.
+    `flush()`, which logging calls at exit, writes whatever is still buffered."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write_line(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            count = len(self._pending)
+        if count >= MAX_PENDING:
+            self.flush()
+        elif count == 1:  # otherwise a write is already due
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                lines, self._pending = self._pending, []
+                self.stream.write("\n".join(lines) + "\n")
+            if hasattr(self.stream, "flush"):
+                self.stream.flush()
+
+
+class EventLines:
+    """The line logged for every webhook, without a LogRecord: same format, same redaction,
+    same handler as `logging.getLogger(name).info(msg, extra=fields)`, at a fraction of the
+    cost. Falls back to that call when logging is not configured by `configure()`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.logger = logging.getLogger(name)
+
+    def info(self, msg: str, **fields: Any) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        handler = _HANDLER
+        if handler is None or not isinstance(handler.formatter, JsonFormatter | TextFormatter):
+            self.logger.info(msg, extra=fields)
+            return
+        redact = REDACTOR.redact
+        clean = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+        handler.write_line(handler.formatter.line(time.time(), "INFO", self.name, msg, clean))
+
+
 REDACTOR = Redactor()
+_HANDLER: LineHandler | None = None
 
 
 def configure(fmt: str = "json", secrets: Iterable[str] = (), level: int = logging.INFO) -> None:
+    global _HANDLER
     REDACTOR.set_secrets(secrets)
-    handler = logging.StreamHandler(sys.stdout)
+    # No caller lookup, thread or process names: nothing here prints them.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = _HANDLER = LineHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(REDACTOR)
     root = logging.getLogger()

@@ -27,6 +27,7 @@ from bridge.completion import execution_id_of
 from bridge.config import Config
 from bridge.models import Dead, Delivered, Outcome, Paused, RetryLater
 from bridge.retry import parse_retry_after
+from bridge.transport import client
 
 log = logging.getLogger("bridge.platform")
 EXCERPT = 512
@@ -154,30 +155,6 @@ class Pacer:
         self.not_before = max(self.not_before, self.clock() + min(seconds, 3600.0))
 
 
-POOL_SIZE = 4  # connections per httpx client; see ClientPool
-
-
-class ClientPool:
-    """Several small httpx clients used in turn, together allowing `connections` at once.
-
-    httpcore checks every idle connection of a pool (one poll() each) on every request, so one
-    client with many connections gets slower per request as concurrency grows.
-    """
-
-    def __init__(self, connections: int, per_client: int = POOL_SIZE, **options: Any) -> None:
-        count = max(1, -(-connections // per_client))
-        size = -(-connections // count)
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        self.clients = [httpx.AsyncClient(limits=limits, **options) for _ in range(count)]
-        self.turn = 0
-
-    def pick(self) -> httpx.AsyncClient:
-        self.turn = (self.turn + 1) % len(self.clients)
-        return self.clients[self.turn]
-
-    async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
 
 
 class PlatformClient:
@@ -192,8 +169,8 @@ class PlatformClient:
         if platform.project_id:
             headers["X-Project-ID"] = platform.project_id
         self.trigger_auth = f"Bearer {platform.trigger_key.reveal()}" if platform.trigger_key else ""
-        self.pool = ClientPool(config.forwarder.concurrency, headers=headers,
-                               timeout=platform.timeout, transport=transport)
+        self.http = client(config.forwarder.concurrency, transport, headers=headers,
+                           timeout=platform.timeout)
         self.pacer = Pacer(platform.rate_limit)
 
     async def trigger(self, trigger: str, body: bytes, content_type: str, key: str,
@@ -201,10 +178,10 @@ class PlatformClient:
         await self.pacer.acquire()
         headers = {"Authorization": self.trigger_auth, "Idempotency-Key": key,
                    "Content-Type": content_type, **(extra or {})}
-        response = await self.pool.pick().post(
+        response = await self.http.post(
             f"{self.base}/workflows/triggers/{trigger}", content=body, headers=headers)
         self.pacer.observe(response)
         return response
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        await self.http.aclose()

@@ -36,10 +36,11 @@ from bridge.errors import CallbackNotAllowed
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics
 from bridge.models import Attempt, ClaimedCallback
-from bridge.platform import EXCERPT, ClientPool
+from bridge.platform import EXCERPT
 from bridge.providers.standard import decode_secret
 from bridge.retry import next_delay, parse_retry_after
 from bridge.store import Store
+from bridge.transport import client
 
 log = logging.getLogger("bridge.relay")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -117,17 +118,17 @@ class Relay(ClaimLoop[ClaimedCallback]):
         secret = settings.signing_secret
         self.key = decode_secret(secret.reveal()) if secret else None
         self.owner = owner_id("relay")
-        self.http: ClientPool | None = None
+        self.http: httpx.AsyncClient | None = None
         store.watch(self.wake.set)
 
     def client(self) -> httpx.AsyncClient:
         if self.http is None:
-            self.http = ClientPool(
-                self.settings.concurrency, timeout=self.settings.timeout,
-                transport=self.transport, follow_redirects=False,
+            self.http = client(
+                self.settings.concurrency, self.transport, timeout=self.settings.timeout,
+                follow_redirects=False,
                 headers={"User-Agent": f"webhook-bridge/{__version__}",
                          "Content-Type": "application/json"})
-        return self.http.pick()
+        return self.http
 
     async def claim(self, limit: int, now: float) -> list[ClaimedCallback]:
         return await self.store.claim_callbacks(self.owner, now, self.settings.lease, limit)

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
+from bridge import codec
 from bridge.completion import callback_body
 from bridge.errors import ReplayedToken, StoreUnavailable
 from bridge.models import (
@@ -362,7 +363,7 @@ class SQLiteStore:
         of the event that first carried one of them; otherwise it is stored, and `deliveries`
         (then a callable) is given the set of items already seen. A `nonce` seen before with
         another event raises ReplayedToken."""
-        headers = json.dumps(event.headers, separators=(",", ":"))
+        headers = codec.dumps(event.headers).decode()
         source_key = f"{event.source}:"
 
         def job(conn: sqlite3.Connection) -> Accepted:

@@ -30,10 +30,11 @@ from bridge.inbound import read_body, request_headers
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics
 from bridge.models import ExecutionResult, ExecutionStatus, TrackedExecution
-from bridge.platform import ClientPool, base_url
+from bridge.platform import base_url
 from bridge.providers import InboundRequest
 from bridge.providers.standard import Standard
 from bridge.store import Store
+from bridge.transport import client
 
 log = logging.getLogger("bridge.tracker")
 MAX_PUSH_BYTES = 1024 * 1024
@@ -56,7 +57,7 @@ class Tracker(ClaimLoop[TrackedExecution]):
         self.owner = owner_id("tracker")
         self.open_streams = 0
         self.no_stream: set[str] = set()  # executions whose stream failed: poll them
-        self.http: ClientPool | None = None
+        self.http: httpx.AsyncClient | None = None
         self.routes = {route.name: route.callbacks for route in config.routes}
         store.watch(self.wake.set)
 
@@ -73,11 +74,10 @@ class Tracker(ClaimLoop[TrackedExecution]):
                 headers["X-Project-Slug"] = platform.project_slug
             if platform.project_id:
                 headers["X-Project-ID"] = platform.project_id
-            self.http = ClientPool(self.settings.max_streams + self.settings.concurrency,
-                                   per_client=32, base_url=base_url(self.config),
-                                   headers=headers, timeout=platform.timeout,
-                                   transport=self.transport)
-        return self.http.pick()
+            self.http = client(self.settings.max_streams + self.settings.concurrency,
+                               self.transport, base_url=base_url(self.config), headers=headers,
+                               timeout=platform.timeout)
+        return self.http
 
     def callback_urls(self, route: str) -> tuple[str, ...]:
         return self.routes.get(route, ())
@@ -196,8 +196,9 @@ class PushReceiver:
     async def handle(self, request: Request) -> JSONResponse:
         if self.verifier is None:
             raise NotFound("execution pushes are not enabled ([platform] webhook_secret)")
-        body = await read_body(request, MAX_PUSH_BYTES)
-        inbound = InboundRequest(request_headers(request), body)
+        headers = request_headers(request.scope)
+        body = await read_body(request.receive, headers.get("content-length"), MAX_PUSH_BYTES)
+        inbound = InboundRequest(headers, body)
         self.verifier.verify(inbound, self.tracker.clock())
         document = inbound.json()
         data = document.get("data", document) if isinstance(document, dict) else None

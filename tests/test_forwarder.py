@@ -143,8 +143,9 @@ def test_409_is_dead_and_logged_as_an_error(make_bridge: Callable[..., Bridge],
     bridge.post("/hooks/github", body, github_headers(body, delivery="r409"))
     wait_for(lambda: delivery_status(bridge, "github:r409")[0][0] == "dead")
     assert "idempotency conflict" in (delivery_status(bridge, "github:r409")[0][1] or "")
-    errors = [json.loads(line) for line in bridge.logs().splitlines()
-              if line.startswith("{") and '"level": "error"' in line]
+    errors = [entry for entry in map(json.loads, filter(lambda line: line.startswith("{"),
+                                                        bridge.logs().splitlines()))
+              if entry["level"] == "error"]
     assert any("idempotency" in e["msg"] and e["idempotency_key"] == "github:r409:github-push"
                for e in errors)
 

@@ -12,10 +12,10 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from bridge import codec
 from bridge.config import SourceConfig
 from bridge.errors import ConfigError, MalformedSignature, SignatureError
 
@@ -54,9 +54,8 @@ def parse_json(body: bytes) -> Any:
     if _depth_exceeds(body, MAX_JSON_DEPTH):
         return None
     try:
-        # Decode explicitly: json.loads(bytes) would guess UTF-16/32 from NUL bytes, and the
-        # envelope embeds these bytes verbatim, so they must be JSON as UTF-8.
-        return json.loads(body.decode("utf-8"))
+        # As UTF-8 only: the envelope embeds these bytes verbatim.
+        return codec.loads(body)
     except (ValueError, RecursionError):
         return None
 
@@ -183,7 +182,7 @@ def any_match(expected: list[bytes], provided: list[bytes]) -> bool:
 
 
 def sign(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
-    return hmac.new(key, message, ALGORITHMS[algorithm]).digest()
+    return hmac.digest(key, message, algorithm)
 
 
 def decode_hex(value: str) -> bytes:
