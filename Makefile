@@ -39,8 +39,7 @@ fuzz: $(STAMP)
 
 # Needs a network that reaches PyPI's JSON API or OSV; see docs/security.md.
 audit: $(STAMP)
-	$(BIN)/pip install --quiet pip-audit
-	$(BIN)/pip-audit --strict -r requirements.lock
+	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements.lock
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
