@@ -17,7 +17,6 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -29,7 +28,7 @@ from starlette.routing import Route
 from bridge import logs, status
 from bridge.admin import Admin
 from bridge.config import Config, load
-from bridge.errors import BridgeError, ConfigError, StoreUnavailable
+from bridge.errors import BridgeError, ConfigError, StoreUnavailable, error_body
 from bridge.forwarder import Forwarder
 from bridge.inbound import Hooks, Inbound, Runtime
 from bridge.metrics import Metrics
@@ -41,10 +40,6 @@ from bridge.tracker import PushReceiver, Tracker
 
 log = logging.getLogger("bridge.app")
 READY_TIMEOUT = 3.0
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
 
 
 async def bridge_error(request: Request, exc: Exception) -> Response:

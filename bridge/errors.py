@@ -14,11 +14,19 @@
     ├── UnsupportedMediaType       415 unsupported_media_type
     └── StoreUnavailable           503 store_unavailable (answered with Retry-After)
 
-Every HTTP-facing error is rendered once, by the handler registered in `app.py`, as
-`{"error": {"code": ..., "message": ...}}`. Messages never contain secrets.
+Every HTTP-facing error is rendered as `error_body()`, `{"error": {"code": ..., "message": ...}}`:
+by the handler registered in `app.py`, and by the webhook path in `inbound.py`, which answers
+without the router. Messages never contain secrets.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The one shape of every error answer."""
+    return {"error": {"code": code, "message": message}}
 
 
 class BridgeError(Exception):

@@ -30,6 +30,7 @@ from bridge.errors import (
     SignatureError,
     UnknownSource,
     UnsupportedMediaType,
+    error_body,
 )
 from bridge.metrics import Metrics
 from bridge.models import NewDelivery, VerifiedEvent, new_id
@@ -106,17 +107,21 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
             return b"".join(chunks)
 
 
-def json_answer(payload: Any, status: int, headers: dict[str, str] | None = None) -> Answer:
-    body = codec.dumps(payload)
-    out = [_JSON, (b"content-length", str(len(body)).encode())]
+def raw_answer(status: int, body: bytes, headers: dict[str, str] | None = None) -> Answer:
+    out = [(b"content-length", str(len(body)).encode())]
     if headers:
         out += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     return status, body, out
 
 
+def json_answer(payload: Any, status: int, headers: dict[str, str] | None = None) -> Answer:
+    status, body, out = raw_answer(status, codec.dumps(payload), headers)
+    out.insert(0, _JSON)
+    return status, body, out
+
+
 def error_answer(exc: BridgeError) -> Answer:
-    return json_answer({"error": {"code": exc.code, "message": exc.message}}, exc.status_code,
-                       exc.headers())
+    return json_answer(error_body(exc.code, exc.message), exc.status_code, exc.headers())
 
 
 def decode_body(body: bytes, encoding: str | None, allowed: bool, limit: int) -> bytes:
@@ -205,7 +210,7 @@ class Inbound:
             raise
         except Exception:
             log.exception("unexpected error", extra={"source": name})
-            return json_answer({"error": {"code": "internal", "message": "internal error"}}, 500)
+            return json_answer(error_body("internal", "internal error"), 500)
         finally:
             meters.seconds.observe(time.perf_counter() - started)
 
@@ -217,11 +222,11 @@ class Inbound:
         body = await read_body(receive, headers.get("content-length"), limit)
         body = decode_body(body, headers.get("content-encoding"), source.gzip, limit)
         url = self.config.public_url + scope["path"]
-        raw_query: bytes = scope.get("query_string", b"")
+        raw_query = scope.get("query_string", b"").decode("latin-1")
         query: dict[str, str] = {}
         if raw_query:
-            url += "?" + raw_query.decode("latin-1")
-            query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True))
+            url += "?" + raw_query
+            query = dict(parse_qsl(raw_query, keep_blank_values=True))
         inbound = InboundRequest(headers, body, url, scope["method"])
         now = self.clock()
         provider.verify(inbound, now)
@@ -230,10 +235,7 @@ class Inbound:
         challenge = provider.handshake(inbound)
         if challenge is not None:
             status, extra, content = challenge
-            answer_headers = [(b"content-length", str(len(content)).encode())]
-            answer_headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                               for k, v in extra.items()]
-            return status, content, answer_headers
+            return raw_answer(status, content, extra)
         identity = provider.identify(inbound)
         event = VerifiedEvent(
             id=new_id(), source=name, provider=source.provider,

@@ -155,8 +155,6 @@ class Pacer:
         self.not_before = max(self.not_before, self.clock() + min(seconds, 3600.0))
 
 
-
-
 class PlatformClient:
     """Trigger calls for one forwarder loop."""
 

@@ -52,14 +52,14 @@ class _Connection(asyncio.Protocol):
     def __init__(self, key: PoolKey) -> None:
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.error: Exception | None = None
         self.idle_since = 0.0
-        self.received_any = False
         self._reset()
 
     def _reset(self) -> None:
+        """Fresh state for the next response on this connection."""
+        self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.reason = b""
         self.keep_alive = False
@@ -104,12 +104,6 @@ class _Connection(asyncio.Protocol):
                     "the server disconnected without sending a response"))
             else:
                 self._fail(httpx.ReadError(str(exc) if exc else "connection closed"))
-
-    def pause_writing(self) -> None:  # requests are small; nothing to throttle
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
     # httptools callbacks
 
@@ -184,7 +178,6 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._reset()
         self.head_only = head_only
-        self.parser = httptools.HttpResponseParser(self)
         self.head = loop.create_future()
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
