@@ -32,7 +32,7 @@ from bridge.errors import (
     UnsupportedMediaType,
     error_body,
 )
-from bridge.metrics import Metrics
+from bridge.metrics import Metrics, SourceTally
 from bridge.models import NewDelivery, VerifiedEvent, new_id
 from bridge.providers import InboundRequest, Provider
 from bridge.relay import check_literal
@@ -169,8 +169,8 @@ class Inbound:
         self.tokens = tokens
         self.metrics = metrics
         self.clock = clock
-        self.lines = logs.EventLines("bridge.inbound")
-        self._meters: dict[str, _Meters] = {}
+        self.lines = logs.EventLines("bridge.inbound",  # names and ids of our own making
+                                     trusted=("source", "event_id", "outcome"))
 
     @property
     def config(self) -> Config:
@@ -192,10 +192,9 @@ class Inbound:
             log.warning("rejected", extra={"source": name[:64], "outcome": "rejected",
                                            "reason": UnknownSource.code})
             return error_answer(UnknownSource(f"no source named {name!r}"))
-        meters = self._meters.get(name) or self._meters.setdefault(name, _Meters(self.metrics,
-                                                                                  name))
+        meters = self.metrics.inbound.source(name)
         started = time.perf_counter()
-        meters.received.inc()
+        meters.received += 1
         try:
             return await self.handle(scope, receive, name, provider, meters)
         except BridgeError as exc:
@@ -212,10 +211,10 @@ class Inbound:
             log.exception("unexpected error", extra={"source": name})
             return json_answer(error_body("internal", "internal error"), 500)
         finally:
-            meters.seconds.observe(time.perf_counter() - started)
+            meters.observe(time.perf_counter() - started)
 
     async def handle(self, scope: Scope, receive: Receive, name: str, provider: Provider,
-                     meters: _Meters) -> Answer:
+                     meters: SourceTally) -> Answer:
         source = provider.source
         limit = source.max_body_bytes or self.config.server.max_body_bytes
         headers = request_headers(scope)
@@ -253,7 +252,10 @@ class Inbound:
 
         accepted = await self.store.accept(event, deliveries if event.items else deliveries(
             frozenset()))
-        (meters.duplicates if accepted.duplicate else meters.accepted).inc()
+        if accepted.duplicate:
+            meters.duplicates += 1
+        else:
+            meters.accepted += 1
         outcome = "duplicate" if accepted.duplicate else "accepted"
         self.lines.info(outcome, source=name, event_id=accepted.event_id,
                         idempotency_key=event.idempotency_key, event_type=event.event_type,
@@ -308,18 +310,6 @@ class Inbound:
                 return None
             await asyncio.sleep(min(pause, remaining))
             pause = min(0.5, pause * 1.5)
-
-
-class _Meters:
-    """One source's metric children, looked up once instead of on every request."""
-
-    __slots__ = ("received", "accepted", "duplicates", "seconds")
-
-    def __init__(self, metrics: Metrics, source: str) -> None:
-        self.received = metrics.received.labels(source)
-        self.accepted = metrics.accepted.labels(source)
-        self.duplicates = metrics.duplicates.labels(source)
-        self.seconds = metrics.request_seconds.labels(source)
 
 
 class Hooks:

@@ -145,23 +145,27 @@ class EventLines:
     same handler as `logging.getLogger(name).info(msg, extra=fields)`, at a fraction of the
     cost. Falls back to that call when logging is not configured by `configure()`."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, trusted: Iterable[str] = ()) -> None:
         self.name = name
         self.logger = logging.getLogger(name)
+        self.trusted = frozenset(trusted)  # fields of our own making: not searched for secrets
 
     def info(self, msg: str, **fields: Any) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
         handler = _HANDLER
-        if handler is None or not isinstance(handler.formatter, JsonFormatter | TextFormatter):
+        if handler is None or handler.formatter.__class__ not in _FORMATTERS:
             self.logger.info(msg, extra=fields)
             return
-        redact = REDACTOR.redact
-        clean = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
-        handler.write_line(handler.formatter.line(time.time(), "INFO", self.name, msg, clean))
+        redact, trusted = REDACTOR.redact, self.trusted
+        for key, value in fields.items():
+            if isinstance(value, str) and key not in trusted:
+                fields[key] = redact(value)
+        handler.write_line(handler.formatter.line(time.time(), "INFO", self.name, msg, fields))
 
 
 REDACTOR = Redactor()
+_FORMATTERS = (JsonFormatter, TextFormatter)
 _HANDLER: LineHandler | None = None
 
 

@@ -1,13 +1,21 @@
 """Prometheus metrics, with the official client library, in a registry of the app's own.
 
 Counters move where things happen (inbound, forwarder, relay); gauges that describe the store
-(outbox depth, paused routes) are refreshed from it when /metrics is scraped.
+(outbox depth, paused routes) are refreshed from it when /metrics is scraped. The per-webhook
+counts and latency are plain numbers (`SourceTally`) exposed by a collector of our own: the
+client's counters take a lock on every increment, which the hot path does not need, since it runs
+on the event loop's thread only.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -16,16 +24,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
-        self.received = Counter("bridge_events_received", "Webhook requests received",
-                                ["source"], registry=registry)
-        self.accepted = Counter("bridge_events_accepted", "Events stored as new",
-                                ["source"], registry=registry)
-        self.duplicates = Counter("bridge_events_duplicate", "Redeliveries answered as duplicates",
-                                  ["source"], registry=registry)
+        self.inbound = InboundTallies()
+        registry.register(self.inbound)
         self.rejected = Counter("bridge_events_rejected", "Requests refused, by reason",
                                 ["source", "reason"], registry=registry)
-        self.request_seconds = Histogram("bridge_request_seconds", "Inbound request latency",
-                                         ["source"], buckets=LATENCY_BUCKETS, registry=registry)
         self.commit_seconds = Histogram("bridge_store_commit_seconds",
                                         "Time to apply and commit one batch",
                                         buckets=LATENCY_BUCKETS, registry=registry)
@@ -51,6 +53,59 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SourceTally:
+    """One source's webhook counts and request latency histogram."""
+
+    __slots__ = ("received", "accepted", "duplicates", "buckets", "seconds")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.accepted = 0
+        self.duplicates = 0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last is +Inf
+        self.seconds = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: at or below the bound
+        self.seconds += seconds
+
+
+class InboundTallies(Collector):
+    """bridge_events_received/accepted/duplicate_total and bridge_request_seconds, by source."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, SourceTally] = {}
+
+    def source(self, name: str) -> SourceTally:
+        tally = self.sources.get(name)
+        if tally is None:
+            tally = self.sources[name] = SourceTally()
+        return tally
+
+    def collect(self) -> Iterator[Metric]:
+        counters = [
+            ("bridge_events_received", "Webhook requests received", "received"),
+            ("bridge_events_accepted", "Events stored as new", "accepted"),
+            ("bridge_events_duplicate", "Redeliveries answered as duplicates", "duplicates"),
+        ]
+        sources = sorted(self.sources.items())
+        for name, doc, field in counters:
+            family = CounterMetricFamily(name, doc, labels=["source"])
+            for source, tally in sources:
+                family.add_metric([source], getattr(tally, field))
+            yield family
+        latency = HistogramMetricFamily("bridge_request_seconds", "Inbound request latency",
+                                        labels=["source"])
+        for source, tally in sources:
+            running, buckets = 0, []
+            for bound, count in zip((*map(str, LATENCY_BUCKETS), "+Inf"), tally.buckets,
+                                    strict=True):
+                running += count
+                buckets.append((bound, running))
+            latency.add_metric([source], buckets, tally.seconds)
+        yield latency
 
 
 def status_class(status: int | None) -> str:

@@ -1,11 +1,12 @@
 """Durable storage: the `Store` interface and its SQLite implementation.
 
 Handlers and loops talk only to `Store`. `SQLiteStore` keeps one SQLite file in WAL mode with
-`synchronous=FULL` and two connections: a reader, and a writer owned by one task. Every change is
-a function queued to that task, which applies all the changes that arrived together in a single
-transaction (each under its own savepoint), commits once, and only then resolves every caller:
-group commit, so a burst of webhooks costs one fsync rather than one each, and nothing is
-acknowledged before it is durable.
+`synchronous=FULL` and two connections: a reader (aiosqlite), and a writer owned by one thread.
+Every change is a function queued to that thread, which applies all the changes waiting for it in
+a single transaction (each under its own savepoint), commits once, and only then resolves every
+caller, with one hand-off to the event loop per batch: group commit, so a burst of webhooks costs
+one fsync rather than one each, and nothing is acknowledged before it is durable. The thread
+starts the next batch as soon as one commits, without waiting for the event loop to pass it on.
 
 Every sqlite3 error is translated here: a failure to write or commit becomes `StoreUnavailable`
 (HTTP 503 with Retry-After); nothing else escapes.
@@ -17,8 +18,10 @@ import asyncio
 import json
 import logging
 import os
+import queue
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -212,13 +215,10 @@ class SQLiteStore:
         self.path = path
         self.busy_timeout = busy_timeout
         self.max_size_bytes = max_size_bytes
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: _Writer | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[Callable[[sqlite3.Connection], Any],
-                                         asyncio.Future[Any]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
         self._watchers: list[Callable[[], None]] = []
-        self._new_work = False
+        self._new_work = False  # set by jobs, on the writer's thread only
         self.on_commit: Callable[[int, float], None] | None = None  # (batch size, seconds)
 
     # lifecycle
@@ -226,20 +226,28 @@ class SQLiteStore:
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await self._writer._execute(self._migrate, self._writer._conn)
-        self._reader = await self._connect()
-        self._task = asyncio.create_task(self._write_loop(), name="store-writer")
+        conn = await asyncio.to_thread(self._open_writer)
+        self._writer = _Writer(conn, self._apply, self._finish, self._take_new_work)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._reader._execute(self._configure, self._reader._conn)
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=FULL")
-        if self.max_size_bytes:
-            page = (await (await conn.execute("PRAGMA page_size")).fetchone())[0]  # type: ignore[index]
-            await conn.execute(f"PRAGMA max_page_count={max(16, self.max_size_bytes // page)}")
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._configure(conn)
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        if self.max_size_bytes:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={max(16, self.max_size_bytes // page)}")
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -257,15 +265,12 @@ class SQLiteStore:
             log.info("store migrated", extra={"schema_version": number})
 
     async def close(self) -> None:
-        if self._task:
-            await self._queue.join()
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+        if self._writer is not None:
+            await self._writer.stop()  # every queued change is applied and its caller answered
+            self._writer = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
 
     def watch(self, callback: Callable[[], None]) -> None:
         """Call `callback` after every commit that made new deliveries due."""
@@ -276,55 +281,57 @@ class SQLiteStore:
     async def _write(self, fn: Callable[[sqlite3.Connection], T], savepoint: bool = True) -> T:
         """Queue `fn` for the next transaction. `savepoint=False` is for jobs that cannot fail
         on their own (only with the whole batch), which saves two statements per job."""
-        if self._task is None or self._task.done():
+        if self._writer is None or not self._writer.open:
             raise StoreUnavailable("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((fn if savepoint else _Bare(fn), future))
+        self._writer.submit(fn if savepoint or isinstance(fn, _Accept) else _Bare(fn), future)
         return await future
 
-    async def _write_loop(self) -> None:
-        assert self._writer is not None
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            started = time.perf_counter()
-            try:
-                results = await self._writer._execute(
-                    self._apply, self._writer._conn, [fn for fn, _ in batch]
-                )
-            except Exception as exc:  # the whole transaction is lost: nobody gets a 2xx
-                log.error("store commit failed", extra={"error": _describe(exc),
-                                                        "batch": len(batch)})
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(StoreUnavailable("the store cannot commit"))
-            else:
-                if self.on_commit is not None:
-                    self.on_commit(len(batch), time.perf_counter() - started)
-                for (_, future), (ok, value) in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-                if self._new_work:
-                    self._new_work = False
-                    for callback in self._watchers:
-                        callback()
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+    def _take_new_work(self) -> bool:
+        """On the writer's thread, after a commit: did that batch make deliveries due?"""
+        new, self._new_work = self._new_work, False
+        return new
 
-    @staticmethod
-    def _apply(conn: sqlite3.Connection,
+    def _finish(self, batch: list[tuple[Any, asyncio.Future[Any]]],
+                results: list[tuple[bool, Any]] | None, error: BaseException | None,
+                seconds: float, new_work: bool) -> None:
+        """On the event loop, once per batch: answer every caller."""
+        if error is not None:  # the whole transaction is lost: nobody gets a 2xx
+            log.error("store commit failed", extra={"error": _describe(error),
+                                                    "batch": len(batch)})
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StoreUnavailable("the store cannot commit"))
+            return
+        assert results is not None
+        if self.on_commit is not None:
+            self.on_commit(len(batch), seconds)
+        for (_, future), (ok, value) in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        if new_work:
+            for callback in self._watchers:
+                callback()
+
+    def _apply(self, conn: sqlite3.Connection,
                jobs: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
-        """Runs on the writer's thread: one transaction, one savepoint per job."""
+        """Runs on the writer's thread: one transaction, one savepoint per job, except that
+        consecutive plain accepts are written together (see `_accept_all`)."""
         out: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            run: list[_Accept] = []
             for job in jobs:
+                if isinstance(job, _Accept):  # consecutive plain accepts go in together
+                    run.append(job)
+                    continue
+                if run:
+                    out.extend(self._accept_all(conn, run))
+                    run = []
                 if isinstance(job, _Bare):  # it raises, if at all, before writing anything
                     try:
                         out.append((True, job.fn(conn)))
@@ -342,6 +349,8 @@ class SQLiteStore:
                     conn.execute("ROLLBACK TO job")
                     out.append((False, exc))
                 conn.execute("RELEASE job")
+            if run:
+                out.extend(self._accept_all(conn, run))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -350,6 +359,50 @@ class SQLiteStore:
                 except sqlite3.Error:
                     pass
             raise
+        return out
+
+    def _accept_all(self, conn: sqlite3.Connection,
+                    jobs: list[_Accept]) -> list[tuple[bool, Accepted]]:
+        """Plain accepts (no batch items, no single-use token) in a handful of statements,
+        whatever their number: one multi-row insert of the events that skips keys already
+        stored, a lookup only when it skipped any, and one insert of the new events' deliveries.
+        The writer thread gives the GIL back on every statement and waits to get it back, so
+        statements per batch, not rows, are what cost. A key seen twice in the batch is stored
+        once; the later ones are duplicates of the first."""
+        first: dict[str, str] = {}  # idempotency key -> the id stored (or to be) under it
+        fresh: list[_Accept] = []
+        for job in jobs:
+            if first.setdefault(job.event.idempotency_key, job.event.id) == job.event.id:
+                fresh.append(job)
+        before = conn.total_changes
+        _insert_rows(conn, "events (id, source, provider, event_type, idempotency_key,"
+                     " received_at, headers, body, state, callback_url)",
+                     [(e.id, e.source, e.provider, e.event_type, e.idempotency_key,
+                       e.received_at, job.headers, e.body,
+                       EventState.QUEUED if job.deliveries else EventState.UNROUTED,
+                       e.callback_url) for job in fresh for e in (job.event,)],
+                     " ON CONFLICT(idempotency_key) DO NOTHING")
+        if conn.total_changes - before < len(fresh):  # some keys were stored by earlier batches
+            keys = list(first)
+            for start in range(0, len(keys), _MAX_PARAMS):
+                chunk = keys[start:start + _MAX_PARAMS]
+                first.update(conn.execute(
+                    f"SELECT idempotency_key, id FROM events WHERE idempotency_key IN"
+                    f" ({','.join('?' * len(chunk))})", chunk).fetchall())
+        deliveries = [
+            (new_id(), e.id, d.route, d.trigger, d.idempotency_key, d.body, d.content_type,
+             DeliveryStatus.PENDING, e.received_at, e.received_at, e.received_at)
+            for job in fresh for e in (job.event,) if first[e.idempotency_key] == e.id
+            for d in job.deliveries]
+        if deliveries:
+            _insert_rows(conn, "deliveries (id, event_id, route, trigger, idempotency_key, body,"
+                         " content_type, status, next_attempt_at, created_at, updated_at)",
+                         deliveries)
+            self._new_work = True
+        out: list[tuple[bool, Accepted]] = []
+        for job in jobs:
+            stored = first[job.event.idempotency_key]
+            out.append((True, Accepted(stored, duplicate=stored != job.event.id)))
         return out
 
     # events
@@ -364,6 +417,8 @@ class SQLiteStore:
         (then a callable) is given the set of items already seen. A `nonce` seen before with
         another event raises ReplayedToken."""
         headers = codec.dumps(event.headers).decode()
+        if not (event.items or event.nonce or callable(deliveries)):
+            return await self._write(_Accept(event, headers, deliveries), False)  # type: ignore[arg-type]
         source_key = f"{event.source}:"
 
         def job(conn: sqlite3.Connection) -> Accepted:
@@ -913,6 +968,105 @@ class SQLiteStore:
     async def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
         rows = await self._all(sql, params)
         return rows[0] if rows else None
+
+
+class _Writer:
+    """The writer's thread. Callers queue `(job, future)`; the thread takes everything waiting
+    (up to MAX_BATCH), applies it as one transaction, and hands the results back to the event
+    loop in one call; then it takes the next batch at once. A failed commit fails only its own
+    batch; the thread carries on with the next."""
+
+    def __init__(self, conn: sqlite3.Connection,
+                 apply: Callable[[sqlite3.Connection, list[Any]], list[tuple[bool, Any]]],
+                 finish: Callable[..., None], new_work: Callable[[], bool]) -> None:
+        self.conn = conn
+        self.apply = apply
+        self.finish = finish
+        self.new_work = new_work
+        self.loop = asyncio.get_running_loop()
+        self.open = True
+        self.jobs: queue.SimpleQueue[tuple[Any, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self.stopped: asyncio.Future[None] = self.loop.create_future()
+        self.thread = threading.Thread(target=self.run, name="store-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Any, future: asyncio.Future[Any]) -> None:
+        self.jobs.put((job, future))
+
+    async def stop(self) -> None:
+        self.open = False
+        self.jobs.put(None)
+        await asyncio.shield(self.stopped)
+
+    def run(self) -> None:
+        stopping = False
+        try:
+            while not stopping:
+                item = self.jobs.get()
+                batch: list[tuple[Any, asyncio.Future[Any]]] = []
+                while True:
+                    if item is None:
+                        stopping = True  # finish what was queued before the stop
+                    else:
+                        batch.append(item)
+                    if len(batch) >= MAX_BATCH:
+                        break
+                    try:
+                        item = self.jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    self.commit(batch)
+        finally:
+            self.conn.close()
+            self.hand_back(self.stopped.set_result, None)
+
+    def commit(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        started = time.perf_counter()
+        try:
+            results = self.apply(self.conn, [job for job, _ in batch])
+        except Exception as exc:  # handed to the callers as a 503
+            self.new_work()
+            self.hand_back(self.finish, batch, None, exc, 0.0, False)
+        else:
+            self.hand_back(self.finish, batch, results, None, time.perf_counter() - started,
+                           self.new_work())
+
+    def hand_back(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the event loop is already closed: nobody is waiting
+            pass
+
+
+_MAX_PARAMS = 30000  # below SQLite's default limit of 32,766 bound parameters per statement
+
+
+def _insert_rows(conn: sqlite3.Connection, target: str, rows: list[tuple[Any, ...]],
+                 tail: str = "") -> None:
+    """`INSERT INTO {target} VALUES (...), (...), ...{tail}`: one statement per up to
+    _MAX_PARAMS values instead of one per row."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, _MAX_PARAMS // width)
+    one = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start:start + per]
+        conn.execute(f"INSERT INTO {target} VALUES " + ",".join([one] * len(chunk)) + tail,
+                     [value for row in chunk for value in row])
+
+
+class _Accept:
+    """A plain accept job: applied by `SQLiteStore._accept_all` with its neighbours."""
+
+    __slots__ = ("event", "headers", "deliveries")
+
+    def __init__(self, event: VerifiedEvent, headers: str,
+                 deliveries: Sequence[NewDelivery]) -> None:
+        self.event = event
+        self.headers = headers
+        self.deliveries = deliveries
 
 
 class _Bare:

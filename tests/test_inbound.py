@@ -60,6 +60,48 @@ def test_fifty_concurrent_deliveries_of_one_key_store_one_event(bridge: Bridge) 
     assert bridge.query("SELECT COUNT(*) FROM deliveries") == [(1,)]
 
 
+def test_bursts_of_new_and_repeated_keys_store_each_key_once(bridge: Bridge) -> None:
+    """Concurrent requests are written in batches; a key repeated inside one batch, or already
+    stored by an earlier one, must still give one event, one delivery and one id per key."""
+
+    async def burst(keys: list[str]) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=bridge.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post(
+                "/hooks/github", content=f'{{"k":"{key}"}}'.encode(),
+                headers=github_headers(f'{{"k":"{key}"}}'.encode(), delivery=key))
+                for key in keys))
+
+    first = asyncio.run(burst([f"k{i}" for i in range(30)]))
+    second = asyncio.run(burst([f"k{i}" for i in range(20, 50)] * 2))
+    ids: dict[str, set[str]] = {}
+    fresh: dict[str, int] = {}
+    for key, response in zip([f"k{i}" for i in range(30)] + [f"k{i}" for i in range(20, 50)] * 2,
+                             first + second, strict=True):
+        assert response.status_code in (200, 202)
+        body = response.json()
+        assert body["idempotency_key"] == f"github:{key}"
+        ids.setdefault(key, set()).add(body["id"])
+        fresh[key] = fresh.get(key, 0) + (not body["duplicate"])
+    assert all(len(found) == 1 for found in ids.values())
+    assert set(fresh.values()) == {1}  # exactly one non-duplicate answer per key
+    stored = dict(bridge.query("SELECT idempotency_key, id FROM events"))
+    assert stored == {f"github:{key}": found.pop() for key, found in ids.items()}
+    assert bridge.query("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM deliveries") == [(50, 50)]
+
+
+def test_status_tokens_are_what_itsdangerous_signs_and_reads() -> None:
+    from bridge.status import StatusTokens
+
+    tokens = StatusTokens("a-status-key-of-some-length", max_age=60)
+    event_id = "01a2080c-a622-7b70-88ae-744eda32195f"
+    for _ in range(3):  # the two calls may straddle a second
+        made, reference = tokens.make(event_id), tokens.signer.sign(event_id).decode()
+        if made == reference:
+            break
+    assert made == reference
+    assert tokens.read(made) == event_id
+
+
 def test_body_over_the_limit_is_413(bridge: Bridge) -> None:
     body = b"x" * 2048
     response = bridge.post("/hooks/small", body, github_headers(body, "small-secret"))
