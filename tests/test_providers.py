@@ -294,3 +294,17 @@ def test_keyed_hmac_matches_the_standard_library(algorithm: str) -> None:
     for key, message in [(b"k", b""), (b"secret" * 30, b"x" * 5000), (b"", b"body")]:
         for _ in range(2):  # the second call reuses the cached keyed state
             assert sign(key, message, algorithm) == hmac.digest(key, message, algorithm)
+
+
+@pytest.mark.parametrize("body, expected", [
+    (b'{"action":"opened","number":1}', "pull_request.opened"),
+    (b'{"\\u0061ction":"opened"}', "pull_request.opened"),  # a key spelled with escapes
+    (b'{"ref":"refs/heads/main"}', "pull_request"),
+    (b'{"pull_request":{"action":"nested"}}', "pull_request"),
+    (b"not json", "pull_request"),
+])
+def test_github_event_type_takes_the_top_level_action(body: bytes, expected: str) -> None:
+    source = SourceConfig(name="gh", provider="github", secrets=[Secret("s")])
+    request = InboundRequest({"x-github-event": "pull_request", "x-github-delivery": "d"}, body,
+                             "http://127.0.0.1/hooks/gh", "POST")
+    assert build(source).identify(request).event_type == expected

@@ -17,5 +17,8 @@ class GitHub(BodyHmac):
 
     def identify(self, request: InboundRequest) -> Identity:
         event = request.header("x-github-event") or "unknown"
-        action = body_field(request, "action")
+        # Only a body that names "action" (or spells a key with \u escapes) can carry one: a
+        # push event is not parsed at all.
+        body = request.body
+        action = body_field(request, "action") if b'"action"' in body or b"\\u" in body else None
         return Identity(request.header("x-github-delivery"), f"{event}.{action}" if action else event)
