@@ -281,6 +281,11 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> object:
     if server.proc is not None:
         server.proc.kill()
         server.proc.wait(10)
+    logs = server.logs()
+    assert "accepted" in logs  # the log is there to search
+    used = [s for case in CASES.values() for s in (*case.secrets, case.wrong) if len(s) > 2]
+    for secret in used + ["mg-new", "mg-old"]:  # configured, rotated and wrong secrets alike
+        assert secret not in logs, "a provider secret appeared in the bridge's logs"
 
 
 def send(bridge: Bridge, name: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
