@@ -81,7 +81,8 @@ class ClaimLoop(Generic[T]):
             self.wake.clear()
             free = self.concurrency - len(self.in_flight)
             items: list[T] = []
-            if free >= refill or not self.in_flight:
+            claiming = free >= refill or not self.in_flight
+            if claiming:
                 try:
                     items = await self.claim(min(free, self.batch_size), self.clock())
                 except StoreUnavailable:
@@ -92,7 +93,9 @@ class ClaimLoop(Generic[T]):
                 task.add_done_callback(self._done)
             if items and len(items) == free:
                 continue  # there may be more due right now
-            await self._idle()
+            # Slots full: only a finished item (which sets `wake`) can let us claim again, so
+            # there is no point asking the store when the next item falls due.
+            await self._idle(ask_store=claiming)
 
     async def _guarded(self, item: T) -> None:
         try:
@@ -111,10 +114,10 @@ class ClaimLoop(Generic[T]):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
-    async def _idle(self) -> None:
+    async def _idle(self, ask_store: bool = True) -> None:
         timeout = self.poll_interval
         try:
-            due = await self.next_due()
+            due = await self.next_due() if ask_store else None
         except StoreUnavailable:
             due = None
         if due is not None:

@@ -3,7 +3,8 @@
 Handlers and loops talk only to `Store`. `SQLiteStore` keeps one SQLite file in WAL mode with
 `synchronous=FULL` and two connections: a reader (aiosqlite), and a writer owned by one thread.
 Every change is a function queued to that thread, which applies all the changes waiting for it in
-a single transaction (each under its own savepoint), commits once, and only then resolves every
+a single transaction (each under its own savepoint, except plain webhook accepts, which are
+written together in a few multi-row statements), commits once, and only then resolves every
 caller, with one hand-off to the event loop per batch: group commit, so a burst of webhooks costs
 one fsync rather than one each, and nothing is acknowledged before it is durable. The thread
 starts the next batch as soon as one commits, without waiting for the event loop to pass it on.
