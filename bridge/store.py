@@ -19,10 +19,8 @@ import asyncio
 import json
 import logging
 import os
-import queue
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,12 +52,12 @@ from bridge.models import (
     VerifiedEvent,
     new_id,
 )
+from bridge.writer import Writer
 
 log = logging.getLogger("bridge.store")
 # Deliveries rendered once the duplicate items of a batch are known.
 Render = Callable[[frozenset[str]], Sequence[NewDelivery]]
 T = TypeVar("T")
-MAX_BATCH = 512
 
 MIGRATIONS: list[str] = [
     # 1: events, the outbox (deliveries), attempts, route state, metadata
@@ -216,7 +214,7 @@ class SQLiteStore:
         self.path = path
         self.busy_timeout = busy_timeout
         self.max_size_bytes = max_size_bytes
-        self._writer: _Writer | None = None
+        self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
         self._watchers: list[Callable[[], None]] = []
         self._new_work = False  # set by jobs, on the writer's thread only
@@ -228,7 +226,7 @@ class SQLiteStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = await asyncio.to_thread(self._open_writer)
-        self._writer = _Writer(conn, self._apply, self._finish, self._take_new_work)
+        self._writer = Writer(conn, self._apply, self._finish, self._take_new_work)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader._execute(self._configure, self._reader._conn)
 
@@ -969,75 +967,6 @@ class SQLiteStore:
     async def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
         rows = await self._all(sql, params)
         return rows[0] if rows else None
-
-
-class _Writer:
-    """The writer's thread. Callers queue `(job, future)`; the thread takes everything waiting
-    (up to MAX_BATCH), applies it as one transaction, and hands the results back to the event
-    loop in one call; then it takes the next batch at once. A failed commit fails only its own
-    batch; the thread carries on with the next."""
-
-    def __init__(self, conn: sqlite3.Connection,
-                 apply: Callable[[sqlite3.Connection, list[Any]], list[tuple[bool, Any]]],
-                 finish: Callable[..., None], new_work: Callable[[], bool]) -> None:
-        self.conn = conn
-        self.apply = apply
-        self.finish = finish
-        self.new_work = new_work
-        self.loop = asyncio.get_running_loop()
-        self.open = True
-        self.jobs: queue.SimpleQueue[tuple[Any, asyncio.Future[Any]] | None] = queue.SimpleQueue()
-        self.stopped: asyncio.Future[None] = self.loop.create_future()
-        self.thread = threading.Thread(target=self.run, name="store-writer", daemon=True)
-        self.thread.start()
-
-    def submit(self, job: Any, future: asyncio.Future[Any]) -> None:
-        self.jobs.put((job, future))
-
-    async def stop(self) -> None:
-        self.open = False
-        self.jobs.put(None)
-        await asyncio.shield(self.stopped)
-
-    def run(self) -> None:
-        stopping = False
-        try:
-            while not stopping:
-                item = self.jobs.get()
-                batch: list[tuple[Any, asyncio.Future[Any]]] = []
-                while True:
-                    if item is None:
-                        stopping = True  # finish what was queued before the stop
-                    else:
-                        batch.append(item)
-                    if len(batch) >= MAX_BATCH:
-                        break
-                    try:
-                        item = self.jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                if batch:
-                    self.commit(batch)
-        finally:
-            self.conn.close()
-            self.hand_back(self.stopped.set_result, None)
-
-    def commit(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
-        started = time.perf_counter()
-        try:
-            results = self.apply(self.conn, [job for job, _ in batch])
-        except Exception as exc:  # handed to the callers as a 503
-            self.new_work()
-            self.hand_back(self.finish, batch, None, exc, 0.0, False)
-        else:
-            self.hand_back(self.finish, batch, results, None, time.perf_counter() - started,
-                           self.new_work())
-
-    def hand_back(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the event loop is already closed: nobody is waiting
-            pass
 
 
 _MAX_PARAMS = 30000  # below SQLite's default limit of 32,766 bound parameters per statement

@@ -1,0 +1,92 @@
+"""The store's writer thread: one SQLite connection, one transaction per batch of changes.
+
+Callers on the event loop queue `(job, future)` pairs; the thread takes everything waiting (up to
+MAX_BATCH), hands the jobs to `apply` (which runs them in one transaction and commits), and gives
+the results back to the event loop in one call. It then takes the next batch at once, without
+waiting for the event loop to pass it on. Why a thread of its own rather than an executor or
+aiosqlite's worker: the `sqlite3` module releases the GIL around every statement and must win it
+back from a busy event loop each time, so the fewer hand-offs between a batch's arrival and its
+commit, the shorter each commit (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+MAX_BATCH = 512  # changes per transaction at most
+
+Job = tuple[Any, "asyncio.Future[Any]"]  # a change for `apply`, and who waits for it
+
+
+class Writer:
+    """A failed commit fails only its own batch (its callers get the exception); the thread
+    carries on with the next. `stop()` applies what was queued before it, then closes the
+    connection."""
+
+    def __init__(self, conn: sqlite3.Connection,
+                 apply: Callable[[sqlite3.Connection, list[Any]], list[tuple[bool, Any]]],
+                 finish: Callable[..., None], new_work: Callable[[], bool]) -> None:
+        self.conn = conn
+        self.apply = apply
+        self.finish = finish
+        self.new_work = new_work
+        self.loop = asyncio.get_running_loop()
+        self.open = True
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.stopped: asyncio.Future[None] = self.loop.create_future()
+        self.thread = threading.Thread(target=self.run, name="store-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Any, future: asyncio.Future[Any]) -> None:
+        self.jobs.put((job, future))
+
+    async def stop(self) -> None:
+        self.open = False
+        self.jobs.put(None)
+        await asyncio.shield(self.stopped)
+
+    def run(self) -> None:
+        stopping = False
+        try:
+            while not stopping:
+                item = self.jobs.get()
+                batch: list[Job] = []
+                while True:
+                    if item is None:
+                        stopping = True  # finish what was queued before the stop
+                    else:
+                        batch.append(item)
+                    if len(batch) >= MAX_BATCH:
+                        break
+                    try:
+                        item = self.jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    self.commit(batch)
+        finally:
+            self.conn.close()
+            self.hand_back(self.stopped.set_result, None)
+
+    def commit(self, batch: list[Job]) -> None:
+        started = time.perf_counter()
+        try:
+            results = self.apply(self.conn, [job for job, _ in batch])
+        except Exception as exc:  # handed to the callers as a 503
+            self.new_work()
+            self.hand_back(self.finish, batch, None, exc, 0.0, False)
+        else:
+            self.hand_back(self.finish, batch, results, None, time.perf_counter() - started,
+                           self.new_work())
+
+    def hand_back(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the event loop is already closed: nobody is waiting
+            pass
