@@ -217,7 +217,7 @@ class SQLiteStore:
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
         self._watchers: list[Callable[[], None]] = []
-        self._new_work = False  # set by jobs, on the writer's thread only
+        self._new_work = False  # set by jobs, on the writer's thread; reset per batch
         self.on_commit: Callable[[int, float], None] | None = None  # (batch size, seconds)
 
     # lifecycle
@@ -226,7 +226,7 @@ class SQLiteStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = await asyncio.to_thread(self._open_writer)
-        self._writer = Writer(conn, self._apply, self._finish, self._take_new_work)
+        self._writer = Writer(conn, self._apply, self._finish)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader._execute(self._configure, self._reader._conn)
 
@@ -286,11 +286,6 @@ class SQLiteStore:
         self._writer.submit(fn if savepoint or isinstance(fn, _Accept) else _Bare(fn), future)
         return await future
 
-    def _take_new_work(self) -> bool:
-        """On the writer's thread, after a commit: did that batch make deliveries due?"""
-        new, self._new_work = self._new_work, False
-        return new
-
     def _finish(self, batch: list[tuple[Any, asyncio.Future[Any]]],
                 results: list[tuple[bool, Any]] | None, error: BaseException | None,
                 seconds: float, new_work: bool) -> None:
@@ -316,11 +311,13 @@ class SQLiteStore:
             for callback in self._watchers:
                 callback()
 
-    def _apply(self, conn: sqlite3.Connection,
-               jobs: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+    def _apply(self, conn: sqlite3.Connection, jobs: list[Callable[[sqlite3.Connection], Any]]
+               ) -> tuple[list[tuple[bool, Any]], bool]:
         """Runs on the writer's thread: one transaction, one savepoint per job, except that
-        consecutive plain accepts are written together (see `_accept_all`)."""
+        consecutive plain accepts are written together (see `_accept_all`). Returns each job's
+        outcome, and whether the batch made new work due (jobs set `_new_work`)."""
         out: list[tuple[bool, Any]] = []
+        self._new_work = False
         conn.execute("BEGIN IMMEDIATE")
         try:
             run: list[_Accept] = []
@@ -358,7 +355,7 @@ class SQLiteStore:
                 except sqlite3.Error:
                     pass
             raise
-        return out
+        return out, self._new_work
 
     def _accept_all(self, conn: sqlite3.Connection,
                     jobs: list[_Accept]) -> list[tuple[bool, Accepted]]:

@@ -30,12 +30,12 @@ class Writer:
     connection."""
 
     def __init__(self, conn: sqlite3.Connection,
-                 apply: Callable[[sqlite3.Connection, list[Any]], list[tuple[bool, Any]]],
-                 finish: Callable[..., None], new_work: Callable[[], bool]) -> None:
+                 apply: Callable[[sqlite3.Connection, list[Any]],
+                                 tuple[list[tuple[bool, Any]], bool]],
+                 finish: Callable[..., None]) -> None:
         self.conn = conn
-        self.apply = apply
+        self.apply = apply  # -> (each job's outcome, whether new work fell due)
         self.finish = finish
-        self.new_work = new_work
         self.loop = asyncio.get_running_loop()
         self.open = True
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -77,13 +77,12 @@ class Writer:
     def commit(self, batch: list[Job]) -> None:
         started = time.perf_counter()
         try:
-            results = self.apply(self.conn, [job for job, _ in batch])
+            results, new_work = self.apply(self.conn, [job for job, _ in batch])
         except Exception as exc:  # handed to the callers as a 503
-            self.new_work()
             self.hand_back(self.finish, batch, None, exc, 0.0, False)
         else:
             self.hand_back(self.finish, batch, results, None, time.perf_counter() - started,
-                           self.new_work())
+                           new_work)
 
     def hand_back(self, fn: Callable[..., None], *args: Any) -> None:
         try:
