@@ -40,6 +40,16 @@ def base_url(config: Config) -> str:
     return f"http://{config.emulator.host}:{config.emulator.port}/api/v1"
 
 
+def platform_headers(config: Config) -> dict[str, str]:
+    """The headers every call to the platform carries: who calls, and for which project."""
+    headers = {"User-Agent": f"webhook-bridge/{__version__}"}
+    if config.platform.project_slug:
+        headers["X-Project-Slug"] = config.platform.project_slug
+    if config.platform.project_id:
+        headers["X-Project-ID"] = config.platform.project_id
+    return headers
+
+
 def error_reason(response: httpx.Response) -> str:
     """`<status> <code>: <message>` from either error dialect, else a body excerpt."""
     code, message = "", ""
@@ -161,11 +171,7 @@ class PlatformClient:
     def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
         platform = config.platform
         self.base = base_url(config)
-        headers = {"User-Agent": f"webhook-bridge/{__version__}"}
-        if platform.project_slug:
-            headers["X-Project-Slug"] = platform.project_slug
-        if platform.project_id:
-            headers["X-Project-ID"] = platform.project_id
+        headers = platform_headers(config)
         self.trigger_auth = f"Bearer {platform.trigger_key.reveal()}" if platform.trigger_key else ""
         self.http = client(config.forwarder.concurrency, transport, headers=headers,
                            timeout=platform.timeout)

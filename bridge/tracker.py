@@ -22,7 +22,6 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from bridge import __version__
 from bridge.completion import execution_id_of, parse_result
 from bridge.config import Config, SourceConfig
 from bridge.errors import BadRequest, NotFound
@@ -30,7 +29,7 @@ from bridge.inbound import read_body, request_headers
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics
 from bridge.models import ExecutionResult, ExecutionStatus, TrackedExecution
-from bridge.platform import base_url
+from bridge.platform import base_url, platform_headers
 from bridge.providers import InboundRequest
 from bridge.providers.standard import Standard
 from bridge.store import Store
@@ -66,14 +65,9 @@ class Tracker(ClaimLoop[TrackedExecution]):
         loop's concurrency connections."""
         if self.http is None:
             platform = self.config.platform
-            headers = {"User-Agent": f"webhook-bridge/{__version__}",
-                       "Accept": "application/json"}
+            headers = {**platform_headers(self.config), "Accept": "application/json"}
             if platform.api_key:
                 headers["Authorization"] = f"Bearer {platform.api_key.reveal()}"
-            if platform.project_slug:
-                headers["X-Project-Slug"] = platform.project_slug
-            if platform.project_id:
-                headers["X-Project-ID"] = platform.project_id
             self.http = client(self.settings.max_streams + self.settings.concurrency,
                                self.transport, base_url=base_url(self.config), headers=headers,
                                timeout=platform.timeout)
