@@ -41,6 +41,7 @@ from bridge import outbox
 from bridge.errors import BadRequest, BridgeError, NotFound
 from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.models import RouteState, VerifiedEvent
+from bridge.platform import resend_deadline
 from bridge.store import SQLiteStore
 
 MAX_PAGE = 500
@@ -196,8 +197,26 @@ class Admin:
         raise BadRequest('give "ids": [...] or "all": true')
 
     async def redrive(self, request: Request) -> Response:
-        ids = await self._selected(await _json(request))
-        return JSONResponse({"redriven": await self.store.redrive(ids, self.clock())})
+        body = await _json(request)
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequest('"force" must be true or false')
+        ids = await self._selected(body)
+        now = self.clock()
+        lifetime = self.runtime.config.platform.idempotency_key_lifetime
+        # A delivery that may have reached the platform longer ago than it remembers keys
+        # would run again if resent: only an explicit force sends it.
+        unsafe_before = None if force else now - resend_deadline(0.0, lifetime)
+        redriven = await self.store.redrive(ids, now, unsafe_before)
+        answer: dict[str, Any] = {"redriven": redriven}
+        held = 0 if force else await self.store.count_unsafe(ids, unsafe_before or 0.0)
+        if held:
+            answer["held"] = held
+            answer["warning"] = (f"{held} delivery(ies) may already have run on the platform, "
+                                 "which no longer remembers their Idempotency-Key: resending "
+                                 "could run the workflow twice. Redrive with force to send "
+                                 "them anyway.")
+        return JSONResponse(answer)
 
     async def discard(self, request: Request) -> Response:
         body = await _json(request)

@@ -18,7 +18,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -75,7 +74,6 @@ async def readyz(request: Request) -> Response:
 
 def create_app(config: Config, *, store: SQLiteStore | None = None,
                clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-               transport: httpx.AsyncBaseTransport | None = None,
                config_path: str | None = None) -> Hooks:
     """Build the application. Raises ConfigError for what the config parser cannot see
     (undecodable secrets, bad provider options) so it surfaces before the port is bound."""
@@ -91,11 +89,11 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
     store.on_commit = lambda size, seconds: (metrics.batch_size.observe(size),
                                             metrics.commit_seconds.observe(seconds))
     tracking = config.tracking.enabled and config.platform.api_key is not None
-    forwarder = Forwarder(config, store, clock=clock, rng=rng, transport=transport,
+    forwarder = Forwarder(config, store, clock=clock, rng=rng,
                           track_deadline=config.tracking.deadline if tracking else None,
                           metrics=metrics)
-    tracker = Tracker(config, store, clock=clock, transport=transport, metrics=metrics)
-    relay = Relay(config, store, clock=clock, rng=rng, transport=transport, metrics=metrics)
+    tracker = Tracker(config, store, clock=clock, metrics=metrics)
+    relay = Relay(config, store, clock=clock, rng=rng, metrics=metrics)
     admin = Admin(runtime, store, metrics, clock)
     push = PushReceiver(config, tracker)
 

@@ -92,6 +92,7 @@ def serve(config: object, log_format: str | None) -> int:
     from bridge.app import create_app
     from bridge.config import Config
     from bridge.emulator import Emulator, EmulatorServer, Settings
+    from bridge.server import BoundedHttpTools
 
     assert isinstance(config, Config)
     logs.configure(log_format or config.server.log_format, config.secrets())
@@ -111,8 +112,10 @@ def serve(config: object, log_format: str | None) -> int:
         emulator = EmulatorServer(Emulator(settings), config.emulator.host, config.emulator.port)
         emulator.start()
         log.info("platform emulator started", extra={"url": emulator.base_url})
+    BoundedHttpTools.configure(config.server)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port, log_config=None,
+        http=BoundedHttpTools, limit_concurrency=config.server.max_connections,
         access_log=False, lifespan="on", server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=int(config.server.shutdown_timeout),
         timeout_keep_alive=5,
@@ -136,11 +139,14 @@ def serve_workers(config: object) -> int:
     import uvicorn
 
     from bridge.config import Config
+    from bridge.server import BoundedHttpTools
 
     assert isinstance(config, Config)
     os.environ["BRIDGE_CONFIG"] = config.origin
     log.info("config loaded", extra={"config": config.origin, "workers": config.server.workers})
+    BoundedHttpTools.configure(config.server)
     uvicorn.run("bridge.app:from_environment", factory=True, host=config.server.host,
+                http=BoundedHttpTools, limit_concurrency=config.server.max_connections,
                 port=config.server.port, workers=config.server.workers, log_config=None,
                 access_log=False, server_header=False, proxy_headers=False,
                 timeout_graceful_shutdown=int(config.server.shutdown_timeout))

@@ -26,6 +26,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY = 25 * 1024 * 1024
 DEFAULT_DB_PATH = "data/bridge.db"
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_HEADERS = 100
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_RESPONSE = 1024 * 1024
 DAY = 86400.0
 MIN_DEDUPE_WINDOW = 72 * 3600.0
 PROVIDERS = ("github", "stripe", "standard", "hmac", "token", "none", "slack", "shopify",
@@ -73,6 +77,9 @@ class ServerConfig:
     log_format: str = "json"
     shutdown_timeout: float = 8.0
     workers: int = 1  # uvicorn worker processes; each runs the loops too (leases keep them apart)
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # request line + headers; past it, 431
+    max_headers: int = DEFAULT_MAX_HEADERS  # header fields per request; past it, 431
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # open at once per worker; past it, 503
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,8 @@ class PlatformConfig:
     timeout: float = 30.0
     idempotency_key_max_length: int = 255
     webhook_secret: Secret | None = None  # verifies execution pushes to POST /platform/events
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE  # read at most this much of any answer
+    idempotency_key_lifetime: float = DAY  # how long the platform remembers an Idempotency-Key
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class TrackingConfig:
 class CallbacksConfig:
     signing_secret: Secret | None = None
     allow_private: bool = False
+    allowed_ports: tuple[int, ...] = (80, 443)  # for sender-supplied URLs; empty: any port
     timeout: float = 10.0
     concurrency: int = 16
     batch_size: int = 32
@@ -167,6 +177,7 @@ class SourceConfig:
     insecure: bool = False
     allow_callback_urls: tuple[str, ...] = ()
     gzip: bool = False  # accept Content-Encoding: gzip (decompressed under max_body_bytes)
+    body_dedupe: bool = True  # where the scheme signs no id: a signed body seen before is a duplicate
     options: Mapping[str, Any] = field(default_factory=dict)
     index: int = 0
 
@@ -340,6 +351,16 @@ class _Section:
             return default
         return tuple(value)
 
+    def ports(self, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+        if key not in self.data:
+            return default
+        value = self.data.pop(key)
+        if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in value):
+            self.fail(key, "expected a list of port numbers (1-65535)")
+            return default
+        return tuple(value)
+
     def url(self, key: str, default: str = "") -> str:
         value = self.string(key, default) or ""
         if value and not is_http_url(value):
@@ -417,6 +438,9 @@ def _server(s: _Section) -> ServerConfig:
         log_format=s.string("log_format", "json"),
         shutdown_timeout=s.duration("shutdown_timeout", 8.0),
         workers=s.integer("workers", 1, minimum=1),
+        max_header_bytes=s.integer("max_header_bytes", DEFAULT_MAX_HEADER_BYTES, minimum=1024),
+        max_headers=s.integer("max_headers", DEFAULT_MAX_HEADERS, minimum=8),
+        max_connections=s.integer("max_connections", DEFAULT_MAX_CONNECTIONS, minimum=1),
     )
     if cfg.log_format not in ("json", "text"):
         s.fail("log_format", "expected 'json' or 'text'")
@@ -451,6 +475,8 @@ def _platform(s: _Section) -> PlatformConfig:
         timeout=s.duration("timeout", 30.0),
         idempotency_key_max_length=s.integer("idempotency_key_max_length", 255, minimum=32),
         webhook_secret=s.secret("webhook_secret"),
+        max_response_bytes=s.integer("max_response_bytes", DEFAULT_MAX_RESPONSE, minimum=1024),
+        idempotency_key_lifetime=s.duration("idempotency_key_lifetime", DAY),
     )
     if cfg.project_slug and cfg.project_id:
         s.fail("project_id", "set project_slug or project_id, not both")
@@ -495,6 +521,7 @@ def _callbacks(s: _Section) -> CallbacksConfig:
     cfg = CallbacksConfig(
         signing_secret=s.secret("signing_secret"),
         allow_private=s.boolean("allow_private", False),
+        allowed_ports=s.ports("allowed_ports", (80, 443)),
         timeout=s.duration("timeout", 10.0),
         concurrency=s.integer("concurrency", 16, minimum=1),
         batch_size=s.integer("batch_size", 32, minimum=1),
@@ -562,6 +589,7 @@ def _source(s: _Section, index: int) -> SourceConfig:
         insecure=s.boolean("insecure", False),
         allow_callback_urls=s.strings("allow_callback_urls"),
         gzip=s.boolean("gzip", False),
+        body_dedupe=s.boolean("body_dedupe", True),
         options=s.rest(),
         index=index,
     )

@@ -1,7 +1,15 @@
 """The forwarder: claim due deliveries from the outbox, trigger the platform, record the outcome.
 
-The loop mechanics (run, run_once, stop) are `ClaimLoop`'s; this module decides what one attempt
-is and what its outcome does. New deliveries wake it at once through the store's watch hook.
+The loop mechanics (run, run_once, stop, the poison path) are `ClaimLoop`'s; this module decides
+what one attempt is and what its outcome does. New deliveries wake it at once through the store's
+watch hook.
+
+Exactly once ends at the platform's memory: it keeps an Idempotency-Key for
+`[platform] idempotency_key_lifetime` (24 h). A delivery whose attempt may have reached the
+platform (its answer was lost, or a 5xx came back) is never sent again once that key may have
+expired: past `resend_deadline` it goes dead with a reason that says so, and only an operator's
+forced redrive sends it. A delivery that provably never reached the platform (connection refused,
+DNS failure) keeps retrying under the retry policy.
 """
 
 from __future__ import annotations
@@ -10,15 +18,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
-
-import httpx
+from datetime import UTC, datetime
 
 from bridge.config import Config
+from bridge.http import HttpError, Reply
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics, status_class
 from bridge.models import Attempt, ClaimedDelivery, Dead, Delivered, Outcome, Paused, RetryLater
-from bridge.platform import EXCERPT, PlatformClient, classify
-from bridge.retry import next_delay
+from bridge.platform import EXCERPT, PlatformClient, classify, resend_deadline
+from bridge.retry import schedule
 from bridge.store import Store
 
 log = logging.getLogger("bridge.forwarder")
@@ -29,7 +37,6 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
 
     def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None,
                  track_deadline: float | None = None, metrics: Metrics | None = None) -> None:
         settings = config.forwarder
         super().__init__(concurrency=settings.concurrency, batch_size=settings.batch_size,
@@ -39,7 +46,7 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
         self.settings = settings
         self.store = store
         self.rng = rng or random.Random()
-        self.transport = transport
+        self.key_lifetime = config.platform.idempotency_key_lifetime
         self.track_deadline = track_deadline  # follow executions for this long, if set
         self.metrics = metrics or Metrics()
         self.owner = owner_id("forwarder")
@@ -48,7 +55,7 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
 
     def _client(self) -> PlatformClient:
         if self.client is None:
-            self.client = PlatformClient(self.config, self.transport)
+            self.client = PlatformClient(self.config)
         return self.client
 
     async def claim(self, limit: int, now: float) -> list[ClaimedDelivery]:
@@ -70,23 +77,42 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
             await self.client.aclose()
             self.client = None
 
+    async def poisoned(self, item: ClaimedDelivery, exc: Exception) -> None:
+        """An attempt that raised: a failed attempt like any other, so it backs off and ends
+        dead instead of holding its lease forever."""
+        outcome = RetryLater(f"internal error ({exc.__class__.__name__})", reached=False)
+        await self._finish(item, outcome, self.clock(), time.perf_counter(), None, None)
+
     async def attempt(self, delivery: ClaimedDelivery) -> None:
-        client = self._client()
         started = self.clock()
         t0 = time.perf_counter()
-        result: httpx.Response | Exception
+        if self._expired(delivery.reached_at, started):
+            await self._finish(delivery, self._unsafe(delivery.reached_at), started, t0, None,
+                               None)
+            return
+        result: Reply | HttpError
         try:
-            result = await client.trigger(delivery.trigger, delivery.body, delivery.content_type,
-                                          delivery.idempotency_key,
-                                          {"X-Bridge-Delivery-Id": delivery.id})
-        except httpx.HTTPError as exc:
+            result = await self._client().trigger(
+                delivery.trigger, delivery.body, delivery.content_type,
+                delivery.idempotency_key, {"X-Bridge-Delivery-Id": delivery.id})
+        except HttpError as exc:
             result = exc
+        outcome = classify(result, self.clock())
+        reply = result if isinstance(result, Reply) else None
+        await self._finish(delivery, outcome, started, t0, reply,
+                           started if getattr(outcome, "reached", False) else None)
+
+    async def _finish(self, delivery: ClaimedDelivery, outcome: Outcome, started: float,
+                      t0: float, reply: Reply | None, reached_now: float | None) -> None:
         latency = (time.perf_counter() - t0) * 1000
         now = self.clock()
-        outcome = classify(result, now)
-        outcome, next_at = self._schedule(delivery, outcome, now)
-        status = result.status_code if isinstance(result, httpx.Response) else None
-        excerpt = result.text[:EXCERPT] if isinstance(result, httpx.Response) else None
+        reached_at = delivery.reached_at if delivery.reached_at is not None else reached_now
+        outcome, next_at = schedule(outcome, delivery.failures, now - delivery.created_at,
+                                    self.settings.retry, self.rng, now)
+        if next_at is not None and reached_at is not None and self._expired(reached_at, next_at):
+            outcome, next_at = self._unsafe(reached_at), None
+        status = reply.status if reply is not None else None
+        excerpt = reply.text(EXCERPT) if reply is not None else None
         attempt = Attempt(delivery.id, started, latency, type(outcome).__name__.lower(), status,
                           None if isinstance(outcome, Delivered) else _reason(outcome), excerpt)
         self._log(delivery, attempt, outcome)
@@ -99,29 +125,23 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
         # the platform's idempotency key makes that second call harmless.
         track_until = now + self.track_deadline if self.track_deadline is not None else None
         await self.store.record(delivery, self.owner, attempt, outcome, next_at, now,
-                                self.settings.pause_probe, track_until)
+                                self.settings.pause_probe, track_until, reached_at)
 
-    def _schedule(self, delivery: ClaimedDelivery, outcome: Outcome,
-                  now: float) -> tuple[Outcome, float | None]:
-        if not isinstance(outcome, RetryLater):
-            return outcome, None
-        policy = self.settings.retry
-        age = now - delivery.created_at
-        if not outcome.counts_as_failure:
-            wait = outcome.after if outcome.after is not None else policy.base
-            if age + wait > policy.max_age:
-                return Dead(f"retries exhausted: {outcome.reason}", outcome.status_code), None
-            return outcome, now + wait
-        delay = next_delay(delivery.failures + 1, policy, self.rng, outcome.after, age)
-        if delay is None:
-            return Dead(f"retries exhausted: {outcome.reason}", outcome.status_code), None
-        return outcome, now + delay
+    def _expired(self, reached_at: float | None, when: float) -> bool:
+        return reached_at is not None and when > resend_deadline(reached_at, self.key_lifetime)
+
+    def _unsafe(self, reached_at: float | None) -> Dead:
+        at = datetime.fromtimestamp(reached_at or 0.0, UTC).isoformat(timespec="seconds")
+        return Dead(f"may already have run: an attempt at {at} may have reached the platform, "
+                    "which no longer remembers its Idempotency-Key; resending could run the "
+                    "workflow twice, so it needs an operator's decision (dead-letters redrive "
+                    "--force)")
 
     def _log(self, delivery: ClaimedDelivery, attempt: Attempt, outcome: Outcome) -> None:
         fields = {"delivery_id": delivery.id, "event_id": delivery.event_id,
                   "idempotency_key": delivery.idempotency_key, "trigger": delivery.trigger,
-                  "status_code": attempt.status_code, "latency_ms": round(attempt.latency_ms, 1),
-                  "outcome": attempt.outcome}
+                  "route": delivery.route, "status_code": attempt.status_code,
+                  "latency_ms": round(attempt.latency_ms, 1), "outcome": attempt.outcome}
         if isinstance(outcome, Delivered):
             log.info("delivered", extra={**fields, "execution_id": outcome.execution_id})
         elif isinstance(outcome, Dead) and outcome.status_code == 409:
@@ -130,7 +150,7 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
         elif isinstance(outcome, Dead | Paused):
             log.warning(attempt.outcome, extra={**fields, "reason": outcome.reason})
         else:
-            log.info("retry scheduled", extra={**fields, "reason": _reason(outcome)})
+            log.warning("retry scheduled", extra={**fields, "reason": _reason(outcome)})
 
 
 def _reason(outcome: Outcome) -> str | None:

@@ -32,10 +32,10 @@ from bridge.errors import (
     UnsupportedMediaType,
     error_body,
 )
+from bridge.guard import check_literal
 from bridge.metrics import Metrics, SourceTally
 from bridge.models import NewDelivery, VerifiedEvent, new_id
 from bridge.providers import InboundRequest, Provider
-from bridge.relay import check_literal
 from bridge.status import StatusTokens, public_view, settled
 from bridge.store import Store
 
@@ -144,10 +144,30 @@ def decode_body(body: bytes, encoding: str | None, allowed: bool, limit: int) ->
     return out
 
 
+MAX_ID = 200
+
+
+def safe_id(value: str) -> str:
+    """A provider's id as it may appear in a key (and so in an outbound header): itself when it
+    is printable ASCII of reasonable length, else a hash of it."""
+    if len(value) <= MAX_ID and value.isascii() and value.isprintable() and " " not in value:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def idempotency_key(source: str, provider_id: str | None, body: bytes) -> str:
     if provider_id:
-        return f"{source}:{provider_id}"
+        return f"{source}:{safe_id(provider_id)}"
     return f"{source}:sha256:{hashlib.sha256(body).hexdigest()}"
+
+
+def fingerprint_key(source: str, event_type: str, signed: bytes) -> str:
+    """Where a scheme signs no id, the event type and the signed content name the event too:
+    a request whose fingerprint was seen is a duplicate whatever its unsigned id says. (The
+    type is part of it: Shopify sends one order body under several topics.) `#` cannot follow a
+    source name in any other key, so these never meet batch item keys."""
+    digest = hashlib.sha256(event_type.encode() + b"\n" + signed).hexdigest()
+    return f"{source}#body-sha256:{digest}"
 
 
 class Runtime:
@@ -240,9 +260,12 @@ class Inbound:
             id=new_id(), source=name, provider=source.provider,
             event_type=identity.event_type,
             idempotency_key=idempotency_key(name, identity.provider_id, body),
+            fingerprint=fingerprint_key(name, identity.event_type, provider.fingerprint(inbound))
+            if identity.provider_id and provider.unsigned_id and source.body_dedupe else None,
             received_at=now, headers=kept_headers(headers), body=body,
             callback_url=callback_url,
-            items=tuple(f"{name}:{item}" for item in identity.items), nonce=identity.nonce,
+            items=tuple(f"{name}:{safe_id(item)}" for item in identity.items),
+            nonce=None if identity.nonce is None else safe_id(identity.nonce),
         )
         routes = outbox.matching(self.config.routes, name, event.event_type)
         max_key = self.config.platform.idempotency_key_max_length
@@ -280,7 +303,7 @@ class Inbound:
         if not is_http_url(url) or not any(
                 fnmatchcase(url, glob) for glob in source.allow_callback_urls):
             raise CallbackNotAllowed("callback_url is not allowed for this source")
-        check_literal(url, self.config.callbacks.allow_private)
+        check_literal(url, self.config.callbacks.allow_private, self.config.callbacks.allowed_ports)
         return url
 
     @staticmethod

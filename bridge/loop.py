@@ -1,8 +1,14 @@
 """The shape shared by the forwarder, the tracker and the relay: claim leased work, handle it.
 
-A subclass provides `claim(limit, now)`, `handle(item)` and `release()`; optionally `next_due()`
-(when the next item falls due, so an idle loop sleeps just long enough) and `holding()` (seconds
-to claim nothing, e.g. while rate limited).
+A subclass provides `claim(limit, now)`, `handle(item)`, `poisoned(item, exc)` and `release()`;
+optionally `next_due()` (when the next item falls due, so an idle loop sleeps just long enough)
+and `holding()` (seconds to claim nothing, e.g. while rate limited).
+
+The poison path is owned here, once: an item whose handling raises something unexpected is a bug
+or a hostile value, not an outage. It is logged with its traceback and handed to `poisoned()`,
+which records it as a failed attempt, so it backs off and ends dead instead of holding its lease
+and failing again every lease period. Only `StoreUnavailable` (the store cannot write) leaves the
+lease to expire, since nothing can be recorded then.
 
 `run_once(now)` claims one batch and handles all of it: tests call it directly. `run()` keeps up
 to `concurrency` items in flight and claims again once a quarter of the slots are free, so a
@@ -55,6 +61,10 @@ class ClaimLoop(Generic[T]):
     async def handle(self, item: T) -> None:
         raise NotImplementedError
 
+    async def poisoned(self, item: T, exc: Exception) -> None:
+        """Record `item` as a failed attempt after `handle` raised `exc`."""
+        raise NotImplementedError
+
     async def release(self) -> None:
         """Give back the leases this loop still holds."""
 
@@ -68,7 +78,7 @@ class ClaimLoop(Generic[T]):
 
     async def run_once(self, now: float | None = None) -> int:
         items = await self.claim(self.batch_size, self.clock() if now is None else now)
-        await asyncio.gather(*(self.handle(item) for item in items))
+        await asyncio.gather(*(self._guarded(item) for item in items))
         return len(items)
 
     async def run(self) -> None:
@@ -103,8 +113,14 @@ class ClaimLoop(Generic[T]):
         except StoreUnavailable:
             log.error("could not record the outcome: store unavailable; the lease will expire",
                       extra={"loop": self.name})
-        except Exception:
-            log.exception("unexpected error", extra={"loop": self.name})
+        except Exception as exc:
+            log.exception("unexpected error: counted as a failed attempt",
+                          extra={"loop": self.name})
+            try:
+                await self.poisoned(item, exc)
+            except Exception:
+                log.exception("could not record the failed attempt; the lease will expire",
+                              extra={"loop": self.name})
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)

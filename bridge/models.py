@@ -74,6 +74,7 @@ class VerifiedEvent:
     callback_url: str | None = None
     items: tuple[str, ...] = ()  # per-item idempotency keys of a batch
     nonce: str | None = None  # a single-use value (Mailgun's token), refused if seen again
+    fingerprint: str | None = None  # the signed content's key, where the scheme signs no id
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ class RetryLater:
     status_code: int | None = None
     after: float | None = None  # seconds the platform asked for (Retry-After)
     counts_as_failure: bool = True  # a 429 is pacing, not a failure
+    reached: bool = False  # the platform may have received (and run) it: see Forwarder
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,7 @@ class ClaimedDelivery:
     failures: int
     created_at: float
     probe: bool = False
+    reached_at: float | None = None  # first attempt that may have reached the platform
 
 
 @dataclass(frozen=True, slots=True)

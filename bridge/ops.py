@@ -58,6 +58,10 @@ def add_commands(commands: Any) -> None:
         p.add_argument("--source")
         if action == "discard":
             p.add_argument("--reason", required=True)
+        else:
+            p.add_argument("--force", action="store_true",
+                           help="also resend deliveries that may already have run on the platform "
+                                "and whose Idempotency-Key it may have forgotten (may run twice)")
 
     routes = commands.add_parser("routes", help="list, pause and resume routes")
     rt = routes.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -236,8 +240,14 @@ def _selection(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def dead_redrive(args: argparse.Namespace) -> int:
-    data = call(args, "POST", "/admin/dead-letters/redrive", json=_selection(args))
-    return output(args, data, [data], ("redriven",))
+    body = {**_selection(args), **({"force": True} if args.force else {})}
+    data = call(args, "POST", "/admin/dead-letters/redrive", json=body)
+    if data.get("warning") and not args.json:
+        print(f"warning: {data['warning']}", file=sys.stderr)
+    elif args.force and not args.json:
+        print("warning: forced: deliveries that may already have run on the platform were sent "
+              "again; their workflows may run twice", file=sys.stderr)
+    return output(args, data, [data], ("redriven", "held"))
 
 
 def dead_discard(args: argparse.Namespace) -> int:

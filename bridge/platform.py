@@ -1,33 +1,35 @@
 """The workflow platform, as the bridge sees it: trigger calls, pacing, and `classify()`.
 
-`classify()` is the one place where an upstream answer (or an httpx failure) becomes an outcome:
+`classify()` is the one place where an upstream answer (or an `http.HttpError`) becomes an
+outcome:
 
     2xx                          Delivered(execution id from execution_id | id | executionId)
     429                          RetryLater(after Retry-After / X-RateLimit-Reset), not a failure
     400, 422, other 4xx          Dead(reason)
     409                          Dead(idempotency conflict)  -- logged as an error
     401, 403, 404                Paused(reason)              -- a configuration fault
-    408, 425, 5xx, timeouts,
-    connection errors            RetryLater(reason)
+    408, 425, 5xx                RetryLater(reason, reached)  -- the platform may have run it
+    timeouts, broken connections RetryLater(reason, reached)  -- the request may have arrived
+    connection refused, DNS      RetryLater(reason)           -- provably never arrived
+    a header we refuse to send   Dead(reason)
+
+`reached` marks an attempt after which the platform may hold the Idempotency-Key; the forwarder
+never resends such a delivery once that key may have expired (see `Forwarder`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
-
-import httpx
 
 from bridge import __version__
 from bridge.completion import execution_id_of
 from bridge.config import Config
+from bridge.http import BadHeader, Client, HttpError, Reply
 from bridge.models import Dead, Delivered, Outcome, Paused, RetryLater
 from bridge.retry import parse_retry_after
-from bridge.transport import client
 
 log = logging.getLogger("bridge.platform")
 EXCERPT = 512
@@ -40,6 +42,13 @@ def base_url(config: Config) -> str:
     return f"http://{config.emulator.host}:{config.emulator.port}/api/v1"
 
 
+def resend_deadline(reached_at: float, key_lifetime: float) -> float:
+    """The last moment a delivery that may have reached the platform at `reached_at` can be
+    sent again safely: the platform still remembers its Idempotency-Key, less a margin for
+    clock skew and the attempt's own duration."""
+    return reached_at + key_lifetime - min(3600.0, key_lifetime / 10)
+
+
 def platform_headers(config: Config) -> dict[str, str]:
     """The headers every call to the platform carries: who calls, and for which project."""
     headers = {"User-Agent": f"webhook-bridge/{__version__}"}
@@ -50,11 +59,11 @@ def platform_headers(config: Config) -> dict[str, str]:
     return headers
 
 
-def error_reason(response: httpx.Response) -> str:
+def error_reason(response: Reply) -> str:
     """`<status> <code>: <message>` from either error dialect, else a body excerpt."""
     code, message = "", ""
     try:
-        data = json.loads(response.content)
+        data = response.json()
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -65,24 +74,25 @@ def error_reason(response: httpx.Response) -> str:
         elif isinstance(data.get("detail"), str):
             message = data["detail"]
     if not (code or message):
-        message = response.text[:200]
+        message = response.text(200)
     label = f" {code}" if code else ""
-    return f"{response.status_code}{label}: {message}".strip()
+    return f"{response.status}{label}: {message}".strip()
 
 
-def execution_id(response: httpx.Response) -> str | None:
+def execution_id(response: Reply) -> str | None:
     try:
-        return execution_id_of(json.loads(response.content))
+        return execution_id_of(response.json())
     except ValueError:
         return None
 
 
-def classify(result: httpx.Response | Exception, now: float) -> Outcome:
-    if isinstance(result, httpx.TimeoutException):
-        return RetryLater(f"timeout ({result.__class__.__name__})")
-    if isinstance(result, Exception):
-        return RetryLater(f"connection error ({result.__class__.__name__})")
-    status = result.status_code
+def classify(result: Reply | HttpError, now: float) -> Outcome:
+    if isinstance(result, BadHeader):
+        return Dead(str(result))
+    if isinstance(result, HttpError):
+        where = f" to {result.url}" if result.url else ""
+        return RetryLater(f"{result}{where}", reached=result.reached)
+    status = result.status
     if 200 <= status < 300:
         return Delivered(execution_id(result), status)
     if status == 429:
@@ -97,7 +107,7 @@ def classify(result: httpx.Response | Exception, now: float) -> Outcome:
         return Dead(f"idempotency conflict: {error_reason(result)}", status)
     if status in (408, 425) or status >= 500:
         after = parse_retry_after(result.headers.get("retry-after"), now)
-        return RetryLater(error_reason(result), status, after)
+        return RetryLater(error_reason(result), status, after, reached=True)
     return Dead(error_reason(result), status)
 
 
@@ -143,10 +153,10 @@ class Pacer:
         """Seconds until sending may resume (0 when it may now)."""
         return max(0.0, self.not_before - self.clock())
 
-    def observe(self, response: httpx.Response) -> None:
+    def observe(self, response: Reply) -> None:
         headers = response.headers
         now_wall = self.wall()
-        if response.status_code == 429:
+        if response.status == 429:
             after = parse_retry_after(headers.get("retry-after"), now_wall)
             if after is None:
                 reset = _number(headers.get("x-ratelimit-reset"))
@@ -168,22 +178,22 @@ class Pacer:
 class PlatformClient:
     """Trigger calls for one forwarder loop."""
 
-    def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         platform = config.platform
-        self.base = base_url(config)
         headers = platform_headers(config)
-        self.trigger_auth = f"Bearer {platform.trigger_key.reveal()}" if platform.trigger_key else ""
-        self.http = client(config.forwarder.concurrency, transport, headers=headers,
-                           timeout=platform.timeout)
+        if platform.trigger_key:
+            headers["Authorization"] = f"Bearer {platform.trigger_key.reveal()}"
+        self.http = Client(config.forwarder.concurrency, headers=headers,
+                           timeout=platform.timeout, max_body=platform.max_response_bytes,
+                           base_url=f"{base_url(config)}/workflows/triggers/")
         self.pacer = Pacer(platform.rate_limit)
 
     async def trigger(self, trigger: str, body: bytes, content_type: str, key: str,
-                      extra: dict[str, Any] | None = None) -> httpx.Response:
+                      extra: dict[str, str] | None = None) -> Reply:
+        """One trigger call. Raises `http.HttpError` when no answer came."""
         await self.pacer.acquire()
-        headers = {"Authorization": self.trigger_auth, "Idempotency-Key": key,
-                   "Content-Type": content_type, **(extra or {})}
-        response = await self.http.post(
-            f"{self.base}/workflows/triggers/{trigger}", content=body, headers=headers)
+        headers = {"Idempotency-Key": key, "Content-Type": content_type, **(extra or {})}
+        response = await self.http.request("POST", trigger, body=body, headers=headers)
         self.pacer.observe(response)
         return response
 

@@ -4,94 +4,52 @@ Every attempt carries `webhook-id` (the callback's id: the same on every retry, 
 dedupe), a fresh `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
 "{id}.{timestamp}.{body}">` keyed with `[callbacks] signing_secret`). Any 2xx is delivered; every
 other answer, a timeout or a connection error is retried by `[callbacks.retry]` (Retry-After is a
-floor) until `max_age`, then the callback is dead. Callback failures never change the event.
+floor) until `max_age`, then the callback is dead. A URL that cannot be requested, or one the
+SSRF guard refuses, is dead at once. Callback failures never change the event. A receiver's
+answer is read up to 64 KiB, within one overall deadline per attempt (`[callbacks] timeout`).
 
-Sender-supplied URLs (`?callback_url=`) pass the SSRF guard at send time: the host is resolved,
-every address must be public (not loopback, private, link-local, CGNAT, multicast, reserved or
-unspecified), and the request goes to the address that was checked, so a DNS answer that changes
-between the check and the connection (rebinding) cannot redirect it. `[callbacks] allow_private`
-turns the guard off. Operator-configured URLs are trusted as written.
+Sender-supplied URLs (`?callback_url=`) go through a client whose resolver is the SSRF guard
+(`bridge.guard`); operator-configured URLs are trusted as written and use a plain client.
+`[callbacks] allow_private` turns the guard off.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import logging
 import random
-import socket
 import time
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import httpx
+from aiohttp.helpers import get_env_proxy_for_url, proxies_from_env
+from yarl import URL
 
 from bridge import __version__
 from bridge.config import Config
 from bridge.errors import CallbackNotAllowed
+from bridge.guard import Blocked as GuardBlocked
+from bridge.guard import GuardedResolver, check_host, is_ip_literal, is_public, url_port
+from bridge.http import (
+    CALLBACK_MAX_BODY,
+    Blocked,
+    Client,
+    ConnectFailed,
+    HttpError,
+    InvalidTarget,
+    Reply,
+)
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics
-from bridge.models import Attempt, ClaimedCallback
+from bridge.models import Attempt, ClaimedCallback, Dead, Delivered, Outcome, RetryLater
 from bridge.platform import EXCERPT
 from bridge.providers.standard import decode_secret
-from bridge.retry import next_delay, parse_retry_after
+from bridge.retry import parse_retry_after, schedule
 from bridge.store import Store
-from bridge.transport import client
 
 log = logging.getLogger("bridge.relay")
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
-
-
-class Blocked(Exception):
-    """A sender-supplied callback URL that resolves to a non-public address."""
-
-
-def is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
-        return False
-    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-                or ip.is_reserved or ip.is_unspecified)
-
-
-def check_literal(url: str, allow_private: bool) -> None:
-    """At ingest: refuse a sender-supplied URL whose host is a non-public IP literal."""
-    host = urlsplit(url).hostname or ""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return  # a name: checked after resolution, at send time
-    if not allow_private and not is_public(host):
-        raise CallbackNotAllowed("callback_url points at a non-public address")
-
-
-async def pin(url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """Resolve `url`'s host, require every address to be public, and return the URL rewritten
-    to the first address, with the Host header and TLS server name of the original."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise Blocked(f"cannot resolve {host}: {exc.strerror or exc}") from None
-    addresses = [str(info[4][0]) for info in infos]
-    bad = [a for a in addresses if not is_public(a)]
-    if not addresses or bad:
-        raise Blocked(f"{host} resolves to a non-public address ({', '.join(bad) or 'none'})")
-    address = addresses[0]
-    literal = f"[{address}]" if ":" in address else address
-    netloc = f"{literal}:{parts.port}" if parts.port else literal
-    pinned = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-    host_header = parts.netloc.rsplit("@", 1)[-1]
-    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
-    return pinned, {"Host": host_header}, extensions
 
 
 def signature_headers(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
@@ -100,13 +58,25 @@ def signature_headers(key: bytes, webhook_id: str, timestamp: int, body: bytes) 
             "webhook-signature": "v1," + base64.b64encode(mac).decode()}
 
 
+def proxy_hosts() -> frozenset[str]:
+    """The proxies named in the environment: the operator's, so the guard trusts them."""
+    return frozenset(info.proxy.host for info in proxies_from_env().values()
+                     if info.proxy.host)
+
+
+def proxied(url: str) -> bool:
+    try:
+        get_env_proxy_for_url(URL(url))
+    except (LookupError, ValueError):
+        return False
+    return True
+
+
 class Relay(ClaimLoop[ClaimedCallback]):
     name = "relay"
 
     def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
-                 rng: random.Random | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 rng: random.Random | None = None, metrics: Metrics | None = None) -> None:
         settings = config.callbacks
         self.metrics = metrics or Metrics()
         super().__init__(concurrency=settings.concurrency, batch_size=settings.batch_size,
@@ -114,21 +84,26 @@ class Relay(ClaimLoop[ClaimedCallback]):
         self.settings = settings
         self.store = store
         self.rng = rng or random.Random()
-        self.transport = transport
         secret = settings.signing_secret
         self.key = decode_secret(secret.reveal()) if secret else None
         self.owner = owner_id("relay")
-        self.http: httpx.AsyncClient | None = None
+        self.clients: dict[bool, Client] = {}  # guarded? -> client
+        self.resolver: GuardedResolver | None = None
         store.watch(self.wake.set)
 
-    def client(self) -> httpx.AsyncClient:
-        if self.http is None:
-            self.http = client(
-                self.settings.concurrency, self.transport, timeout=self.settings.timeout,
-                follow_redirects=False,
+    def guarded_resolver(self) -> GuardedResolver:
+        if self.resolver is None:  # made on the event loop, where aiohttp's resolvers live
+            self.resolver = GuardedResolver(proxy_hosts())
+        return self.resolver
+
+    def client(self, guarded: bool) -> Client:
+        if guarded not in self.clients:
+            self.clients[guarded] = Client(
+                self.settings.concurrency, timeout=self.settings.timeout,
+                max_body=CALLBACK_MAX_BODY, resolver=self.guarded_resolver() if guarded else None,
                 headers={"User-Agent": f"webhook-bridge/{__version__}",
                          "Content-Type": "application/json"})
-        return self.http
+        return self.clients[guarded]
 
     async def claim(self, limit: int, now: float) -> list[ClaimedCallback]:
         return await self.store.claim_callbacks(self.owner, now, self.settings.lease, limit)
@@ -138,54 +113,76 @@ class Relay(ClaimLoop[ClaimedCallback]):
 
     async def release(self) -> None:
         await self.store.release_leases(self.owner)
-        if self.http is not None:
-            await self.http.aclose()
-            self.http = None
+        for client in self.clients.values():
+            await client.aclose()
+        self.clients.clear()
+
+    async def poisoned(self, item: ClaimedCallback, exc: Exception) -> None:
+        await self._finish(item, RetryLater(f"internal error ({exc.__class__.__name__})"),
+                           self.clock(), time.perf_counter(), None)
 
     async def handle(self, item: ClaimedCallback) -> None:
         started = self.clock()
         t0 = time.perf_counter()
-        status: int | None = None
-        excerpt: str | None = None
-        retry_after: float | None = None
+        reply: Reply | None = None
         try:
-            url, headers, extensions = item.url, {}, {}
-            if item.sender_supplied and not self.settings.allow_private:
-                url, headers, extensions = await pin(item.url)
+            guarded = item.sender_supplied and not self.settings.allow_private
+            if guarded:
+                await self.check(item.url)
+            headers = {}
             if self.key is not None:
-                headers.update(signature_headers(self.key, item.id, int(time.time()), item.body))
-            response = await self.client().post(url, content=item.body, headers=headers,
-                                                extensions=extensions)
-            status, excerpt = response.status_code, response.text[:EXCERPT]
-            retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
-            delivered = 200 <= status < 300
-            reason = None if delivered else f"receiver answered {status}"
-        except Blocked as exc:
-            await self._record(item, started, t0, status, "dead", str(exc), None, excerpt)
-            log.warning("callback refused by the SSRF guard",
-                        extra={"callback_id": item.id, "reason": str(exc)})
-            return
-        except httpx.HTTPError as exc:
-            delivered, reason = False, f"connection error ({exc.__class__.__name__})"
+                headers = signature_headers(self.key, item.id, int(time.time()), item.body)
+            reply = await self.client(guarded).request("POST", item.url, body=item.body,
+                                                       headers=headers)
+            outcome = self.classify(reply)
+        except (Blocked, InvalidTarget) as exc:
+            outcome = Dead(str(exc))
+            log.warning("callback refused", extra={"callback_id": item.id, "reason": str(exc)})
+        except HttpError as exc:
+            outcome = RetryLater(str(exc))
+        await self._finish(item, outcome, started, t0, reply)
+
+    async def check(self, url: str) -> None:
+        """What the guarded resolver cannot see: IP literals (never resolved) and hosts a proxy
+        resolves for us."""
+        host = (urlsplit(url).hostname or "").strip("[]")
+        try:
+            if is_ip_literal(host):
+                if not is_public(host):
+                    raise GuardBlocked(f"{host} is not a public address")
+            elif proxied(url):
+                await check_host(self.guarded_resolver(), host, url_port(url))
+        except GuardBlocked as exc:
+            raise Blocked(str(exc), url) from None
+        except OSError as exc:
+            raise ConnectFailed(f"cannot resolve {host} ({exc.__class__.__name__})", url) from None
+        except (ValueError, CallbackNotAllowed) as exc:
+            raise InvalidTarget(str(exc), url) from None
+
+    def classify(self, reply: Reply) -> Outcome:
+        if 200 <= reply.status < 300:
+            return Delivered(None, reply.status)
+        after = parse_retry_after(reply.headers.get("retry-after"), time.time())
+        return RetryLater(f"receiver answered {reply.status}", reply.status, after)
+
+    async def _finish(self, item: ClaimedCallback, outcome: Outcome, started: float, t0: float,
+                      reply: Reply | None) -> None:
         now = self.clock()
-        if delivered:
-            await self._record(item, started, t0, status, "delivered", None, None, excerpt)
+        outcome, next_at = schedule(outcome, item.failures, now - item.created_at,
+                                    self.settings.retry, self.rng, now)
+        label = "retrylater" if isinstance(outcome, RetryLater) else type(outcome).__name__.lower()
+        reason = getattr(outcome, "reason", None)
+        status = reply.status if reply is not None else None
+        excerpt = reply.text(EXCERPT) if reply is not None else None
+        attempt = Attempt(item.id, started, (time.perf_counter() - t0) * 1000, label, status,
+                          reason, excerpt)
+        self.metrics.callbacks.labels(label).inc()
+        await self.store.record_callback(item, self.owner, attempt, label == "delivered",
+                                         next_at, reason, self.clock())
+        if label == "delivered":
             log.info("callback delivered", extra={"callback_id": item.id, "status_code": status,
                                                   "execution_id": item.execution_id})
-            return
-        delay = next_delay(item.failures + 1, self.settings.retry, self.rng, retry_after,
-                           now - item.created_at)
-        next_at = None if delay is None else now + delay
-        outcome = "retrylater" if next_at is not None else "dead"
-        await self._record(item, started, t0, status, outcome, reason, next_at, excerpt)
-        log.info("callback failed", extra={"callback_id": item.id, "reason": reason,
-                                           "outcome": outcome})
+        else:
+            log.warning("callback failed", extra={"callback_id": item.id, "reason": reason,
+                                                  "outcome": label})
 
-    async def _record(self, item: ClaimedCallback, started: float, t0: float,
-                      status: int | None, outcome: str, reason: str | None,
-                      next_at: float | None, excerpt: str | None) -> None:
-        attempt = Attempt(item.id, started, (time.perf_counter() - t0) * 1000, outcome, status,
-                          reason, excerpt)
-        self.metrics.callbacks.labels(outcome).inc()
-        await self.store.record_callback(item, self.owner, attempt, outcome == "delivered",
-                                         next_at, reason, self.clock())

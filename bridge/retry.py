@@ -6,6 +6,7 @@ import random
 from email.utils import parsedate_to_datetime
 
 from bridge.config import RetryPolicy
+from bridge.models import Dead, Outcome, RetryLater
 
 
 def next_delay(failures: int, policy: RetryPolicy, rng: random.Random,
@@ -26,6 +27,24 @@ def next_delay(failures: int, policy: RetryPolicy, rng: random.Random,
     if age + delay > policy.max_age:
         return None
     return delay
+
+
+def schedule(outcome: Outcome, failures: int, age: float, policy: RetryPolicy,
+             rng: random.Random, now: float) -> tuple[Outcome, float | None]:
+    """Backoff or dead: a `RetryLater` gets its next attempt's time, or becomes `Dead` once the
+    policy is exhausted; any other outcome passes through with no next time. A retry that is
+    pacing (a 429) waits what it was asked to without counting as a failure."""
+    if not isinstance(outcome, RetryLater):
+        return outcome, None
+    if not outcome.counts_as_failure:
+        wait = outcome.after if outcome.after is not None else policy.base
+        if age + wait > policy.max_age:
+            return Dead(f"retries exhausted: {outcome.reason}", outcome.status_code), None
+        return outcome, now + wait
+    delay = next_delay(failures + 1, policy, rng, outcome.after, age)
+    if delay is None:
+        return Dead(f"retries exhausted: {outcome.reason}", outcome.status_code), None
+    return outcome, now + delay
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

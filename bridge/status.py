@@ -11,6 +11,7 @@ from itsdangerous.encoding import base64_encode, int_to_bytes
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from bridge import guard
 from bridge.errors import BridgeError, NotFound
 from bridge.providers.base import sign
 from bridge.store import Store
@@ -75,7 +76,7 @@ def public_view(event: dict[str, Any]) -> dict[str, Any]:
         ],
         "callbacks": [
             {"id": c["id"], "status": c["status"], "attempts": c["attempts"],
-             "last_error": c["last_error"]}
+             "last_error": guard.public_reason(c["last_error"])}
             for c in event.get("callbacks", [])
         ],
     }

@@ -169,6 +169,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE nonces (key TEXT PRIMARY KEY, event_id TEXT NOT NULL);
     CREATE INDEX nonces_event ON nonces(event_id);
     """,
+    # 4: when a delivery may first have reached the platform (its answer lost, or a 5xx), so it
+    # is never resent once the platform may have forgotten its Idempotency-Key
+    """
+    ALTER TABLE deliveries ADD COLUMN reached_at REAL;
+    """,
 ]
 
 
@@ -370,6 +375,7 @@ class SQLiteStore:
         for job in jobs:
             if first.setdefault(job.event.idempotency_key, job.event.id) == job.event.id:
                 fresh.append(job)
+        fresh = self._unseen_fingerprints(conn, fresh, first)
         before = conn.total_changes
         _insert_rows(conn, "events (id, source, provider, event_type, idempotency_key,"
                      " received_at, headers, body, state, callback_url)",
@@ -385,6 +391,11 @@ class SQLiteStore:
                 first.update(conn.execute(
                     f"SELECT idempotency_key, id FROM events WHERE idempotency_key IN"
                     f" ({','.join('?' * len(chunk))})", chunk).fetchall())
+        prints = [(e.fingerprint, e.id) for job in fresh for e in (job.event,)
+                  if e.fingerprint and first[e.idempotency_key] == e.id]
+        if prints:
+            _insert_rows(conn, "event_items (key, event_id)", prints,
+                         " ON CONFLICT(key) DO NOTHING")
         deliveries = [
             (new_id(), e.id, d.route, d.trigger, d.idempotency_key, d.body, d.content_type,
              DeliveryStatus.PENDING, e.received_at, e.received_at, e.received_at)
@@ -400,6 +411,36 @@ class SQLiteStore:
             stored = first[job.event.idempotency_key]
             out.append((True, Accepted(stored, duplicate=stored != job.event.id)))
         return out
+
+    @staticmethod
+    def _unseen_fingerprints(conn: sqlite3.Connection, jobs: list[_Accept],
+                             first: dict[str, str]) -> list[_Accept]:
+        """Drop the jobs whose fingerprint an earlier event (stored, or earlier in this batch)
+        has: each becomes a duplicate of that event (`first` maps its key there)."""
+        prints = [job.event.fingerprint for job in jobs if job.event.fingerprint]
+        if not prints:
+            return jobs
+        seen: dict[str, str] = {}
+        for start in range(0, len(prints), _MAX_PARAMS):
+            chunk = prints[start:start + _MAX_PARAMS]
+            seen.update(conn.execute(
+                f"SELECT key, event_id FROM event_items WHERE key IN"
+                f" ({','.join('?' * len(chunk))})", chunk).fetchall())
+        kept: list[_Accept] = []
+        for job in jobs:
+            event = job.event
+            if event.fingerprint is None:
+                kept.append(job)
+                continue
+            owner = seen.setdefault(event.fingerprint, event.id)
+            if owner == event.id:
+                kept.append(job)
+            elif conn.execute("SELECT 1 FROM events WHERE idempotency_key = ?",
+                              (event.idempotency_key,)).fetchone() is None:
+                first[event.idempotency_key] = owner  # a replay under a new unsigned id
+            else:
+                kept.append(job)  # its own key is stored: the key lookup names that event
+        return kept
 
     # events
 
@@ -423,6 +464,10 @@ class SQLiteStore:
                 row = conn.execute("SELECT id FROM events WHERE idempotency_key = ?",
                                    (event.idempotency_key,)).fetchone()
                 if row is not None:
+                    return Accepted(row[0], duplicate=True)
+                if event.fingerprint and (row := conn.execute(
+                        "SELECT event_id FROM event_items WHERE key = ?",
+                        (event.fingerprint,)).fetchone()):
                     return Accepted(row[0], duplicate=True)
                 if event.nonce and conn.execute("SELECT 1 FROM nonces WHERE key = ?",
                                                 (source_key + event.nonce,)).fetchone():
@@ -451,6 +496,9 @@ class SQLiteStore:
             if event.items:
                 conn.executemany("INSERT OR IGNORE INTO event_items (key, event_id) VALUES (?,?)",
                                  [(key, event.id) for key in event.items])
+            if event.fingerprint:
+                conn.execute("INSERT INTO event_items (key, event_id) VALUES (?,?)"
+                             " ON CONFLICT(key) DO NOTHING", (event.fingerprint, event.id))
             if event.nonce:
                 conn.execute("INSERT INTO nonces (key, event_id) VALUES (?,?)",
                              (source_key + event.nonce, event.id))
@@ -550,9 +598,11 @@ class SQLiteStore:
 
     async def record(self, delivery: ClaimedDelivery, owner: str, attempt: Attempt,
                      outcome: Outcome, next_at: float | None, now: float,
-                     probe_every: float, track_until: float | None = None) -> None:
+                     probe_every: float, track_until: float | None = None,
+                     reached_at: float | None = None) -> None:
         """Record one attempt and apply its outcome, in one transaction. A delivery that
-        started an execution also starts following it when `track_until` is given."""
+        started an execution also starts following it when `track_until` is given; one that
+        may have reached the platform remembers when (`reached_at`, kept once set)."""
 
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -562,6 +612,9 @@ class SQLiteStore:
                  attempt.status_code, attempt.error, attempt.response_excerpt))
             where = " WHERE id = ? AND status = 'leased' AND lease_owner = ?"
             key = (delivery.id, owner)
+            if reached_at is not None and delivery.reached_at is None:
+                conn.execute("UPDATE deliveries SET reached_at = ?" + where + 
+                             " AND reached_at IS NULL", (reached_at, *key))
             if isinstance(outcome, Delivered):
                 conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
                              " execution_id = ?, last_error = NULL, lease_owner = NULL,"
@@ -846,17 +899,26 @@ class SQLiteStore:
             f" JOIN events e ON e.id = d.event_id WHERE {' AND '.join(where)}"
             " ORDER BY d.id LIMIT ?", (*params, limit))
 
-    async def redrive(self, delivery_ids: Sequence[str], now: float) -> int:
+    async def redrive(self, delivery_ids: Sequence[str], now: float,
+                      unsafe_before: float | None = None) -> int:
         """Dead deliveries back to pending, due now, with their own idempotency key; their age
-        (for the retry policy's max_age) starts again."""
+        (for the retry policy's max_age) starts again. A delivery that may have reached the
+        platform before `unsafe_before` (its key may be forgotten there, so a resend could run
+        the workflow twice) is left dead unless `unsafe_before` is None (an operator's --force);
+        a forced one starts afresh (`reached_at` cleared)."""
+        guard = "" if unsafe_before is None else " AND (reached_at IS NULL OR reached_at >= ?)"
+        extra = () if unsafe_before is None else (unsafe_before,)
 
         def job(conn: sqlite3.Connection) -> int:
             changed = 0
             for delivery_id in delivery_ids:
                 row = conn.execute(
                     "UPDATE deliveries SET status = 'pending', failures = 0, next_attempt_at = ?,"
-                    " created_at = ?, updated_at = ? WHERE id = ? AND status = 'dead'"
-                    " RETURNING event_id", (now, now, now, delivery_id)).fetchone()
+                    " created_at = ?, updated_at = ?,"
+                    " reached_at = CASE WHEN ? THEN NULL ELSE reached_at END"
+                    " WHERE id = ? AND status = 'dead'" + guard +
+                    " RETURNING event_id",
+                    (now, now, now, unsafe_before is None, delivery_id, *extra)).fetchone()
                 if row is not None:
                     changed += 1
                     _refresh_event(conn, row[0])
@@ -865,6 +927,18 @@ class SQLiteStore:
             return changed
 
         return await self._write(job)
+
+    async def count_unsafe(self, delivery_ids: Sequence[str], unsafe_before: float) -> int:
+        """How many of these dead deliveries may have reached the platform before then."""
+        total = 0
+        for start in range(0, len(delivery_ids), 500):
+            chunk = list(delivery_ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            row = await self._one(
+                f"SELECT COUNT(*) AS n FROM deliveries WHERE id IN ({marks}) AND status = 'dead'"
+                " AND reached_at < ?", (*chunk, unsafe_before))
+            total += int(row["n"]) if row else 0
+        return total
 
     async def discard(self, delivery_ids: Sequence[str], reason: str, now: float) -> int:
         def job(conn: sqlite3.Connection) -> int:
@@ -1006,11 +1080,12 @@ class _Bare:
 
 
 def _claimed(row: sqlite3.Row | tuple[Any, ...], probe: bool = False) -> ClaimedDelivery:
-    # RETURNING * yields columns in table order (see MIGRATIONS[0]).
+    # RETURNING * yields columns in table order (MIGRATIONS[0], then columns added later).
     (id_, event_id, route, trigger, key, body, content_type, _status, attempts, failures,
-     _next, _owner, _until, created_at, *_rest) = row
+     _next, _owner, _until, created_at, _updated, _execution, _error, _replay_of,
+     reached_at) = row
     return ClaimedDelivery(id_, event_id, route, trigger, key, bytes(body), content_type,
-                           attempts, failures, created_at, probe)
+                           attempts, failures, created_at, probe, reached_at)
 
 
 def _set_route(conn: sqlite3.Connection, route: str, state: RouteState, reason: str | None,

@@ -18,13 +18,13 @@ import logging
 import time
 from collections.abc import Callable
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from bridge.completion import execution_id_of, parse_result
 from bridge.config import Config, SourceConfig
 from bridge.errors import BadRequest, NotFound
+from bridge.http import Client, HttpError, lines
 from bridge.inbound import read_body, request_headers
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics
@@ -33,7 +33,6 @@ from bridge.platform import base_url, platform_headers
 from bridge.providers import InboundRequest
 from bridge.providers.standard import Standard
 from bridge.store import Store
-from bridge.transport import client
 
 log = logging.getLogger("bridge.tracker")
 MAX_PUSH_BYTES = 1024 * 1024
@@ -43,7 +42,6 @@ class Tracker(ClaimLoop[TrackedExecution]):
     name = "tracker"
 
     def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
-                 transport: httpx.AsyncBaseTransport | None = None,
                  metrics: Metrics | None = None) -> None:
         settings = config.tracking
         self.metrics = metrics or Metrics()
@@ -52,25 +50,24 @@ class Tracker(ClaimLoop[TrackedExecution]):
         self.config = config
         self.settings = settings
         self.store = store
-        self.transport = transport
         self.owner = owner_id("tracker")
         self.open_streams = 0
         self.no_stream: set[str] = set()  # executions whose stream failed: poll them
-        self.http: httpx.AsyncClient | None = None
+        self.http: Client | None = None
         self.routes = {route.name: route.callbacks for route in config.routes}
         store.watch(self.wake.set)
 
-    def client(self) -> httpx.AsyncClient:
-        """A client for one request; streams and polls together may hold max_streams + the
-        loop's concurrency connections."""
+    def client(self) -> Client:
+        """Streams and polls together may hold max_streams + the loop's concurrency
+        connections."""
         if self.http is None:
             platform = self.config.platform
             headers = {**platform_headers(self.config), "Accept": "application/json"}
             if platform.api_key:
                 headers["Authorization"] = f"Bearer {platform.api_key.reveal()}"
-            self.http = client(self.settings.max_streams + self.settings.concurrency,
-                               self.transport, base_url=base_url(self.config), headers=headers,
-                               timeout=platform.timeout)
+            self.http = Client(self.settings.max_streams + self.settings.concurrency,
+                               base_url=base_url(self.config), headers=headers,
+                               timeout=platform.timeout, max_body=platform.max_response_bytes)
         return self.http
 
     def callback_urls(self, route: str) -> tuple[str, ...]:
@@ -88,6 +85,11 @@ class Tracker(ClaimLoop[TrackedExecution]):
             await self.http.aclose()
             self.http = None
 
+    async def poisoned(self, item: TrackedExecution, exc: Exception) -> None:
+        """A check that raised is checked again later, backing off; the tracking deadline ends
+        it (timed_out) if it never succeeds."""
+        await self._later(item, None)
+
     async def handle(self, item: TrackedExecution) -> None:
         now = self.clock()
         if now >= item.deadline_at:
@@ -103,6 +105,9 @@ class Tracker(ClaimLoop[TrackedExecution]):
         if result is not None and result.terminal:
             await self.finish(item.id, result)
             return
+        await self._later(item, result)
+
+    async def _later(self, item: TrackedExecution, result: ExecutionResult | None) -> None:
         delay = min(self.settings.poll_max, self.settings.poll_initial * 1.5 ** item.checks)
         status = result.status if result is not None and result.status in (
             ExecutionStatus.PENDING, ExecutionStatus.RUNNING) else None
@@ -126,15 +131,14 @@ class Tracker(ClaimLoop[TrackedExecution]):
         self.metrics.streams.set(self.open_streams)
         last: ExecutionResult | None = None
         deadline = time.monotonic() + budget
-        timeout = httpx.Timeout(self.config.platform.timeout, read=max(1.0, budget))
         try:
             async with self.client().stream("GET", f"/executions/{item.id}/stream",
-                                            timeout=timeout) as response:
-                if response.status_code != 200:
+                                            read_timeout=max(1.0, budget)) as response:
+                if response.status != 200:
                     self.no_stream.add(item.id)
                     return None
                 data: list[str] = []
-                async for line in response.aiter_lines():
+                async for line in lines(response):
                     if line.startswith("data:"):
                         data.append(line[5:].strip())
                     elif not line and data:
@@ -145,9 +149,9 @@ class Tracker(ClaimLoop[TrackedExecution]):
                     if time.monotonic() > deadline:
                         return last  # reopened on the next claim
             self.no_stream.add(item.id)  # ended without a terminal event: poll instead
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             log.info("stream dropped; polling", extra={"execution_id": item.id,
-                                                        "error": exc.__class__.__name__})
+                                                        "error": str(exc)})
             self.no_stream.add(item.id)
         finally:
             self.open_streams -= 1
@@ -156,14 +160,13 @@ class Tracker(ClaimLoop[TrackedExecution]):
 
     async def poll(self, item: TrackedExecution) -> ExecutionResult | None:
         try:
-            response = await self.client().get(f"/executions/{item.id}")
-        except httpx.HTTPError as exc:
-            log.info("poll failed", extra={"execution_id": item.id,
-                                           "error": exc.__class__.__name__})
+            response = await self.client().request("GET", f"/executions/{item.id}")
+        except HttpError as exc:
+            log.info("poll failed", extra={"execution_id": item.id, "error": str(exc)})
             return None
-        if response.status_code != 200:
+        if response.status != 200:
             log.info("poll answered", extra={"execution_id": item.id,
-                                             "status_code": response.status_code})
+                                             "status_code": response.status})
             return None
         try:
             return parse_result(response.json())

@@ -172,9 +172,16 @@ def prefixed(header: str, prefix: str, algo: str = "sha256", b64: bool = False) 
     return sign
 
 
+def linear_body(ts: float, marker: str = "") -> bytes:
+    """Linear puts its timestamp inside the signed body (milliseconds)."""
+    return json.dumps({"type": "Issue", "action": "create", "data": {"m": marker},
+                       "webhookTimestamp": int(ts * 1000)}).encode()
+
+
 def linear(body: bytes, secret: str, ts: int, url: str) -> dict[str, str]:
-    return {"Linear-Signature": hexmac(secret, body), "linear-timestamp": str(ts * 1000),
-            "Linear-Delivery": "lin-dlv-1"}
+    # Linear-Timestamp is sent, but it is not signed: the bridge must never use it.
+    return {"Linear-Signature": hexmac(secret, body), "Linear-Timestamp": str(ts * 1000),
+            "Linear-Delivery": f"lin-{ts}"}
 
 
 def pagerduty(body: bytes, secret: str, ts: int, url: str) -> dict[str, str]:
@@ -207,9 +214,6 @@ CASES: dict[str, Case] = {
                       prefixed("X-Hub-Signature", "sha256="), key="bb-req-1",
                       event_type="repo:push",
                       extra={"X-Request-UUID": "bb-req-1", "X-Event-Key": "repo:push"}),
-    "linear": Case("linear", ["lin-new", "lin-old"], "lin-wrong",
-                   b'{"type":"Issue","action":"create","data":{}}', linear, True,
-                   key="lin-dlv-1", event_type="Issue.create"),
     "paddle": Case("paddle", ["pdl_ntfset_01_new", "pdl_ntfset_01_old"], "pdl_ntfset_wrong",
                    b'{"event_id":"evt_01","event_type":"transaction.completed"}', paddle, True,
                    key="evt_01", event_type="transaction.completed"),
@@ -262,6 +266,8 @@ def config() -> str:
                 f"secrets = [{secrets}]\n"
     text += '\n[[sources]]\nname = "mailgun"\nprovider = "mailgun"\n' \
             'secrets = ["mg-new", "mg-old"]\n'
+    text += '\n[[sources]]\nname = "linear"\nprovider = "linear"\n' \
+            'secrets = ["lin-new", "lin-old"]\n'
     return text
 
 
@@ -284,7 +290,8 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> object:
     logs = server.logs()
     assert "accepted" in logs  # the log is there to search
     used = [s for case in CASES.values() for s in (*case.secrets, case.wrong) if len(s) > 2]
-    for secret in used + ["mg-new", "mg-old"]:  # configured, rotated and wrong secrets alike
+    # configured, rotated and wrong secrets alike
+    for secret in used + ["mg-new", "mg-old", "lin-new", "lin-old", "lin-wrong"]:
         assert secret not in logs, "a provider secret appeared in the bridge's logs"
 
 
@@ -547,3 +554,38 @@ def test_no_verifier_accepts_or_crashes_on_arbitrary_input(provider: str,
     with pytest.raises((SignatureError, MalformedSignature)):
         verifier.verify(request, time.time())
     verifier.identify(request)  # never raises either
+
+
+def test_linear_signed_body_timestamp_rotation_and_tampering(bridge: Bridge) -> None:
+    now = time.time()
+    for i, secret in enumerate(("lin-new", "lin-old")):
+        body = linear_body(now, f"rot-{i}")
+        ok = bridge.post("/hooks/linear", body, linear(body, secret, int(now) + i, ""))
+        assert ok.status_code == 202, ok.text
+        [(event_type,)] = bridge.query("SELECT event_type FROM events WHERE id = ?",
+                                       (ok.json()["id"],))
+        assert event_type == "Issue.create"
+    body = linear_body(now, "t")
+    headers = linear(body, "lin-new", int(now), "")
+    assert bridge.post("/hooks/linear", body.replace(b'"t"', b'"u"'), headers).status_code == 401
+    assert bridge.post("/hooks/linear", body, linear(body, "lin-wrong", int(now), "")
+                       ).status_code == 401
+
+
+def test_linear_replay_window_reads_only_the_signed_body() -> None:
+    """A 30-day-old signed body with a fresh (unsigned) Linear-Timestamp header is stale."""
+    from bridge.config import Secret, SourceConfig
+    from bridge.providers import InboundRequest, build
+
+    verifier = build(SourceConfig("l", "linear", (Secret("lin-new"),)))
+    now = time.time()
+    old = linear_body(now - 30 * 86400)
+    fresh_header = {k.lower(): v for k, v in linear(old, "lin-new", int(now), "").items()}
+    with pytest.raises(SignatureError):
+        verifier.verify(InboundRequest(fresh_header, old), now)
+    fresh = linear_body(now)
+    verifier.verify(InboundRequest({"linear-signature": hexmac("lin-new", fresh)}, fresh), now)
+    no_time = b'{"type":"Issue","action":"create"}'
+    with pytest.raises(SignatureError):  # with no signed timestamp at all, nothing to trust
+        verifier.verify(InboundRequest({"linear-signature": hexmac("lin-new", no_time),
+                                        "linear-timestamp": str(int(now * 1000))}, no_time), now)

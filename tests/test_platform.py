@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 
-import httpx
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from bridge.config import RetryPolicy
+from bridge.http import BadHeader, Blocked, Broken, ConnectFailed, HttpError, Reply, Timeout
 from bridge.models import Dead, Delivered, Paused, RetryLater
 from bridge.outbox import delivery_key
 from bridge.platform import classify
@@ -43,8 +45,9 @@ def test_parse_retry_after(value: str | None, seconds: float | None) -> None:
     assert parse_retry_after(value, now=1445412480.0) == seconds
 
 
-def response(status: int, body: object = None, **headers: str) -> httpx.Response:
-    return httpx.Response(status, json=body, headers=headers)
+def response(status: int, body: object = None, **headers: str) -> Reply:
+    content = b"" if body is None else json.dumps(body).encode()
+    return Reply(status, CIMultiDictProxy(CIMultiDict(headers)), content)
 
 
 @pytest.mark.parametrize(
@@ -63,19 +66,34 @@ def response(status: int, body: object = None, **headers: str) -> httpx.Response
         pytest.param(response(403, {"detail": "role"}), Paused("403: role", 403), id="403"),
         pytest.param(response(404, {"detail": "nope"}), Paused("404: nope", 404), id="404"),
         pytest.param(response(503, {"detail": "down"}, **{"Retry-After": "7"}),
-                     RetryLater("503: down", 503, 7.0), id="503"),
+                     RetryLater("503: down", 503, 7.0, reached=True), id="503"),
         pytest.param(response(500, {"error": {"code": "internal", "message": "x"}}),
-                     RetryLater("500 internal: x", 500, None), id="500"),
+                     RetryLater("500 internal: x", 500, None, reached=True), id="500"),
         pytest.param(response(429, {"detail": "slow"}, **{"Retry-After": "2"}),
                      RetryLater("429: slow", 429, 2.0, counts_as_failure=False), id="429"),
         pytest.param(response(429, {"detail": "slow"}, **{"X-RateLimit-Reset": "1030"}),
                      RetryLater("429: slow", 429, 30.0, counts_as_failure=False), id="429-reset"),
-        pytest.param(httpx.ReadTimeout("t"), RetryLater("timeout (ReadTimeout)"), id="timeout"),
-        pytest.param(httpx.ConnectError("c"), RetryLater("connection error (ConnectError)"),
-                     id="connect"),
+        # An answer that was lost may have been preceded by a run: `reached`.
+        pytest.param(Timeout("timeout (SocketTimeoutError)", "http://p/x"),
+                     RetryLater("timeout (SocketTimeoutError) to http://p/x", reached=True),
+                     id="timeout"),
+        pytest.param(Broken("connection error (ServerDisconnectedError)"),
+                     RetryLater("connection error (ServerDisconnectedError)", reached=True),
+                     id="broken"),
+        # Never connected: provably not run, keeps retrying.
+        pytest.param(ConnectFailed("connection failed (ClientConnectorError)", "http://p/x"),
+                     RetryLater("connection failed (ClientConnectorError) to http://p/x"),
+                     id="refused"),
+        pytest.param(Blocked("h resolves to a non-public address"),
+                     RetryLater("h resolves to a non-public address"), id="blocked"),
+        pytest.param(BadHeader("refused to send header 'Idempotency-Key'"),
+                     Dead("refused to send header 'Idempotency-Key'"), id="bad-header"),
+        pytest.param(response(202, {"execution_id": "e1"}).__class__(
+            202, CIMultiDictProxy(CIMultiDict()), b'{"execution_id": "e', truncated=True),
+            Delivered(None, 202), id="202-cut"),
     ],
 )
-def test_classify(result: httpx.Response | Exception, expected: object) -> None:
+def test_classify(result: Reply | HttpError, expected: object) -> None:
     assert classify(result, now=1000.0) == expected
 
 

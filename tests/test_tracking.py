@@ -238,20 +238,26 @@ def test_sender_callback_urls_to_private_addresses_are_refused(
 
 def test_a_name_resolving_to_loopback_is_refused_at_send_time(
         make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
-    bridge = make_bridge(tracked_config(receiver))
+    bridge = make_bridge(tracked_config(receiver, callbacks="allowed_ports = []"))
     port = receiver.url.rsplit(":", 1)[1]
     response = bridge.post(f"/hooks/zap?callback_url=http://localhost:{port}/sender",
                            b'{"a":1}', {"X-Webhook-Token": "zap-token", "X-Request-Id": "r2"})
     assert response.status_code == 202
     wait_for(lambda: bridge.query("SELECT status FROM callbacks") == [("dead",)], timeout=20)
     [(error,)] = bridge.query("SELECT last_error FROM callbacks")
-    assert "non-public" in error
+    assert "non-public" in error and "127.0.0.1" in error  # the detail, for operators
     assert receiver.all() == []  # nothing reached the loopback receiver
+    # The sender's status page says it was refused, without the internal addresses.
+    view = httpx.get(response.json()["status_url"]).json()
+    [callback] = view["callbacks"]
+    assert callback["status"] == "dead"
+    assert "SSRF" in callback["last_error"] and "127.0.0.1" not in callback["last_error"]
 
 
 def test_private_callbacks_work_when_allowed(
         make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
-    bridge = make_bridge(tracked_config(receiver, callbacks="allow_private = true"))
+    bridge = make_bridge(tracked_config(receiver, callbacks="allow_private = true\n"
+                                                           "allowed_ports = []"))
     response = bridge.post(f"/hooks/zap?callback_url={receiver.url}/mine", b'{"a":1}',
                            {"X-Webhook-Token": "zap-token", "X-Request-Id": "r3"})
     assert response.status_code == 202

@@ -1,19 +1,34 @@
-"""The HTTP/1.1 transport under the bridge's httpx clients, against a real TCP server that
-answers the way real servers do, including the awkward ways: chunked and close-delimited
-bodies, interim 100 answers, idle connections closed by the server, truncated and malformed
-answers, slow answers, server-sent events, and TLS."""
+"""The outbound client (`bridge.http`, aiohttp underneath), against a real TCP server that
+answers the way real servers do, including the awkward and the hostile ways: chunked and
+close-delimited bodies, interim 100 answers, idle connections closed by the server, truncated and
+malformed answers, slow and dripping answers, huge and gzip answers, server-sent events, and
+TLS."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import httpx
 import pytest
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
-from bridge.transport import FastTransport, client
+from bridge.guard import GuardedResolver
+from bridge.http import (
+    BadHeader,
+    Blocked,
+    Broken,
+    Client,
+    ConnectFailed,
+    HttpError,
+    InvalidTarget,
+    Timeout,
+    lines,
+)
 
 Handler = Callable[[asyncio.StreamWriter, bytes, bytes], Awaitable[bool]]
 
@@ -43,11 +58,16 @@ class Server:
                 body = await reader.readexactly(length) if length else b""
                 self.requests.append((line, head, body))
                 path = line.split(b" ")[1]
+                if path.startswith(b"http://"):  # absolute form: we are being used as a proxy
+                    path = b"/" + path.split(b"/", 3)[3]
                 served += 1
                 if path == b"/once" and served > 1:
                     return  # the server's idle timeout fired just as this request arrived
                 keep_open = await ANSWERS[path.split(b"?")[0]](writer, head, body)
-                await writer.drain()
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    return
                 if not keep_open:
                     return
         finally:
@@ -122,6 +142,36 @@ async def _events(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> boo
     return True
 
 
+async def _drip(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> bool:
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    for _ in range(1000):  # a byte every 50 ms: each read is quick, the whole is not
+        writer.write(b"x")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _huge(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> bool:
+    chunked = b"chunked" in head  # ?chunked: no Content-Length to go by
+    writer.write(b"HTTP/1.1 200 OK\r\n" + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked
+                 else b"Content-Length: " + str(64 << 20).encode() + b"\r\n\r\n"))
+    block = b"y" * 65536
+    try:
+        for _ in range(1024):  # 64 MiB, if anyone kept reading
+            writer.write(f"{len(block):x}\r\n".encode() + block + b"\r\n" if chunked else block)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    return False
+
+
+async def _gzip(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> bool:
+    bomb = gzip.compress(b"\0" * (50 << 20))  # 50 MiB of zeros in ~50 KB
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: "
+                 + str(len(bomb)).encode() + b"\r\n\r\n" + bomb)
+    return True
+
+
 async def _large(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> bool:
     payload = bytes(range(256)) * 8192  # 2 MiB, more than the transport buffers unread
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(payload)).encode()
@@ -133,6 +183,7 @@ ANSWERS: dict[bytes, Handler] = {
     b"/len": _len, b"/chunked": _chunked, b"/close": _close_delimited, b"/bye": _bye,
     b"/slow": _slow, b"/continue": _continue, b"/truncated": _truncated,
     b"/once": _len, b"/garbage": _garbage, b"/silent": _silent, b"/events": _events, b"/large": _large,
+    b"/drip": _drip, b"/huge": _huge, b"/gzip": _gzip,
 }
 
 
@@ -148,7 +199,16 @@ async def running(context: ssl.SSLContext | None = None) -> AsyncIterator[Server
 
 
 def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 30))  # type: ignore[arg-type]
+    asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def client(limit: int, **options: object) -> AsyncIterator[Client]:
+    http = Client(limit, timeout=float(options.pop("timeout", 10.0)), **options)  # type: ignore[arg-type]
+    try:
+        yield http
+    finally:
+        await http.aclose()
 
 
 def test_keep_alive_reuses_one_connection_and_sends_the_exact_bytes() -> None:
@@ -156,15 +216,15 @@ def test_keep_alive_reuses_one_connection_and_sends_the_exact_bytes() -> None:
         async with running() as server, client(4) as http:
             body = b'{"payload":"' + b"x" * 3000 + b'"}'
             for number in range(5):
-                response = await http.post(f"http://127.0.0.1:{server.port}/len?n={number}",
-                                           content=body, headers={"Idempotency-Key": "k-1"})
-                assert response.status_code == 200
-                assert response.json() == {"echo": len(body)}
-                assert response.reason_phrase == "OK"
+                reply = await http.request("POST", f"http://127.0.0.1:{server.port}/len?n={number}",
+                                           body=body, headers={"Idempotency-Key": "k-1"})
+                assert reply.status == 200
+                assert reply.json() == {"echo": len(body)}
             assert server.connections == 1
             assert [r[2] for r in server.requests] == [body] * 5
             head = server.requests[0][1].lower()
             assert b"idempotency-key: k-1\r\n" in head and b"host: 127.0.0.1:" in head
+            assert b"accept-encoding: identity\r\n" in head  # nothing to inflate
             assert server.requests[4][0] == b"POST /len?n=4 HTTP/1.1"
 
     run(scenario())
@@ -172,15 +232,15 @@ def test_keep_alive_reuses_one_connection_and_sends_the_exact_bytes() -> None:
 
 def test_chunked_close_delimited_interim_and_large_bodies() -> None:
     async def scenario() -> None:
-        async with running() as server, client(4) as http:
+        async with running() as server, client(4, max_body=4 << 20) as http:
             base = f"http://127.0.0.1:{server.port}"
-            assert (await http.get(f"{base}/chunked")).text == "alpha-beta-gamma"
-            assert (await http.get(f"{base}/close")).text == "until the end"
-            interim = await http.post(f"{base}/continue", content=b"abc")
-            assert interim.status_code == 200 and interim.json() == {"echo": 3}
-            large = await http.get(f"{base}/large")
-            assert large.content == bytes(range(256)) * 8192
-            again = await http.get(f"{base}/len")  # the connection after the 2 MiB is sound
+            assert (await http.request("GET", f"{base}/chunked")).body == b"alpha-beta-gamma"
+            assert (await http.request("GET", f"{base}/close")).body == b"until the end"
+            interim = await http.request("POST", f"{base}/continue", body=b"abc")
+            assert interim.status == 200 and interim.json() == {"echo": 3}
+            large = await http.request("GET", f"{base}/large")
+            assert large.body == bytes(range(256)) * 8192 and not large.truncated
+            again = await http.request("GET", f"{base}/len")  # the connection is still sound
             assert again.json() == {"echo": 0}
 
     run(scenario())
@@ -191,37 +251,84 @@ def test_a_connection_the_server_closed_is_replaced_without_an_error() -> None:
         async with running() as server, client(1) as http:
             base = f"http://127.0.0.1:{server.port}"
             for _ in range(3):
-                assert (await http.post(f"{base}/bye", content=b"x")).status_code == 200
+                assert (await http.request("POST", f"{base}/bye", body=b"x")).status == 200
                 await asyncio.sleep(0.1)  # the server has closed it by now
             assert server.connections == 3
             assert len(server.requests) == 3  # each request reached the server once
 
             # Closed while the request was on its way: sent once more, on a new connection.
             for _ in range(2):
-                assert (await http.post(f"{base}/once", content=b"x")).json() == {"echo": 1}
+                reply = await http.request("POST", f"{base}/once", body=b"x")
+                assert reply.json() == {"echo": 1}
             assert server.connections == 5
 
     run(scenario())
 
 
-def test_broken_answers_raise_httpx_errors() -> None:
+def test_broken_answers_raise_http_errors_that_say_whether_the_request_arrived() -> None:
     async def scenario() -> None:
         async with running() as server, client(4) as http:
             base = f"http://127.0.0.1:{server.port}"
-            with pytest.raises(httpx.RemoteProtocolError):
-                await http.get(f"{base}/truncated")
-            with pytest.raises(httpx.RemoteProtocolError):
-                await http.get(f"{base}/garbage")
-            with pytest.raises(httpx.RemoteProtocolError):
-                await http.get(f"{base}/silent")
-            with pytest.raises(httpx.ReadTimeout):
-                await http.get(f"{base}/slow", timeout=httpx.Timeout(5, read=0.2))
-            assert (await http.get(f"{base}/len")).status_code == 200  # and it goes on
+            for path in ("/truncated", "/garbage", "/silent"):
+                with pytest.raises(Broken) as broken:
+                    await http.request("GET", f"{base}{path}")
+                assert broken.value.reached  # it was sent: the server may have acted on it
+            with pytest.raises(Timeout) as late:
+                await http.request("GET", f"{base}/slow", timeout=0.2)
+            assert late.value.reached
+            assert (await http.request("GET", f"{base}/len")).status == 200  # and it goes on
         async with client(1) as http:
-            with pytest.raises(httpx.ConnectError):
-                await http.get(f"http://127.0.0.1:{_closed_port()}/len")
-            with pytest.raises(httpx.UnsupportedProtocol):
-                await http.get("ftp://127.0.0.1/len")
+            with pytest.raises(ConnectFailed) as refused:
+                await http.request("GET", f"http://127.0.0.1:{_closed_port()}/len")
+            assert not refused.value.reached  # provably never arrived
+            with pytest.raises(InvalidTarget):
+                await http.request("GET", "ftp://127.0.0.1/len")
+            with pytest.raises(InvalidTarget):
+                await http.request("POST", "http://h:abc/x")
+
+    run(scenario())
+
+
+def test_every_attempt_has_an_overall_deadline() -> None:
+    """A peer that sends one byte every 50 ms never trips a per-read timeout; the attempt's
+    own deadline ends it."""
+
+    async def scenario() -> None:
+        async with running() as server, client(1, timeout=0.5) as http:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(Timeout):
+                await http.request("GET", f"http://127.0.0.1:{server.port}/drip")
+            assert loop.time() - started < 2.0
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("query", ["", "?chunked"], ids=["content-length", "chunked"])
+def test_answers_are_read_up_to_the_cap_and_no_further(query: str) -> None:
+    async def scenario() -> None:
+        async with running() as server, client(1, max_body=64 * 1024) as http:
+            reply = await http.request("GET", f"http://127.0.0.1:{server.port}/huge{query}")
+            assert reply.status == 200 and reply.truncated and len(reply.body) == 64 * 1024
+            with pytest.raises(ValueError):
+                reply.json()
+            gz = await http.request("GET", f"http://127.0.0.1:{server.port}/gzip")
+            # 50 MiB of zeros arrive as their ~50 KB of gzip: kept as sent, never inflated.
+            assert not gz.truncated and len(gz.body) < 64 * 1024
+            assert gz.body[:2] == b"\x1f\x8b" and gzip.decompress(gz.body) == b"\0" * (50 << 20)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("value", ["x\r\nX-Injected: yes", "a\nb", "nul\x00", "del\x7f"])
+def test_control_characters_in_header_values_are_never_sent(value: str) -> None:
+    async def scenario() -> None:
+        async with running() as server, client(1) as http:
+            with pytest.raises(BadHeader) as refused:
+                await http.request("POST", f"http://127.0.0.1:{server.port}/len", body=b"x",
+                                   headers={"Idempotency-Key": value})
+            assert not refused.value.reached
+            assert server.requests == []
 
     run(scenario())
 
@@ -230,12 +337,13 @@ def test_the_pool_limit_holds_and_times_out() -> None:
     async def scenario() -> None:
         async with running() as server, client(1) as http:
             base = f"http://127.0.0.1:{server.port}"
-            slow = asyncio.create_task(http.get(f"{base}/slow"))
+            slow = asyncio.create_task(http.request("GET", f"{base}/slow"))
             await asyncio.sleep(0.1)
-            with pytest.raises(httpx.PoolTimeout):
-                await http.get(f"{base}/len", timeout=httpx.Timeout(5, pool=0.2))
-            assert (await slow).status_code == 200
-            assert (await http.get(f"{base}/len")).status_code == 200
+            with pytest.raises(ConnectFailed) as waited:
+                await http.request("GET", f"{base}/len", connect_timeout=0.2)
+            assert not waited.value.reached
+            assert (await slow).status == 200
+            assert (await http.request("GET", f"{base}/len")).status == 200
             assert server.connections == 1
 
     run(scenario())
@@ -247,8 +355,9 @@ def test_streamed_events_arrive_as_they_are_sent() -> None:
             loop = asyncio.get_running_loop()
             started = loop.time()
             seen: list[tuple[str, float]] = []
-            async with http.stream("GET", f"http://127.0.0.1:{server.port}/events") as response:
-                async for line in response.aiter_lines():
+            async with http.stream("GET", f"http://127.0.0.1:{server.port}/events",
+                                   read_timeout=5) as response:
+                async for line in lines(response):
                     if line.startswith("data:"):
                         seen.append((line[5:].strip(), loop.time() - started))
             assert [value for value, _ in seen] == ["0", "1", "2"]
@@ -257,55 +366,92 @@ def test_streamed_events_arrive_as_they_are_sent() -> None:
     run(scenario())
 
 
+def test_a_silent_stream_times_out_per_read() -> None:
+    async def scenario() -> None:
+        async with running() as server, client(2) as http:
+            with pytest.raises(Timeout):
+                async with http.stream("GET", f"http://127.0.0.1:{server.port}/slow",
+                                       read_timeout=0.2) as response:
+                    await response.read()
+
+    run(scenario())
+
+
 def test_abandoning_a_stream_closes_its_connection() -> None:
     async def scenario() -> None:
         async with running() as server, client(1) as http:
             base = f"http://127.0.0.1:{server.port}"
-            async with http.stream("GET", f"{base}/events") as response:
-                async for _ in response.aiter_lines():
+            async with http.stream("GET", f"{base}/events", read_timeout=5) as response:
+                async for _ in lines(response):
                     break
-            assert (await http.get(f"{base}/len")).status_code == 200
+            assert (await http.request("GET", f"{base}/len")).status == 200
             assert server.connections == 2  # the half-read stream was not reused
 
     run(scenario())
 
 
-def test_tls_with_server_name_and_pinned_address() -> None:
+class FixedResolver(ThreadedResolver):
+    """Every name resolves to 127.0.0.1: what a DNS answer pointing a public name at the test
+    server looks like."""
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [ResolveResult(hostname=host, host="127.0.0.1", port=port, family=socket.AF_INET,
+                              proto=0, flags=socket.AI_NUMERICHOST)]
+
+
+def test_tls_is_verified_against_the_name_not_the_resolved_address() -> None:
     trustme = pytest.importorskip("trustme", reason="trustme makes the test certificates")
     authority = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("localhost").configure_cert(server_context)
+    authority.issue_cert("hooks.example.com").configure_cert(server_context)
     client_context = ssl.create_default_context()
     authority.configure_trust(client_context)
 
     async def scenario() -> None:
         async with running(server_context) as server:
-            transport = FastTransport(4, ssl_context=client_context)
-            async with httpx.AsyncClient(transport=transport) as http:
-                named = await http.post(f"https://localhost:{server.port}/len", content=b"tls")
+            async with client(4, ssl_context=client_context, resolver=FixedResolver()) as http:
+                named = await http.request("POST", f"https://hooks.example.com:{server.port}/len",
+                                           body=b"tls")
                 assert named.json() == {"echo": 3}
-                pinned = await http.post(f"https://127.0.0.1:{server.port}/len", content=b"pin",
-                                         headers={"Host": f"localhost:{server.port}"},
-                                         extensions={"sni_hostname": "localhost"})
-                assert pinned.json() == {"echo": 3}
-                with pytest.raises(httpx.ConnectError):  # the certificate names localhost only
-                    await http.get(f"https://127.0.0.1:{server.port}/len")
+                head = server.requests[-1][1].lower()
+                assert f"host: hooks.example.com:{server.port}".encode() in head
+                with pytest.raises(HttpError):  # the certificate does not name the address
+                    await http.request("GET", f"https://127.0.0.1:{server.port}/len")
 
     run(scenario())
 
 
-def test_a_proxy_in_the_environment_selects_httpx_own_transport(
+def test_the_guarded_resolver_refuses_names_of_private_addresses() -> None:
+    async def scenario() -> None:
+        async with running() as server, client(1, resolver=GuardedResolver()) as http:
+            with pytest.raises(Blocked) as blocked:
+                await http.request("POST", f"http://localhost:{server.port}/len", body=b"x")
+            assert not blocked.value.reached and "127.0.0.1" in str(blocked.value)
+            assert server.requests == []
+
+    run(scenario())
+
+
+def test_a_proxy_in_the_environment_carries_the_requests(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    http = client(2)
-    assert not isinstance(http._transport, FastTransport)
-    monkeypatch.delenv("HTTPS_PROXY")
-    assert isinstance(client(2)._transport, FastTransport)
+    """Proxies work for every call: a plain HTTP proxy receives the absolute-form request."""
+
+    async def scenario() -> None:
+        async with running() as proxy:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            async with client(1) as http:
+                # The "proxy" answers /len itself; the request line names the real target.
+                reply = await http.request("POST", "http://upstream.invalid/len", body=b"abc")
+                assert reply.json() == {"echo": 3}
+            assert proxy.requests[0][0] == b"POST http://upstream.invalid/len HTTP/1.1"
+
+    run(scenario())
 
 
 def _closed_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -87,6 +87,9 @@ class Provider:
     name: ClassVar[str] = ""
     options: ClassVar[frozenset[str]] = frozenset()
     default_tolerance: ClassVar[float | None] = None
+    # The scheme signs neither its delivery id nor a timestamp: a captured request replays with
+    # any id the replayer likes, so the event is keyed on what is signed (`fingerprint`).
+    unsigned_id: bool = False
 
     def __init__(self, source: SourceConfig) -> None:
         self.source = source
@@ -114,6 +117,10 @@ class Provider:
 
     def identify(self, request: InboundRequest) -> Identity:
         raise NotImplementedError
+
+    def fingerprint(self, request: InboundRequest) -> bytes:
+        """The signed content that identifies an event when its id is not signed."""
+        return request.body
 
     def handshake(self, request: InboundRequest) -> tuple[int, dict[str, str], bytes] | None:
         """A challenge answered inline (status, headers, body), or None for a normal event."""

@@ -9,9 +9,9 @@
                Events preview's Shopify-Hmac-Sha256)         type X-Shopify-Topic
     pagerduty  X-PagerDuty-Signature: v1=<hex>[,v1=<hex>]    key body event.id,
                                                              type event.event_type
-    linear     Linear-Signature: <hex>, plus a timestamp     key Linear-Delivery,
-               (linear-timestamp header or the body's        type {type}.{action}
-               webhookTimestamp, ms) within ±60 s
+    linear     Linear-Signature: <hex>, plus the signed      key Linear-Delivery,
+               body's webhookTimestamp (ms) within ±60 s     type {type}.{action}
+               (the Linear-Timestamp header is not signed, so it is never used)
 
 All are HMAC-SHA256 unless noted, keyed with the secret's UTF-8 bytes; every configured secret is
 tried (rotation).
@@ -71,6 +71,7 @@ class BodyHmac(Provider):
 
 class Bitbucket(BodyHmac):
     name = "bitbucket"
+    unsigned_id = True
     headers = ("x-hub-signature",)
     prefix = "sha256="
 
@@ -90,6 +91,7 @@ class Intercom(BodyHmac):
 
 class Jira(BodyHmac):
     name = "jira"
+    unsigned_id = True
     headers = ("x-hub-signature",)
     prefix = "sha256="
 
@@ -111,6 +113,7 @@ class Typeform(BodyHmac):
 
 class Shopify(BodyHmac):
     name = "shopify"
+    unsigned_id = True
     headers = ("x-shopify-hmac-sha256", "shopify-hmac-sha256")
     encoding = "base64"
 
@@ -140,8 +143,9 @@ class Linear(BodyHmac):
     default_tolerance = 60.0
 
     def verify(self, request: InboundRequest, now: float) -> None:
-        super().verify(request, now)  # the timestamp is inside the signed body (or beside it)
-        raw = request.header("linear-timestamp") or body_field(request, "webhookTimestamp")
+        super().verify(request, now)
+        # Only signed data may feed a replay window: the body's field, never the header.
+        raw = body_field(request, "webhookTimestamp")
         if raw is None:
             raise SignatureError("missing webhook timestamp")
         try:

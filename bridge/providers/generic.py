@@ -70,9 +70,13 @@ class Hmac(_Named):
         ts_header = self.option("timestamp_header")
         if "timestamp" in tokens and not ts_header:
             raise ConfigError(f"{self.where('timestamp_header')}: required by {{timestamp}}")
+        if ts_header and "timestamp" not in tokens:  # an unsigned time proves nothing
+            raise ConfigError(f"{self.where('signed')}: must include {{timestamp}} when "
+                              "timestamp_header is set, or the replay window is unsigned")
         if "id" in tokens and not self.option("id_header"):
             raise ConfigError(f"{self.where('id_header')}: required by {{id}}")
         self.timestamp_header = str(ts_header).lower() if ts_header else None
+        self.unsigned_id = bool(self.option("id_header")) and "id" not in tokens and not ts_header
 
     def verify(self, request: InboundRequest, now: float) -> None:
         value = self.require(request, self.header)

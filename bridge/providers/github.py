@@ -12,6 +12,7 @@ from bridge.providers.body_hmac import BodyHmac
 
 class GitHub(BodyHmac):
     name = "github"
+    unsigned_id = True
     headers = ("x-hub-signature-256",)
     prefix = "sha256="
 

@@ -21,6 +21,7 @@ from bridge.providers.standard import Standard
 
 class GitLab(Provider):
     name = "gitlab"
+    unsigned_id = True  # Idempotency-Key, the id GitLab keeps across retries, is unsigned
     default_tolerance = 300.0
 
     def __init__(self, source: SourceConfig) -> None:

@@ -1,0 +1,138 @@
+"""The SSRF guard: a sender-supplied URL may only reach a public address.
+
+A sender can name a callback URL (`?callback_url=`); without a guard it could make the bridge
+POST signed execution output into the operator's private network. The rules:
+
+- at ingest, a URL whose host is an IP literal must be public (`check_literal`); its port must be
+  one the operator allows (80/443 by default, `[callbacks] allowed_ports`);
+- at send time, the host is resolved by `GuardedResolver`, aiohttp's resolver hook: every
+  address the name resolves to must be public, and the connection goes to one of exactly those
+  addresses, so a DNS answer that changes between the check and the connection (rebinding)
+  cannot redirect it. TLS is still verified against the original name;
+- "public" excludes loopback, private, link-local, CGNAT, multicast, reserved and unspecified
+  ranges, and IPv6 forms that embed one of them: IPv4-mapped, 6to4, Teredo and NAT64.
+
+The reasons given name the addresses a host resolved to; they are for logs and the admin API,
+never for the public status page (`public_reason`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+from bridge.errors import CallbackNotAllowed
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+DEFAULT_PORTS = (80, 443)
+PREFIX = "refused by the SSRF guard: "
+PUBLIC_REASON = PREFIX + "the callback host is not a public address"
+
+
+class Blocked(OSError):
+    """A sender-supplied URL that resolves to, or names, a non-public address. An `OSError` so
+    that aiohttp reports it as a failed connection (which it is: nothing was sent)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message if message.startswith(PREFIX) else PREFIX + message)
+
+
+def public_reason(reason: str | None) -> str | None:
+    """A stored reason as a sender may see it: the guard's refusals without the addresses."""
+    if reason is not None and reason.startswith(PREFIX):
+        return PUBLIC_REASON
+    return reason
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 transition form carries, if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client's address; the server's is a public relay
+    if ip in _NAT64 or ip in _NAT64_LOCAL:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            return _public(inner)
+    return _public(ip)
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
+        return False
+    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+                or ip.is_reserved or ip.is_unspecified)
+
+
+def url_port(url: str) -> int:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise CallbackNotAllowed("callback_url has an invalid port") from None
+    return port or (443 if parts.scheme == "https" else 80)
+
+
+def check_literal(url: str, allow_private: bool, ports: tuple[int, ...] = DEFAULT_PORTS) -> None:
+    """At ingest: refuse a sender-supplied URL on a port not allowed, or whose host is a
+    non-public IP literal (a name is checked after resolution, at send time)."""
+    port = url_port(url)
+    if ports and port not in ports:
+        raise CallbackNotAllowed(f"callback_url port {port} is not allowed")
+    host = (urlsplit(url).hostname or "").strip("[]")
+    if not is_ip_literal(host):
+        return
+    if not allow_private and not is_public(host):
+        raise CallbackNotAllowed("callback_url points at a non-public address")
+
+
+class GuardedResolver(ThreadedResolver):
+    """aiohttp's resolver, refusing any name with a non-public address among its answers.
+    Hosts in `trusted` (the operator's proxy) are resolved without the check."""
+
+    def __init__(self, trusted: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.trusted = trusted
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        answers = await super().resolve(host, port, family)
+        if host.rstrip(".") in self.trusted:
+            return answers
+        bad = [a["host"] for a in answers if not is_public(a["host"])]
+        if not answers or bad:
+            raise Blocked(f"{host} resolves to a non-public address ({', '.join(bad) or 'none'})")
+        return answers
+
+
+async def check_host(resolver: GuardedResolver, host: str, port: int) -> None:
+    """Check a name without connecting: for requests that go through a proxy, which resolves
+    the name itself (so the check cannot pin the address; see docs/security.md)."""
+    if not is_ip_literal(host):
+        await resolver.resolve(host, port, socket.AF_UNSPEC)
+        return
+    if not is_public(host):
+        raise Blocked(f"{host} is not a public address")
