@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY bridge ./bridge
-RUN pip install --no-cache-dir --prefix=/install .
+# The locked versions, the same the suite ran against: the lock constrains what is installed.
+RUN pip install --no-cache-dir --prefix=/install --constraint requirements.lock .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /data bridge && mkdir -p /data /etc/bridge \

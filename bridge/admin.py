@@ -18,7 +18,7 @@ Enabled only when `[admin] tokens` lists at least one token; otherwise every /ad
     POST /admin/routes/{name}/resume
     GET  /admin/sources                counts and the last verification failure (reason only)
     POST /admin/prune                  {"limit"?}: forget events older than the dedupe window
-    GET  /admin/openapi.json
+    GET  /admin/openapi.json           the contract of all of the above (`bridge/openapi.py`)
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -39,13 +38,21 @@ from starlette.routing import Route
 
 from bridge import outbox
 from bridge.errors import BadRequest, BridgeError, NotFound
+from bridge.inbound import read_body, request_headers
 from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.models import RouteState, VerifiedEvent
+from bridge.openapi import (
+    DEAD_FILTERS,
+    DEFAULT_PAGE,
+    DOCUMENT,
+    EVENT_FILTERS,
+    MAX_BULK,
+    MAX_PAGE,
+    check_body,
+    check_query,
+)
 from bridge.platform import resend_deadline
 from bridge.store import SQLiteStore
-
-MAX_PAGE = 500
-MAX_BULK = 10_000
 
 
 class Unauthorized(BridgeError):
@@ -108,11 +115,11 @@ class Admin:
     # events
 
     async def list_events(self, request: Request) -> Response:
-        q = request.query_params
-        limit = _limit(q.get("limit"))
+        q = check_query(request.query_params, EVENT_FILTERS)
+        limit = q.get("limit", DEFAULT_PAGE)
         rows = await self.store.list_events(
             source=q.get("source"), event_type=q.get("event_type"), state=q.get("state"),
-            since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+            since=q.get("since"), until=q.get("until"),
             key_contains=q.get("key"), before_id=q.get("cursor"), limit=limit)
         cursor = rows[-1]["id"] if len(rows) == limit else None
         return JSONResponse({"events": rows, "next_cursor": cursor})
@@ -135,15 +142,15 @@ class Admin:
         return JSONResponse({"event_id": event["id"], "replayed": await self._replay(event)})
 
     async def replay_matching(self, request: Request) -> Response:
-        filters = await _json(request)
-        limit = min(int(filters.get("limit", MAX_BULK)), MAX_BULK)
+        filters = check_body("replay", await _json(request))
+        limit = int(filters.get("limit", MAX_BULK))
         events = deliveries = 0
         cursor = None
         while events < limit:
             page = await self.store.list_events(
                 source=filters.get("source"), event_type=filters.get("event_type"),
-                state=filters.get("state"), since=_time(filters.get("since"), "since"),
-                until=_time(filters.get("until"), "until"), key_contains=filters.get("key"),
+                state=filters.get("state"), since=filters.get("since"),
+                until=filters.get("until"), key_contains=filters.get("key"),
                 before_id=cursor, limit=min(MAX_PAGE, limit - events))
             if not page:
                 break
@@ -172,15 +179,15 @@ class Admin:
     # dead letters
 
     async def list_dead(self, request: Request) -> Response:
-        q = request.query_params
-        limit = _limit(q.get("limit"))
+        q = check_query(request.query_params, DEAD_FILTERS)
+        limit = q.get("limit", DEFAULT_PAGE)
         rows = await self.store.dead_letters(route=q.get("route"), source=q.get("source"),
                                              after_id=q.get("cursor"), limit=limit)
         return JSONResponse({"dead_letters": rows,
                              "next_cursor": rows[-1]["id"] if len(rows) == limit else None})
 
     async def _selected(self, body: dict[str, Any]) -> list[str]:
-        if isinstance(body.get("ids"), list):
+        if "ids" in body:
             return [str(i) for i in body["ids"]]
         if body.get("all") is True:
             ids: list[str] = []
@@ -197,10 +204,8 @@ class Admin:
         raise BadRequest('give "ids": [...] or "all": true')
 
     async def redrive(self, request: Request) -> Response:
-        body = await _json(request)
-        force = body.get("force", False)
-        if not isinstance(force, bool):
-            raise BadRequest('"force" must be true or false')
+        body = check_body("redrive", await _json(request))
+        force = bool(body.get("force", False))
         ids = await self._selected(body)
         now = self.clock()
         lifetime = self.runtime.config.platform.idempotency_key_lifetime
@@ -219,10 +224,8 @@ class Admin:
         return JSONResponse(answer)
 
     async def discard(self, request: Request) -> Response:
-        body = await _json(request)
-        reason = str(body.get("reason") or "").strip()
-        if not reason:
-            raise BadRequest("a reason is required to discard")
+        body = check_body("discard", await _json(request))
+        reason = str(body["reason"]).strip()
         ids = await self._selected(body)
         return JSONResponse({"discarded": await self.store.discard(ids, reason, self.clock())})
 
@@ -248,7 +251,7 @@ class Admin:
 
     async def pause_route(self, request: Request) -> Response:
         name = await self._route(request)
-        body = await _json(request, optional=True)
+        body = check_body("pause", await _json(request, optional=True))
         reason = str(body.get("reason") or "paused by an operator")
         # An operator's pause is not probed: it lasts until resumed.
         await self.store.set_route_state(name, RouteState.PAUSED, reason, self.clock(),
@@ -271,13 +274,13 @@ class Admin:
             for s in self.config.sources]})
 
     async def prune(self, request: Request) -> Response:
-        body = await _json(request, optional=True)
-        limit = max(1, min(int(body.get("limit", 1000)), MAX_BULK))
+        body = check_body("prune", await _json(request, optional=True))
+        limit = int(body.get("limit", 1000))
         removed = await self.store.prune(self.clock() - self.config.store.dedupe_window, limit)
         return JSONResponse({"removed": removed, "more": removed == limit})
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(OPENAPI)
+        return JSONResponse(DOCUMENT)
 
     # metrics
 
@@ -296,80 +299,18 @@ class Admin:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def _limit(raw: str | None) -> int:
-    try:
-        value = int(raw) if raw else 50
-    except ValueError:
-        raise BadRequest("limit must be an integer") from None
-    return max(1, min(value, MAX_PAGE))
-
-
-def _time(raw: Any, name: str) -> float | None:
-    if raw in (None, ""):
-        return None
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        pass
-    try:
-        return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise BadRequest(f"{name} must be a Unix time or an ISO 8601 date") from None
+MAX_ADMIN_BODY = 1024 * 1024
 
 
 async def _json(request: Request, optional: bool = False) -> dict[str, Any]:
-    raw = await request.body()
+    headers = request_headers(request.scope)
+    raw = await read_body(request.receive, headers.get("content-length"), MAX_ADMIN_BODY)
     if not raw and optional:
         return {}
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest("the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data
-
-
-def _op(summary: str, params: list[str] | None = None, body: bool = False) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "security": [{"bearer": []}],
-                          "responses": {"200": {"description": "OK"},
-                                        "401": {"description": "missing or wrong token"}}}
-    if params:
-        op["parameters"] = [{"name": p, "in": "query", "required": False,
-                             "schema": {"type": "string"}} for p in params]
-    if body:
-        op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object"}}}}
-    return op
-
-
-def _path_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "webhook-bridge admin API", "version": "1"},
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    "paths": {
-        "/admin/events": {"get": _op("List events, newest first", [
-            "source", "event_type", "state", "since", "until", "key", "cursor", "limit"])},
-        "/admin/events/{id}": {"parameters": [_path_param("id")],
-                               "get": _op("One event with its deliveries, attempts, "
-                                          "executions and callbacks")},
-        "/admin/events/{id}/replay": {"parameters": [_path_param("id")],
-                                      "post": _op("Replay one event to its routes")},
-        "/admin/events/replay": {"post": _op("Replay every event matching a filter",
-                                             body=True)},
-        "/admin/dead-letters": {"get": _op("List dead deliveries",
-                                           ["route", "source", "cursor", "limit"])},
-        "/admin/dead-letters/redrive": {"post": _op("Redrive dead deliveries", body=True)},
-        "/admin/dead-letters/discard": {"post": _op("Discard dead deliveries", body=True)},
-        "/admin/routes": {"get": _op("Routes and their state")},
-        "/admin/routes/{name}/pause": {"parameters": [_path_param("name")],
-                                       "post": _op("Pause a route", body=True)},
-        "/admin/routes/{name}/resume": {"parameters": [_path_param("name")],
-                                        "post": _op("Resume a route")},
-        "/admin/sources": {"get": _op("Sources with counts and last verification failure")},
-        "/admin/prune": {"post": _op("Forget events older than the dedupe window", body=True)},
-    },
-}

@@ -29,7 +29,7 @@ from bridge.admin import Admin
 from bridge.config import Config, load
 from bridge.errors import BridgeError, ConfigError, StoreUnavailable, error_body
 from bridge.forwarder import Forwarder
-from bridge.inbound import Hooks, Inbound, Runtime
+from bridge.inbound import Disconnected, Hooks, Inbound, Runtime
 from bridge.metrics import Metrics
 from bridge.providers import build_all
 from bridge.relay import Relay
@@ -51,6 +51,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     codes = {404: "not_found", 405: "method_not_allowed"}
     code = codes.get(exc.status_code, "http_error")
     return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+
+async def disconnected(request: Request, exc: Exception) -> Response:
+    return Response(status_code=400)  # the client left before its body arrived: nobody reads it
 
 
 async def unexpected(request: Request, exc: Exception) -> Response:
@@ -146,7 +150,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
         routes=routes,
         lifespan=lifespan,
         exception_handlers={BridgeError: bridge_error, HTTPException: http_error,
-                            Exception: unexpected},
+                            Disconnected: disconnected, Exception: unexpected},
     ))
     return hooks
 
@@ -166,9 +170,8 @@ def reload(runtime: Runtime, tracker: Tracker, path: str) -> bool:
         if getattr(old, section) != getattr(new, section):
             log.warning("reload: this section changes only on restart", extra={"section": section})
     logs.REDACTOR.set_secrets(set(logs.REDACTOR.secrets) | set(new.secrets()))
-    runtime.config = dataclasses.replace(
-        old, sources=new.sources, routes=new.routes, admin=new.admin)
-    runtime.providers = providers
+    runtime.swap(dataclasses.replace(old, sources=new.sources, routes=new.routes,
+                                     admin=new.admin), providers)
     tracker.routes = {route.name: route.callbacks for route in new.routes}
     log.info("config reloaded", extra={"config": path, "sources": len(new.sources),
                                        "routes": len(new.routes)})

@@ -76,12 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_config(config: object) -> int:
-    from bridge.config import Config, masked
+    from bridge.config import Config, masked, warnings
     from bridge.providers import build_all
 
     assert isinstance(config, Config)
     build_all(config)
     print(json.dumps(masked(config), indent=2))
+    for warning in warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -656,9 +656,34 @@ def masked(config: Config) -> dict[str, Any]:
     return _plain(config)  # type: ignore[no-any-return]
 
 
+def warnings(config: Config) -> list[str]:
+    """What is valid but probably not what the operator wants."""
+    out = []
+    lifetime = config.platform.idempotency_key_lifetime
+    if config.routes and config.forwarder.retry.max_age > lifetime:
+        out.append(
+            f"forwarder.retry.max_age ({config.forwarder.retry.max_age / 3600:g}h) exceeds "
+            f"platform.idempotency_key_lifetime ({lifetime / 3600:g}h): a delivery whose answer "
+            "was lost is not retried past the key's lifetime (it goes dead, redrive with "
+            "--force), so retries after that only help deliveries that never reached the "
+            "platform")
+    return out
+
+
+def mask_url(value: str) -> str:
+    """A URL with its user info (credentials) replaced by '********'."""
+    parts = urlsplit(value)
+    if not parts.scheme or "@" not in parts.netloc:
+        return value
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"********@{host}").geturl()
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Secret):
         return "********"
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.name != "index"}
     if isinstance(value, list | tuple):

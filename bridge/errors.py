@@ -12,6 +12,7 @@
     ├── MethodNotAllowed           405 method_not_allowed
     ├── PayloadTooLarge            413 payload_too_large
     ├── UnsupportedMediaType       415 unsupported_media_type
+    ├── InternalError              500 internal: a bug, logged once with its traceback where found
     └── StoreUnavailable           503 store_unavailable (answered with Retry-After)
 
 Every HTTP-facing error is rendered as `error_body()`, `{"error": {"code": ..., "message": ...}}`:
@@ -98,6 +99,13 @@ class PayloadTooLarge(BridgeError):
 class UnsupportedMediaType(BridgeError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class InternalError(BridgeError):
+    """A bug (not an outage): the traceback was logged where it happened."""
+
+    status_code = 500
+    code = "internal"
 
 
 class StoreUnavailable(BridgeError):

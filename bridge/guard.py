@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 from aiohttp.abc import ResolveResult
@@ -31,6 +32,7 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 DEFAULT_PORTS = (80, 443)
+DEFAULT_SCHEME_PORTS = {"http": 80, "https": 443}
 PREFIX = "refused by the SSRF guard: "
 PUBLIC_REASON = PREFIX + "the callback host is not a public address"
 
@@ -93,7 +95,11 @@ def url_port(url: str) -> int:
         port = parts.port
     except ValueError:
         raise CallbackNotAllowed("callback_url has an invalid port") from None
-    return port or (443 if parts.scheme == "https" else 80)
+    if port is None:
+        return 443 if parts.scheme == "https" else 80
+    if port == 0:
+        raise CallbackNotAllowed("callback_url has an invalid port")
+    return port
 
 
 def check_literal(url: str, allow_private: bool, ports: tuple[int, ...] = DEFAULT_PORTS) -> None:
@@ -107,6 +113,46 @@ def check_literal(url: str, allow_private: bool, ports: tuple[int, ...] = DEFAUL
         return
     if not allow_private and not is_public(host):
         raise CallbackNotAllowed("callback_url points at a non-public address")
+
+
+def allowed(url: str, patterns: tuple[str, ...]) -> bool:
+    """Does any allow-list pattern take `url`? Each part is matched on its own, after parsing,
+    so no wildcard can reach across into another part (with a whole-URL glob,
+    `https://*.example.com/*` took `https://evil.com/.example.com/x`):
+
+    - scheme: exactly;
+    - host: exactly (case-insensitive), `*` for any host, or `*.example.com` for any host under
+      example.com (whole labels; not example.com itself);
+    - port: the pattern's port, or `*` for any; with none, the scheme's default only;
+    - path: a glob over the path alone (`/hooks/*`); with none, any path. The query is not
+      matched; user info in the URL is refused outright.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or "").lower(), url_port(url)
+    except (ValueError, CallbackNotAllowed):
+        return False
+    if not host or "@" in parts.netloc:
+        return False
+    return any(_matches(parts.scheme, host, port, parts.path or "/", p) for p in patterns)
+
+
+def _matches(scheme: str, host: str, port: int, path: str, pattern: str) -> bool:
+    p_scheme, sep, rest = pattern.partition("://")
+    if not sep or p_scheme.lower() != scheme:
+        return False
+    authority, slash, p_path = rest.partition("/")
+    p_host, colon, p_port = authority.rpartition(":") if ":" in authority else (authority, "", "")
+    p_host = p_host.lower()
+    if p_port == "*":
+        pass
+    elif (int(p_port) if colon and p_port.isdigit() else DEFAULT_SCHEME_PORTS.get(scheme)) != port:
+        return False
+    if p_host != "*" and p_host != host:
+        if not (p_host.startswith("*.") and host.endswith(p_host[1:])
+                and len(host) > len(p_host) - 1):
+            return False
+    return not slash or fnmatchcase(path, "/" + p_path)
 
 
 class GuardedResolver(ThreadedResolver):

@@ -8,14 +8,12 @@ line without building a LogRecord. Everything else goes through the router as us
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -32,7 +30,7 @@ from bridge.errors import (
     UnsupportedMediaType,
     error_body,
 )
-from bridge.guard import check_literal
+from bridge.guard import allowed, check_literal
 from bridge.metrics import Metrics, SourceTally
 from bridge.models import NewDelivery, VerifiedEvent, new_id
 from bridge.providers import InboundRequest, Provider
@@ -41,6 +39,7 @@ from bridge.store import Store
 
 log = logging.getLogger("bridge.inbound")
 MAX_WAIT = 60.0
+MAX_WAITERS = 256  # requests held open by ?wait= at once; past it, answered without waiting
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,8 +68,14 @@ def _keep(name: str) -> bool:
     return name not in _DROP_EXACT and not any(word in name for word in _DROP_WORDS)
 
 
-def kept_headers(headers: dict[str, str]) -> dict[str, str]:
-    return {name: value for name, value in headers.items() if _keep(name)}
+def kept_headers(headers: dict[str, str], drop: frozenset[str] = frozenset(),
+                 secrets: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The headers stored with an event and forwarded in its envelope: none that carries a
+    credential, by its name, by the source's configuration (`drop`), or by its value (equal to
+    a configured secret, alone or after a scheme such as `Bearer `)."""
+    return {name: value for name, value in headers.items()
+            if _keep(name) and name not in drop and value not in secrets
+            and value.rpartition(" ")[2] not in secrets}
 
 
 def request_headers(scope: Scope) -> dict[str, str]:
@@ -176,9 +181,13 @@ class Runtime:
     it lives in memory, so an attacker's bad signatures never cost a write."""
 
     def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
+        self.failures: dict[str, dict[str, Any]] = {}
+        self.swap(config, providers)
+
+    def swap(self, config: Config, providers: dict[str, Provider]) -> None:
         self.config = config
         self.providers = providers
-        self.failures: dict[str, dict[str, Any]] = {}
+        self.secrets = frozenset(config.secrets())  # header values never stored
 
 
 class Inbound:
@@ -189,6 +198,7 @@ class Inbound:
         self.tokens = tokens
         self.metrics = metrics
         self.clock = clock
+        self.waiting = 0
         self.lines = logs.EventLines("bridge.inbound",  # names and ids of our own making
                                      trusted=("source", "event_id", "outcome"))
 
@@ -262,7 +272,8 @@ class Inbound:
             idempotency_key=idempotency_key(name, identity.provider_id, body),
             fingerprint=fingerprint_key(name, identity.event_type, provider.fingerprint(inbound))
             if identity.provider_id and provider.unsigned_id and source.body_dedupe else None,
-            received_at=now, headers=kept_headers(headers), body=body,
+            received_at=now,
+            headers=kept_headers(headers, provider.auth_headers, self.runtime.secrets), body=body,
             callback_url=callback_url,
             items=tuple(f"{name}:{safe_id(item)}" for item in identity.items),
             nonce=None if identity.nonce is None else safe_id(identity.nonce),
@@ -300,8 +311,7 @@ class Inbound:
             return None
         if not source.allow_callback_urls:
             raise CallbackNotAllowed("this source does not accept callback_url")
-        if not is_http_url(url) or not any(
-                fnmatchcase(url, glob) for glob in source.allow_callback_urls):
+        if not is_http_url(url) or not allowed(url, source.allow_callback_urls):
             raise CallbackNotAllowed("callback_url is not allowed for this source")
         check_literal(url, self.config.callbacks.allow_private, self.config.callbacks.allowed_ports)
         return url
@@ -319,20 +329,27 @@ class Inbound:
         return seconds
 
     async def wait_for(self, event_id: str, seconds: float) -> dict[str, Any] | None:
-        """Hold the (already acknowledged-durable) request until the event's executions end;
-        None on timeout. Polls the store, so it works whichever process does the work."""
-        deadline = time.monotonic() + seconds
-        pause = 0.05
-        while True:
+        """Hold the (already durable) request until the event's executions end; None on
+        timeout, or at once when `MAX_WAITERS` requests are already waiting. Each commit of this
+        process wakes the waiters, which ask the store one small question; a waiter also asks
+        once a second, for work done by another process."""
+        if self.waiting >= MAX_WAITERS:
+            return None
+        self.waiting += 1
+        try:
+            deadline = time.monotonic() + seconds
+            while not await self.store.event_settled(event_id):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                await self.store.changed(min(1.0, remaining))
             event = await self.store.get_event(event_id)
-            if event is not None and settled(event):
-                view = public_view(event)
-                return {"state": view["state"], "deliveries": view["deliveries"]}
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if event is None or not settled(event):
                 return None
-            await asyncio.sleep(min(pause, remaining))
-            pause = min(0.5, pause * 1.5)
+            view = public_view(event)
+            return {"state": view["state"], "deliveries": view["deliveries"]}
+        finally:
+            self.waiting -= 1
 
 
 class Hooks:

@@ -52,14 +52,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         os.environ[_ENV_COUNT] = str(server.max_headers)
 
     def data_received(self, data: bytes) -> None:
-        """uvicorn's own, with the head's size checked before the parser buffers more of it
-        and a refusal from `on_header` answered 431 rather than 400."""
+        """uvicorn's own, with the head's size checked after each read and a refusal from
+        `on_header` answered 431 rather than 400."""
         self._unset_keepalive_if_required()
         if self._in_head:
             self._head_bytes += len(data)
-            if self._head_bytes > self.max_header_bytes:
-                self._refuse()
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -74,6 +71,11 @@ class BoundedHttpTools(HttpToolsProtocol):
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
             self.send_400_response(msg)
+            return
+        # Still in the head after this many bytes: it will not fit. (One read is at most
+        # 256 KiB, so the parser never holds more than the limit and one read.)
+        if self._in_head and self._head_bytes > self.max_header_bytes:
+            self._refuse()
 
     def on_message_begin(self) -> None:
         self._in_head = True

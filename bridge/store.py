@@ -30,7 +30,7 @@ import aiosqlite
 
 from bridge import codec
 from bridge.completion import callback_body
-from bridge.errors import ReplayedToken, StoreUnavailable
+from bridge.errors import BridgeError, InternalError, ReplayedToken, StoreUnavailable
 from bridge.models import (
     Accepted,
     Attempt,
@@ -189,7 +189,10 @@ class Store(Protocol):
                     probe_every: float) -> list[ClaimedDelivery]: ...
     async def record(self, delivery: ClaimedDelivery, owner: str, attempt: Attempt,
                      outcome: Outcome, next_at: float | None, now: float,
-                     probe_every: float, track_until: float | None = None) -> None: ...
+                     probe_every: float, track_until: float | None = None,
+                     reached_at: float | None = None) -> None: ...
+    async def changed(self, timeout: float) -> None: ...
+    async def event_settled(self, event_id: str) -> bool: ...
     async def claim_executions(self, owner: str, now: float, lease: float,
                                limit: int) -> list[TrackedExecution]: ...
     async def reschedule_execution(self, execution_id: str, owner: str, status: str | None,
@@ -223,6 +226,7 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._watchers: list[Callable[[], None]] = []
         self._new_work = False  # set by jobs, on the writer's thread; reset per batch
+        self._change_waiters: list[asyncio.Future[None]] = []  # woken by every commit
         self.on_commit: Callable[[int, float], None] | None = None  # (batch size, seconds)
 
     # lifecycle
@@ -296,15 +300,26 @@ class SQLiteStore:
                 seconds: float, new_work: bool) -> None:
         """On the event loop, once per batch: answer every caller."""
         if error is not None:  # the whole transaction is lost: nobody gets a 2xx
-            log.error("store commit failed", extra={"error": _describe(error),
-                                                    "batch": len(batch)})
+            failure: BridgeError
+            if outage(error):
+                log.error("store commit failed", extra={"error": _describe(error),
+                                                        "batch": len(batch)})
+                failure = StoreUnavailable("the store cannot commit")
+            else:  # a bug, not an outage: say so, with where it happened
+                log.error("store batch failed", extra={"batch": len(batch)},
+                          exc_info=(type(error), error, error.__traceback__))
+                failure = InternalError("internal error")
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(StoreUnavailable("the store cannot commit"))
+                    future.set_exception(failure)
             return
         assert results is not None
         if self.on_commit is not None:
             self.on_commit(len(batch), seconds)
+        waiters, self._change_waiters = self._change_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         for (_, future), (ok, value) in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -336,19 +351,19 @@ class SQLiteStore:
                 if isinstance(job, _Bare):  # it raises, if at all, before writing anything
                     try:
                         out.append((True, job.fn(conn)))
-                    except (sqlite3.OperationalError, sqlite3.InternalError):
-                        raise
                     except Exception as exc:
-                        out.append((False, exc))
+                        if outage(exc):
+                            raise
+                        out.append((False, _job_error(exc)))
                     continue
                 conn.execute("SAVEPOINT job")
                 try:
                     out.append((True, job(conn)))
-                except (sqlite3.OperationalError, sqlite3.InternalError):
-                    raise  # disk full, locked, I/O: the batch cannot commit
-                except Exception as exc:  # this job alone is undone
-                    conn.execute("ROLLBACK TO job")
-                    out.append((False, exc))
+                except Exception as exc:
+                    if outage(exc):
+                        raise  # disk full, locked, I/O: the batch cannot commit
+                    conn.execute("ROLLBACK TO job")  # this job alone is undone
+                    out.append((False, _job_error(exc)))
                 conn.execute("RELEASE job")
             if run:
                 out.extend(self._accept_all(conn, run))
@@ -539,6 +554,26 @@ class SQLiteStore:
             " created_at, updated_at FROM callbacks WHERE event_id = ? ORDER BY created_at, id",
             (event_id,))
         return event
+
+    async def changed(self, timeout: float) -> None:
+        """Return after this process's next commit, or after `timeout` seconds (which covers
+        commits by other processes sharing the store)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._change_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+
+    async def event_settled(self, event_id: str) -> bool:
+        """Nothing more will happen to the event's deliveries and executions (one small query,
+        not the event)."""
+        row = await self._one(
+            "SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?"
+            "  AND status IN ('pending', 'leased'))"
+            " OR EXISTS(SELECT 1 FROM executions WHERE event_id = ?"
+            "  AND status IN ('pending', 'running')) AS busy", (event_id, event_id))
+        return row is not None and not row["busy"]
 
     async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
         row = await self._one("SELECT * FROM executions WHERE id = ?", (execution_id,))
@@ -1030,9 +1065,11 @@ class SQLiteStore:
             cursor = await self._reader.execute(sql, params)
             names = [d[0] for d in cursor.description]
             rows = await cursor.fetchall()
-        except sqlite3.Error as exc:
-            log.error("store read failed", extra={"error": _describe(exc)})
-            raise StoreUnavailable("the store cannot be read") from None
+        except Exception as exc:
+            if outage(exc):
+                log.error("store read failed", extra={"error": _describe(exc)})
+                raise StoreUnavailable("the store cannot be read") from None
+            raise _job_error(exc) from None
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     async def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
@@ -1125,6 +1162,31 @@ def _decode_execution(row: dict[str, Any]) -> dict[str, Any]:
         if row.get(key) is not None:
             row[key] = json.loads(row[key])
     return row
+
+
+# SQLite's primary result codes that mean the store cannot be used right now (busy, locked, out of
+# memory, read-only, I/O, corrupt, full, cannot open, lock protocol, not a database). Anything
+# else (a constraint, a bad parameter, bad SQL) is a bug: retrying later will not help.
+_OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+def outage(exc: BaseException) -> bool:
+    """Is `exc` the store being unavailable (503, retry later), rather than a bug?"""
+    if isinstance(exc, StoreUnavailable | OSError | MemoryError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(exc, sqlite3.Error) and code is not None:
+        return (code & 0xFF) in _OUTAGE_CODES
+    return isinstance(exc, sqlite3.OperationalError)  # no code: assume the worst
+
+
+def _job_error(exc: Exception) -> Exception:
+    """A job's own failure: domain errors pass through; a database error is a bug, logged here
+    with its traceback and answered as an internal error."""
+    if isinstance(exc, sqlite3.Error | ValueError | TypeError):
+        log.error("store job failed", exc_info=(type(exc), exc, exc.__traceback__))
+        return InternalError("internal error")
+    return exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -46,7 +46,7 @@ name = "zap"
 provider = "token"
 secret = "zap-token"
 id_header = "X-Request-Id"
-allow_callback_urls = ["http://*", "https://*.example.com/*"]
+allow_callback_urls = ["http://*:*", "https://*.example.com/*"]
 
 [[routes]]
 source = "github"
@@ -61,7 +61,8 @@ trigger = "zap-flow"
 
 
 def send_issue(bridge: Bridge, delivery: str, query: str = "") -> httpx.Response:
-    body = json.dumps({"action": "opened", "issue": {"title": "Ünïcode ✓"}}).encode()
+    body = json.dumps({"action": "opened",
+                       "issue": {"title": "Ünïcode ✓", "delivery": delivery}}).encode()
     return bridge.post(f"/hooks/github{query}", body,
                        github_headers(body, delivery=delivery, event="issues"))
 

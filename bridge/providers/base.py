@@ -90,6 +90,9 @@ class Provider:
     # The scheme signs neither its delivery id nor a timestamp: a captured request replays with
     # any id the replayer likes, so the event is keyed on what is signed (`fingerprint`).
     unsigned_id: bool = False
+    # Headers that carry this source's credentials under names of the operator's choosing:
+    # never stored nor forwarded (the usual names are dropped anyway, see inbound.kept_headers).
+    auth_headers: frozenset[str] = frozenset()
 
     def __init__(self, source: SourceConfig) -> None:
         self.source = source

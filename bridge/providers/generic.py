@@ -55,6 +55,7 @@ class Hmac(_Named):
         if not header:
             raise ConfigError(f"{self.where('header')}: required for provider 'hmac'")
         self.header = str(header).lower()
+        self.auth_headers = frozenset({self.header})
         self.algorithm = str(self.option("algorithm", "sha256"))
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"{self.where('algorithm')}: expected sha1, sha256 or sha512")
@@ -108,6 +109,7 @@ class Token(_Named):
         super().__init__(source)
         self.header = str(self.option("header", "X-Webhook-Token")).lower()
         self.prefix = str(self.option("prefix", ""))
+        self.auth_headers = frozenset({self.header})
 
     def verify(self, request: InboundRequest, now: float) -> None:
         value = self.require(request, self.header)

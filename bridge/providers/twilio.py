@@ -67,7 +67,8 @@ class Twilio(Provider):
         query = parse_qs(urlsplit(url).query)
         if "bodySHA256" in query:
             digest = hashlib.sha256(request.body).hexdigest()
-            if not hmac.compare_digest(digest, query["bodySHA256"][0]):
+            # Both sides as bytes: compare_digest refuses non-ASCII str (a sender's choice).
+            if not hmac.compare_digest(digest.encode(), query["bodySHA256"][0].encode()):
                 raise SignatureError("bodySHA256 does not match the body")
             params: list[tuple[str, str]] = []
         else:
