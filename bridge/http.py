@@ -42,7 +42,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from aiohttp.helpers import get_env_proxy_for_url, proxies_from_env
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from bridge import codec
 from bridge.guard import Blocked as GuardBlocked
@@ -145,6 +147,22 @@ class Client:
         self.resolver = resolver
         self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        # Proxies from the environment, looked up once per (scheme, host): aiohttp's own
+        # `trust_env` reads the whole environment on every request.
+        self._proxies: dict[tuple[str, str], URL | None] = {}
+        self._env_proxies = bool(proxies_from_env())
+
+    def proxy_for(self, url: str) -> URL | None:
+        if not self._env_proxies:
+            return None
+        target = URL(url)
+        key = (target.scheme, target.host or "")
+        if key not in self._proxies:
+            try:
+                self._proxies[key] = get_env_proxy_for_url(target)[0]
+            except LookupError:
+                self._proxies[key] = None
+        return self._proxies[key]
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -153,7 +171,7 @@ class Client:
                 limit=self.limit, limit_per_host=0, keepalive_timeout=KEEPALIVE_EXPIRY,
                 resolver=self.resolver, ssl=self.ssl_context if self.ssl_context else True)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self.headers, trust_env=True,
+                connector=connector, headers=self.headers, trust_env=False,
                 auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent",), read_bufsize=1 << 16, max_line_size=MAX_LINE,
                 max_field_size=16384, raise_for_status=False)
@@ -176,7 +194,8 @@ class Client:
         for attempt in (1, 2):
             try:
                 async with self.session.request(method, target, data=body, headers=headers,
-                                                timeout=deadline, allow_redirects=False) as resp:
+                                                timeout=deadline, allow_redirects=False,
+                                                proxy=self.proxy_for(target)) as resp:
                     data, cut = await _read(resp, cap)
                     return Reply(resp.status, resp.headers, data, cut)
             except aiohttp.ServerDisconnectedError as exc:
@@ -196,7 +215,8 @@ class Client:
                                         sock_read=read_timeout)
         try:
             async with self.session.request(method, target, timeout=timeout,
-                                            allow_redirects=False) as resp:
+                                            allow_redirects=False,
+                                            proxy=self.proxy_for(target)) as resp:
                 yield resp
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, target) from None
