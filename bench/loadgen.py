@@ -49,8 +49,11 @@ HEADER = (f"{'target':<28} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 m
           f"{'ratio':>6}  statuses")
 
 
-def github_body(i: int, size: int) -> bytes:
-    event = {"ref": "refs/heads/main", "after": hashlib.sha1(str(i).encode()).hexdigest(),
+def github_body(i: int, size: int, delivery: str = "") -> bytes:
+    # Each push names its own commit, as real ones do (the bridge treats a signed body seen
+    # before as a replay, whatever its delivery id).
+    commit = hashlib.sha1(f"{delivery}:{i}".encode()).hexdigest()
+    event = {"ref": "refs/heads/main", "after": commit,
              "repository": {"id": 1296269, "full_name": "octocat/Hello-World"},
              "pusher": {"name": "octocat", "email": "octocat@example.com"}, "n": i}
     base = json.dumps(event)
@@ -63,7 +66,7 @@ def github_requests(count: int, size: int, secret: str, path: str, port: int,
                     prefix: str = "bench") -> list[bytes]:
     out = []
     for i in range(count):
-        body = github_body(i, size)
+        body = github_body(i, size, prefix)
         sig = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                 f"Content-Type: application/json\r\nX-GitHub-Event: push\r\n"

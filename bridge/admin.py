@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import difflib
 import hmac
 import json
 import secrets
@@ -181,19 +182,29 @@ class Admin:
     async def list_dead(self, request: Request) -> Response:
         q = check_query(request.query_params, DEAD_FILTERS)
         limit = q.get("limit", DEFAULT_PAGE)
-        rows = await self.store.dead_letters(route=q.get("route"), source=q.get("source"),
+        route = self.route_name(q["route"]) if "route" in q else None
+        rows = await self.store.dead_letters(route=route, source=q.get("source"),
                                              after_id=q.get("cursor"), limit=limit)
         return JSONResponse({"dead_letters": rows,
                              "next_cursor": rows[-1]["id"] if len(rows) == limit else None})
 
     async def _selected(self, body: dict[str, Any]) -> list[str]:
+        """Dead delivery ids: those named (a delivery id, or an event id for all of that event's
+        dead deliveries), or every one matching the filters. Naming nothing dead is a 404, so
+        a command that would do nothing says so."""
         if "ids" in body:
-            return [str(i) for i in body["ids"]]
+            given = [str(i) for i in body["ids"]]
+            found, missing = await self.store.dead_deliveries(given)
+            if missing:
+                raise NotFound(f"no dead delivery has the id, or belongs to the event, "
+                               f"{', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+            return found
         if body.get("all") is True:
             ids: list[str] = []
             cursor = None
+            route = self.route_name(body["route"]) if "route" in body else None
             while len(ids) < MAX_BULK:
-                rows = await self.store.dead_letters(route=body.get("route"),
+                rows = await self.store.dead_letters(route=route,
                                                      source=body.get("source"),
                                                      after_id=cursor, limit=MAX_PAGE)
                 if not rows:
@@ -244,10 +255,25 @@ class Admin:
         return JSONResponse({"routes": out})
 
     async def _route(self, request: Request) -> str:
-        name = request.path_params["name"]
-        if not any(r.name == name for r in self.config.routes):
-            raise NotFound(f"no route named {name!r}")
-        return str(name)
+        return self.route_name(str(request.path_params["name"]))
+
+    def route_name(self, given: str) -> str:
+        """A route named by its name, or by its trigger (or declared name), which is safe to
+        type in a shell where `github->github-push` is not. NotFound suggests the close ones."""
+        routes = self.config.routes
+        if any(r.name == given for r in routes):
+            return given
+        by_trigger = [r.name for r in routes if r.trigger == given]
+        if len(by_trigger) == 1:
+            return by_trigger[0]
+        if by_trigger:
+            raise NotFound(f"{len(by_trigger)} routes call trigger {given!r}: name one of "
+                           f"{', '.join(by_trigger)} (or give each a `name` in the config)")
+        names = [r.name for r in routes] + [r.trigger for r in routes]
+        close = difflib.get_close_matches(given, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        known = ", ".join(r.trigger for r in routes) or "none"
+        raise NotFound(f"no route named {given!r}{hint} (routes by trigger: {known})")
 
     async def pause_route(self, request: Request) -> Response:
         name = await self._route(request)

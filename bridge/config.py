@@ -11,6 +11,7 @@ happens before the port is bound as well.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -37,6 +38,10 @@ PROVIDERS = ("github", "stripe", "standard", "hmac", "token", "none", "slack", "
              "hubspot", "intercom", "discord", "sendgrid", "mailgun", "pagerduty", "typeform",
              "jira")
 ENVELOPES = ("envelope", "raw")
+SOURCE_KEYS = ("name", "provider", "secret", "secrets", "tolerance", "max_body_bytes", "insecure",
+               "allow_callback_urls", "gzip", "body_dedupe")
+TOP_KEYS = ("server", "store", "platform", "forwarder", "callbacks", "tracking", "admin",
+            "emulator", "sources", "routes")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
@@ -255,10 +260,12 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str, problems: lis
             if match.group(0) == "$$":
                 return "$"
             name, default = match.group(1), match.group(2)
-            if name in environ:
+            if environ.get(name):
                 return environ[name]
-            if default is not None:
+            if default is not None:  # unset or empty, as a shell's ${VAR:-default}
                 return default
+            if name in environ:
+                return ""
             problems.append(f"{path}: environment variable {name} is not set")
             return ""
 
@@ -286,6 +293,7 @@ class _Section:
             problems.append(f"{path}: expected a table")
             data = {}
         self.data = dict(data)
+        self.asked: set[str] = set()  # every key read, for "did you mean"
 
     def where(self, key: str) -> str:
         return _join(self.path, key)
@@ -294,6 +302,7 @@ class _Section:
         self.problems.append(f"{self.where(key)}: {message}")
 
     def _take(self, key: str, kinds: tuple[type, ...], kind_name: str, default: Any) -> Any:
+        self.asked.add(key)
         if key not in self.data:
             return default
         value = self.data.pop(key)
@@ -343,6 +352,7 @@ class _Section:
         return Secret(value) if value else None
 
     def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        self.asked.add(key)
         if key not in self.data:
             return default
         value = self.data.pop(key)
@@ -352,6 +362,7 @@ class _Section:
         return tuple(value)
 
     def ports(self, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+        self.asked.add(key)
         if key not in self.data:
             return default
         value = self.data.pop(key)
@@ -367,13 +378,18 @@ class _Section:
             self.fail(key, "expected an http:// or https:// URL")
         return str(value)
 
-    def finish(self) -> None:
+    def finish(self, known: tuple[str, ...] = ()) -> None:
         for key in self.data:
-            self.fail(key, "unknown key")
+            self.fail(key, "unknown key" + did_you_mean(key, known or tuple(self.asked)))
 
     def rest(self) -> dict[str, Any]:
         rest, self.data = self.data, {}
         return rest
+
+
+def did_you_mean(key: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def is_http_url(value: str) -> bool:
@@ -412,13 +428,20 @@ def parse(raw: dict[str, Any], environ: Mapping[str, str], origin: str = "") -> 
     emulator = _emulator(_Section(top.data.pop("emulator", None), "emulator", problems))
     sources = _tables(top.data.pop("sources", []), "sources", problems, _source)
     routes = _tables(top.data.pop("routes", []), "routes", problems, _route)
-    top.finish()
+    top.finish(TOP_KEYS)
     config = Config(server, store, platform, forwarder, callbacks, tracking, admin, emulator,
                     tuple(sources), tuple(routes), origin)
     _cross_check(config, problems)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_one_per_key(problems))
     return config
+
+
+def _one_per_key(problems: list[str]) -> list[str]:
+    """A missing variable explains whatever else its key then lacks: one line per key."""
+    unset = {p.split(": ", 1)[0] for p in problems if "environment variable" in p}
+    return [p for p in problems if "environment variable" in p
+            or p.split(": ", 1)[0] not in unset]
 
 
 def _tables(value: Any, path: str, problems: list[str], build: Any) -> list[Any]:

@@ -205,12 +205,14 @@ DOCUMENT: dict[str, Any] = {
             "Replay every event matching a filter", _counts("events", "replayed"), 400,
             body="replay")},
         "/admin/dead-letters": {"get": _op("List dead deliveries", _list("dead_letters"), 400,
-                                           query=DEAD_FILTERS)},
+                                           404, query=DEAD_FILTERS)},
         "/admin/dead-letters/redrive": {"post": _op(
             "Redrive dead deliveries; those that may already have run past the platform's "
-            "key lifetime only with force", _counts("redriven"), 400, body="redrive")},
+            "key lifetime only with force; ids may name deliveries or events",
+            _counts("redriven"), 400, 404, body="redrive")},
         "/admin/dead-letters/discard": {"post": _op(
-            "Discard dead deliveries", _counts("discarded"), 400, body="discard")},
+            "Discard dead deliveries; ids may name deliveries or events", _counts("discarded"),
+            400, 404, body="discard")},
         "/admin/routes": {"get": _op("Routes and their state", {
             "type": "object", "required": ["routes"],
             "properties": {"routes": {"type": "array", "items": OBJECT}}})},

@@ -699,10 +699,19 @@ class SQLiteStore:
         return await self._write(job)
 
     async def next_due(self) -> float | None:
+        """When the forwarder next has something to claim: the earliest due delivery of an
+        active route, or the next probe of a paused route that has deliveries waiting. (A
+        paused route's deliveries are not claimable: counting them woke the loop at once,
+        again and again, while the route stayed paused.)"""
         row = await self._one(
             "SELECT MIN(t) AS t FROM ("
             " SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'"
-            " UNION ALL SELECT MIN(lease_until) FROM deliveries WHERE status = 'leased')", ())
+            "  AND route NOT IN (SELECT name FROM routes WHERE state = 'paused')"
+            " UNION ALL SELECT MIN(lease_until) FROM deliveries WHERE status = 'leased'"
+            "  AND route NOT IN (SELECT name FROM routes WHERE state = 'paused')"
+            " UNION ALL SELECT MIN(r.next_probe_at) FROM routes r WHERE r.state = 'paused'"
+            "  AND EXISTS (SELECT 1 FROM deliveries d WHERE d.route = r.name"
+            "   AND d.status IN ('pending', 'leased')))", ())
         return None if row is None else row["t"]
 
     async def route_states(self) -> dict[str, dict[str, Any]]:
@@ -962,6 +971,20 @@ class SQLiteStore:
             return changed
 
         return await self._write(job)
+
+    async def dead_deliveries(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The dead deliveries named by `ids`, each a delivery id or an event id (standing for
+        its dead deliveries); and the ids that named none."""
+        found: list[str] = []
+        missing: list[str] = []
+        for given in ids:
+            rows = await self._all(
+                "SELECT id FROM deliveries WHERE status = 'dead' AND (id = ? OR event_id = ?)"
+                " ORDER BY id", (given, given))
+            found += [r["id"] for r in rows if r["id"] not in found]
+            if not rows:
+                missing.append(given)
+        return found, missing
 
     async def count_unsafe(self, delivery_ids: Sequence[str], unsafe_before: float) -> int:
         """How many of these dead deliveries may have reached the platform before then."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bridge import codec
-from bridge.config import SourceConfig
+from bridge.config import SOURCE_KEYS, SourceConfig, did_you_mean
 from bridge.errors import ConfigError, MalformedSignature, SignatureError
 
 ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
@@ -99,7 +99,9 @@ class Provider:
         self.tolerance = source.tolerance if source.tolerance is not None else self.default_tolerance
         unknown = sorted(set(source.options) - self.options)
         if unknown:
-            raise ConfigError([f"{self.where(k)}: unknown key" for k in unknown])
+            known = (*self.options, *SOURCE_KEYS)
+            raise ConfigError([f"{self.where(k)}: unknown key{did_you_mean(k, known)}"
+                               for k in unknown])
         # HMAC keys: each secret's UTF-8 bytes. Schemes with other key formats replace these.
         self.keys: list[Any] = self.secret_bytes()
 
