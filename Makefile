@@ -7,15 +7,22 @@ CONFIG ?= config.example.toml
 
 .PHONY: run test bench chaos fuzz audit clean venv
 
-$(STAMP): pyproject.toml
+# `make run` installs what running needs; `make test` adds the test tools.
+RUN_STAMP := $(VENV)/.installed-run
+
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml $(RUN_STAMP)
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/bridge serve --config $(CONFIG)
 
 test: $(STAMP)
@@ -30,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scale.py
 
 chaos: $(STAMP)
-	CHAOS_SCALE=10 $(BIN)/python -m pytest tests/chaos -q
+	CHAOS_SCALE=10 $(BIN)/python -m pytest tests/chaos -q --timeout 900
 
 # Open-ended coverage-guided fuzzing with a fresh seed; crashes are written to fuzz/crashes/.
 fuzz: $(STAMP)

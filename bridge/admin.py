@@ -11,6 +11,7 @@ Enabled only when `[admin] tokens` lists at least one token; otherwise every /ad
     POST /admin/events/{id}/replay     new deliveries to the event's routes, new keys
     POST /admin/events/replay          the same for every event matching a filter (JSON body)
     GET  /admin/dead-letters           filters: route, source; cursor pagination
+    POST /admin/deliveries/{id}/retry  send a pending delivery now (resuming its route if paused)
     POST /admin/dead-letters/redrive   {"ids": [...]} or {"all": true, "route"?, "source"?}
     POST /admin/dead-letters/discard   the same, plus "reason"
     GET  /admin/routes                 state (active/paused, why) and pending counts
@@ -53,6 +54,7 @@ from bridge.openapi import (
     check_query,
 )
 from bridge.platform import resend_deadline
+from bridge.status import explain
 from bridge.store import SQLiteStore
 
 
@@ -100,6 +102,7 @@ class Admin:
             ("/admin/events/replay", self.replay_matching, "POST"),
             ("/admin/events/{id}", self.show_event, "GET"),
             ("/admin/events/{id}/replay", self.replay_event, "POST"),
+            ("/admin/deliveries/{id}/retry", self.retry_delivery, "POST"),
             ("/admin/dead-letters", self.list_dead, "GET"),
             ("/admin/dead-letters/redrive", self.redrive, "POST"),
             ("/admin/dead-letters/discard", self.discard, "POST"),
@@ -129,6 +132,7 @@ class Admin:
         event = await self.store.get_event(request.path_params["id"])
         if event is None:
             raise NotFound("no such event")
+        explain(event, await self.store.route_states())
         body = bytes(event.pop("body"))
         try:
             event["body"], event["body_encoding"] = body.decode("utf-8"), "text"
@@ -176,6 +180,12 @@ class Admin:
             key = outbox.delivery_key(event["idempotency_key"], route.trigger + suffix, limit)
             rendered.append(dataclasses.replace(delivery, idempotency_key=key))
         return await self.store.replay(event["id"], rendered, self.clock())
+
+    async def retry_delivery(self, request: Request) -> Response:
+        found = await self.store.retry_now(request.path_params["id"], self.clock())
+        if found is None:
+            raise NotFound("no pending delivery has this id (a dead one is redriven instead)")
+        return JSONResponse({**found, "retrying": True})
 
     # dead letters
 

@@ -31,6 +31,7 @@ from bridge.errors import BridgeError, ConfigError, StoreUnavailable, error_body
 from bridge.forwarder import Forwarder
 from bridge.inbound import Disconnected, Hooks, Inbound, Runtime
 from bridge.metrics import Metrics
+from bridge.models import iso
 from bridge.providers import build_all
 from bridge.relay import Relay
 from bridge.status import StatusTokens
@@ -111,6 +112,11 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
         app.state.tokens = tokens
         app.state.forwarder = forwarder
         hooks.inbound = Inbound(runtime, store, tokens, metrics, clock)
+        for name, state in (await store.route_states()).items():
+            if state.get("state") == "paused":  # from before this start: say so, and why
+                log.warning("route still paused", extra={
+                    "route": name, "reason": state.get("reason"),
+                    "since": iso(state.get("changed_at"))})
         if config_path is not None:
             _on_sighup(lambda: reload(runtime, tracker, config_path))
         tasks = [asyncio.create_task(_prune_loop(store, config, clock), name="prune")]

@@ -1,20 +1,23 @@
 """Command line: `bridge serve | check-config | emulator`, `bridge --version`.
 
-Exit codes: 0 success, 1 runtime failure (e.g. the port is taken or the store cannot open),
-2 usage or configuration error (nothing has been bound).
+Exit codes: 0 success, 1 runtime failure (e.g. the port is taken, said in one line, or the
+store cannot open), 2 usage or configuration error (nothing has been bound). uvicorn's own 3
+(a port taken between the check and the bind) is turned into 1 as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
-from bridge import __version__, ops
+from bridge import __version__, ops, tryout
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -32,8 +35,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (default: $BRIDGE_CONFIG)")
     serve.add_argument("--log-format", choices=("json", "text"), help="overrides the config")
 
-    check = commands.add_parser("check-config", help="validate a config and print it, masked")
+    check = commands.add_parser("check-config", help="validate a config: problems, warnings, "
+                                                     "and a one-line summary")
     check.add_argument("--config", help="TOML config file (default: $BRIDGE_CONFIG)")
+    check.add_argument("--print", action="store_true",
+                       help="also print the effective config, secrets masked")
 
     emulator = commands.add_parser("emulator", help="run the platform emulator")
     emulator.add_argument("--host", default="127.0.0.1")
@@ -46,10 +52,20 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="run a bridge, the emulator and a callback receiver, and "
                                      "show a GitHub and a Stripe event travel end to end")
     ops.add_commands(commands)
+    tryout.add_commands(commands)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except BrokenPipeError:  # `bridge ... | head`: the reader left; that is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush does not fail again
+        return EXIT_OK
+
+
+def run(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     if args.command == "emulator":
         return run_emulator(args)
@@ -58,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo()
     if args.command not in ("serve", "check-config"):
-        return ops.run(args)
+        return ops.run(args, tryout.HANDLERS)
     from bridge.config import load
     from bridge.errors import ConfigError
 
@@ -66,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(path)
         if args.command == "check-config":
-            return check_config(config)
+            return check_config(config, args.print)
         return serve(config, args.log_format)
     except ConfigError as exc:
         print(f"bridge: invalid configuration ({path or 'built-in defaults'}):", file=sys.stderr)
@@ -75,15 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
 
 
-def check_config(config: object) -> int:
+def check_config(config: object, dump: bool = False) -> int:
     from bridge.config import Config, masked, warnings
     from bridge.providers import build_all
 
     assert isinstance(config, Config)
     build_all(config)
-    print(json.dumps(masked(config), indent=2))
-    for warning in warnings(config):
+    if dump:
+        print(json.dumps(masked(config), indent=2))
+    found = warnings(config)
+    for warning in found:
         print(f"warning: {warning}", file=sys.stderr)
+    plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
+    print(f"ok: {plural(len(config.sources), 'source')}, {plural(len(config.routes), 'route')},"
+          f" {plural(len(found), 'warning')}")
     return EXIT_OK
 
 
@@ -98,6 +119,10 @@ def serve(config: object, log_format: str | None) -> int:
 
     assert isinstance(config, Config)
     logs.configure(log_format or config.server.log_format, config.secrets())
+    taken = taken_port(config)
+    if taken:
+        print(f"bridge: {taken}", file=sys.stderr)
+        return EXIT_FAILURE
     if config.server.workers > 1:
         return serve_workers(config)
     app = create_app(config, config_path=config.origin if config.origin.endswith(".toml")
@@ -128,10 +153,37 @@ def serve(config: object, log_format: str | None) -> int:
         signal.signal(signum, lambda *_: None)
     try:
         server.run()
+    except SystemExit:  # uvicorn's bind failure (it logged why)
+        return EXIT_FAILURE
     finally:
         if emulator is not None:
             emulator.stop()
     return EXIT_OK if server.started else EXIT_FAILURE
+
+
+def taken_port(config: object) -> str | None:
+    """One line naming a port the bridge needs that something else holds, before anything
+    starts; None when they are free."""
+    from bridge.config import Config
+
+    assert isinstance(config, Config)
+    wanted = [(config.server.host, config.server.port, "[server] port", "the bridge")]
+    if config.emulator.enabled and config.server.workers == 1:
+        wanted.append((config.emulator.host, config.emulator.port, "[emulator] port",
+                       "the platform emulator"))
+    for host, port, key, what in wanted:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    return f"cannot listen on {host}:{port} for {what}: {exc.strerror}"
+                return (f"port {port} on {host} is already in use, so {what} cannot start "
+                        f"(another bridge still running? stop it, or set {key} to a free port)")
+    return None
 
 
 def serve_workers(config: object) -> int:

@@ -11,17 +11,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
-from bridge.models import ExecutionResult
+from bridge.models import ExecutionResult, iso
 
 TYPES = {"completed": "execution.completed", "failed": "execution.failed",
          "cancelled": "execution.cancelled", "timed_out": "execution.timed_out"}
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def callback_body(event: dict[str, Any], trigger: str, execution_id: str,

@@ -17,6 +17,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,9 @@ DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_RESPONSE = 1024 * 1024
 DAY = 86400.0
 MIN_DEDUPE_WINDOW = 72 * 3600.0
+# Just under the platform's 24 h key memory, so every retry the forwarder makes on its own is
+# one the platform still recognises; later, deliveries are dead letters an operator redrives.
+FORWARD_MAX_AGE = 23 * 3600.0
 PROVIDERS = ("github", "stripe", "standard", "hmac", "token", "none", "slack", "shopify",
              "twilio", "gitlab", "bitbucket", "linear", "paddle", "square", "zoom", "twitch",
              "hubspot", "intercom", "discord", "sendgrid", "mailgun", "pagerduty", "typeform",
@@ -129,7 +133,7 @@ class ForwarderConfig:
     poll_interval: float = 0.5
     pause_probe: float = 30.0
     shutdown_grace: float = 5.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_age=FORWARD_MAX_AGE))
 
 
 @dataclass(frozen=True)
@@ -402,16 +406,35 @@ def load(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None 
     env = os.environ if environ is None else environ
     if path is None:
         return parse({}, env, origin="built-in defaults (no config file)")
-    file = Path(path)
+    return parse(_read(Path(path)), env, origin=str(path))
+
+
+def load_sources(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+                 ) -> tuple[tuple[SourceConfig, ...], tuple[RouteConfig, ...]]:
+    """Only the sources and routes of a config file, for the tools that sign and send as a
+    provider would (`bridge send`, `bridge trigger`): they need a source's secret and its routes,
+    so nothing else (an unset admin token, a server setting) may stop them."""
+    env = os.environ if environ is None else environ
+    raw = _read(Path(path))
+    problems: list[str] = []
+    data = interpolate({k: raw[k] for k in ("sources", "routes") if k in raw}, env, "",
+                       problems)
+    sources = _tables(data.get("sources", []), "sources", problems, _source)
+    routes = _tables(data.get("routes", []), "routes", problems, _route)
+    if problems:
+        raise ConfigError(_one_per_key(problems))
+    return tuple(sources), tuple(routes)
+
+
+def _read(file: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such config file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: cannot read ({exc.__class__.__name__})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: invalid TOML: {exc}") from None
-    return parse(raw, env, origin=str(file))
 
 
 def parse(raw: dict[str, Any], environ: Mapping[str, str], origin: str = "") -> Config:
@@ -507,12 +530,12 @@ def _platform(s: _Section) -> PlatformConfig:
     return cfg
 
 
-def _retry(s: _Section) -> RetryPolicy:
+def _retry(s: _Section, max_age: float = 3 * DAY) -> RetryPolicy:
     cfg = RetryPolicy(
         base=s.duration("base", 5.0),
         factor=s.number("factor", 2.0),
         cap=s.duration("cap", 3600.0),
-        max_age=s.duration("max_age", 3 * DAY),
+        max_age=s.duration("max_age", max_age),
         jitter=s.string("jitter", "full"),
     )
     if cfg.jitter not in ("full", "none"):
@@ -524,7 +547,8 @@ def _retry(s: _Section) -> RetryPolicy:
 
 
 def _forwarder(s: _Section) -> ForwarderConfig:
-    retry = _retry(_Section(s.data.pop("retry", None), s.where("retry"), s.problems))
+    retry = _retry(_Section(s.data.pop("retry", None), s.where("retry"), s.problems),
+                   FORWARD_MAX_AGE)
     cfg = ForwarderConfig(
         enabled=s.boolean("enabled", True),
         concurrency=s.integer("concurrency", 32, minimum=1),
@@ -679,9 +703,48 @@ def masked(config: Config) -> dict[str, Any]:
     return _plain(config)  # type: ignore[no-any-return]
 
 
+# GitHub's event names (the part before `.action`): a route glob that matches none of them can
+# never match. Other providers' catalogues are too large or too open to check this way.
+GITHUB_EVENTS = (
+    "branch_protection_rule", "check_run", "check_suite", "code_scanning_alert",
+    "commit_comment", "create", "delete", "dependabot_alert", "deploy_key", "deployment",
+    "deployment_status", "discussion", "discussion_comment", "fork", "github_app_authorization",
+    "gollum", "installation", "installation_repositories", "issue_comment", "issues", "label",
+    "marketplace_purchase", "member", "membership", "merge_group", "meta", "milestone",
+    "organization", "org_block", "package", "page_build", "ping", "project", "project_card",
+    "project_column", "projects_v2_item", "public", "pull_request", "pull_request_review",
+    "pull_request_review_comment", "pull_request_review_thread", "push", "registry_package",
+    "release", "repository", "repository_dispatch", "repository_import",
+    "repository_vulnerability_alert", "secret_scanning_alert", "security_advisory",
+    "sponsorship", "star", "status", "team", "team_add", "watch", "workflow_dispatch",
+    "workflow_job", "workflow_run")
+_PLACEHOLDER = re.compile(r"^(changeme|change-me|change_me|secret|password|xxx+|todo|"
+                          r"replace[-_ ]?me|your[-_ ].*|<.*>|dev[-_].*|test|example.*)$", re.I)
+
+
 def warnings(config: Config) -> list[str]:
     """What is valid but probably not what the operator wants."""
     out = []
+    routed = {route.source for route in config.routes}
+    for source in config.sources:
+        if source.name not in routed:
+            out.append(f"sources[{source.index}] ({source.name}): no route takes its events "
+                       "(they are stored as unrouted)")
+        for secret in source.secrets:
+            if _PLACEHOLDER.match(secret.reveal()):
+                out.append(f"sources[{source.index}] ({source.name}): the secret looks like a "
+                           "placeholder; set the provider's real signing secret")
+    providers = {source.name: source.provider for source in config.sources}
+    for i, route in enumerate(config.routes):
+        if providers.get(route.source) != "github":
+            continue
+        for glob in route.events:
+            name = glob.split(".", 1)[0]
+            if not any(fnmatchcase(event, name) for event in GITHUB_EVENTS):
+                close = difflib.get_close_matches(name, GITHUB_EVENTS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                out.append(f"routes[{i}].events: {glob!r} can never match a GitHub event"
+                           f"{hint}")
     lifetime = config.platform.idempotency_key_lifetime
     if config.routes and config.forwarder.retry.max_age > lifetime:
         out.append(

@@ -38,6 +38,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from bridge.models import iso
+
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -357,7 +359,7 @@ class DroppedResponse(Response):
 
 
 def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+    return iso(ts) or ""
 
 
 class EmulatorServer:

@@ -18,13 +18,21 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from bridge.config import Config
 from bridge.http import HttpError, Reply
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics, status_class
-from bridge.models import Attempt, ClaimedDelivery, Dead, Delivered, Outcome, Paused, RetryLater
+from bridge.models import (
+    Attempt,
+    ClaimedDelivery,
+    Dead,
+    Delivered,
+    Outcome,
+    Paused,
+    RetryLater,
+    iso,
+)
 from bridge.platform import EXCERPT, PlatformClient, classify, resend_deadline
 from bridge.retry import schedule
 from bridge.store import Store
@@ -131,7 +139,7 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
         return reached_at is not None and when > resend_deadline(reached_at, self.key_lifetime)
 
     def _unsafe(self, reached_at: float | None) -> Dead:
-        at = datetime.fromtimestamp(reached_at or 0.0, UTC).isoformat(timespec="seconds")
+        at = iso(reached_at)
         return Dead(f"may already have run: an attempt at {at} may have reached the platform, "
                     "which no longer remembers its Idempotency-Key; resending could run the "
                     "workflow twice, so it needs an operator's decision (dead-letters redrive "

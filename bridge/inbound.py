@@ -175,6 +175,21 @@ def fingerprint_key(source: str, event_type: str, signed: bytes) -> str:
     return f"{source}#body-sha256:{digest}"
 
 
+def newline_hint(provider: Provider, request: InboundRequest, now: float,
+                 error: SignatureError) -> SignatureError:
+    """`error`, saying so when the body would verify with a trailing newline added or removed:
+    the usual slip when a signed body is sent with `curl -d` or from an editor."""
+    body = request.body
+    other = body.rstrip(b"\r\n") if body.endswith(b"\n") else body + b"\n"
+    try:
+        provider.verify(InboundRequest(request.headers, other, request.url, request.method), now)
+    except BridgeError:
+        return error
+    change = "without its trailing newline" if body.endswith(b"\n") else "with a trailing newline"
+    return SignatureError(f"{error.message}; it would match the body {change}: send the body "
+                          "byte for byte (curl --data-binary @file)")
+
+
 class Runtime:
     """What a config reload (SIGHUP) swaps at once: the config and the verifiers built from it.
     `failures` remembers each source's last verification failure (reason only) for operators;
@@ -258,7 +273,10 @@ class Inbound:
             query = dict(parse_qsl(raw_query, keep_blank_values=True))
         inbound = InboundRequest(headers, body, url, scope["method"])
         now = self.clock()
-        provider.verify(inbound, now)
+        try:
+            provider.verify(inbound, now)
+        except SignatureError as exc:
+            raise newline_hint(provider, inbound, now, exc) from None
         callback_url = self.callback_url(query.get("callback_url"), source)
         wait = self.wait_seconds(query.get("wait"))
         challenge = provider.handshake(inbound)

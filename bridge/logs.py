@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from bridge import codec
+from bridge.models import iso
 
 MASK = "********"
 MAX_PENDING = 256  # lines buffered before a write is forced
@@ -80,7 +81,7 @@ class JsonFormatter(logging.Formatter):
     @staticmethod
     def line(created: float, level: str, name: str, msg: str, fields: dict[str, Any],
              exc: str | None = None) -> str:
-        data: dict[str, Any] = {"ts": round(created, 3), "level": level.lower(), "logger": name,
+        data: dict[str, Any] = {"ts": iso(created), "level": level.lower(), "logger": name,
                                 "msg": msg, **fields}
         if exc:
             data["exc"] = exc
@@ -95,7 +96,7 @@ class TextFormatter(logging.Formatter):
     @staticmethod
     def line(created: float, level: str, name: str, msg: str, fields: dict[str, Any],
              exc: str | None = None) -> str:
-        when = time.strftime("%H:%M:%S", time.localtime(created))
+        when = iso(created)
         line = f"{when} {level:<7} {name}: {msg}"
         if fields:
             line += " " + " ".join(f"{k}={v}" for k, v in fields.items())

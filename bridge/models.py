@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 
@@ -46,6 +47,23 @@ class CallbackStatus(StrEnum):
 class RouteState(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"  # configuration fault (401/403/404) or an operator; probed periodically
+
+
+def iso(ts: float | None) -> str | None:
+    """A Unix time as ISO 8601 in UTC with its zone, to the millisecond: the one style of every
+    time the bridge prints (tables, logs, envelopes)."""
+    if ts is None:
+        return None
+    global _SECOND
+    second = int(ts // 1)
+    cached = _SECOND  # (second, its text): log lines ask many times a second
+    if cached[0] != second:
+        cached = _SECOND = (second, datetime.fromtimestamp(second, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{min(999, int((ts - second) * 1000)):03d}Z"
+
+
+_SECOND: tuple[int, str] = (-1, "")
 
 
 def new_id() -> str:

@@ -204,6 +204,10 @@ DOCUMENT: dict[str, Any] = {
         "/admin/events/replay": {"post": _op(
             "Replay every event matching a filter", _counts("events", "replayed"), 400,
             body="replay")},
+        "/admin/deliveries/{id}/retry": {"parameters": [_path("id")], "post": _op(
+            "Send a pending delivery now instead of at the end of its backoff; its route, if "
+            "paused, is resumed", {"type": "object", "required": ["id", "route", "resumed"]},
+            404)},
         "/admin/dead-letters": {"get": _op("List dead deliveries", _list("dead_letters"), 400,
                                            404, query=DEAD_FILTERS)},
         "/admin/dead-letters/redrive": {"post": _op(

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from bridge.models import iso
+
 EXIT_OK, EXIT_ERROR = 0, 1
 
 
@@ -32,27 +34,43 @@ def add_commands(commands: Any) -> None:
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
         return p
 
-    events = commands.add_parser("events", help="list, show and replay events")
+    events = commands.add_parser("events", help="list, show, follow and replay events",
+                                 description="Events: list | show | tail | replay.")
     ev = events.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = client_options(ev.add_parser("list"))
-    for name in ("source", "event-type", "state", "since", "until", "key", "cursor"):
-        listing.add_argument(f"--{name}")
-    listing.add_argument("--limit", type=int, default=50)
-    client_options(ev.add_parser("show")).add_argument("id")
-    replay = client_options(ev.add_parser("replay"))
+    listing = client_options(ev.add_parser("list", help="newest first, a page at a time"))
+    event_filters(listing)
+    listing.add_argument("--cursor", help="the next page: the cursor the previous page printed")
+    listing.add_argument("--limit", type=int, default=50, help="events per page, 1-500")
+    client_options(ev.add_parser("show", help="one event: deliveries, why any waits, "
+                                              "executions, callbacks")).add_argument("id")
+    tail = client_options(ev.add_parser("tail", help="events as they arrive, one line each, "
+                                                     "with their outcome as it changes (Ctrl-C)"))
+    tail.add_argument("--source", help="only this source")
+    tail.add_argument("--interval", type=float, default=0.5, help="seconds between looks")
+    replay = client_options(ev.add_parser("replay", help="run an event's workflows again"))
     replay.add_argument("id", nargs="?", help="one event; or filter with the options below")
-    for name in ("source", "event-type", "state", "since", "until", "key"):
-        replay.add_argument(f"--{name}")
+    event_filters(replay)
 
-    dead = commands.add_parser("dead-letters", help="list, redrive and discard dead deliveries")
+    deliveries = commands.add_parser("deliveries", help="act on one delivery",
+                                     description="Deliveries: retry.")
+    dv = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
+    client_options(dv.add_parser("retry", help="send a pending delivery now instead of at the "
+                                               "end of its backoff (resumes its route if paused)")
+                   ).add_argument("id", help="the delivery id (events show lists them)")
+
+    dead = commands.add_parser("dead-letters", help="list, redrive and discard dead deliveries",
+                               description="Dead letters: list | redrive | discard.")
     dl = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dead_list = client_options(dl.add_parser("list"))
+    dead_list = client_options(dl.add_parser("list", help="dead deliveries, oldest first"))
     for name in ("route", "source", "cursor"):
         dead_list.add_argument(f"--{name}")
     dead_list.add_argument("--limit", type=int, default=50)
+    helps = {"redrive": "send dead deliveries again, with their own idempotency keys",
+             "discard": "give up on dead deliveries, with a reason"}
     for action in ("redrive", "discard"):
-        p = client_options(dl.add_parser(action))
-        p.add_argument("ids", nargs="*")
+        p = client_options(dl.add_parser(action, help=helps[action]))
+        p.add_argument("ids", nargs="*", help="delivery ids, or event ids (all of an event's "
+                                              "dead deliveries)")
         p.add_argument("--all", action="store_true", help="every dead delivery (with filters)")
         p.add_argument("--route")
         p.add_argument("--source")
@@ -63,31 +81,54 @@ def add_commands(commands: Any) -> None:
                            help="also resend deliveries that may already have run on the platform "
                                 "and whose Idempotency-Key it may have forgotten (may run twice)")
 
-    routes = commands.add_parser("routes", help="list, pause and resume routes")
+    routes = commands.add_parser("routes", help="list, pause and resume routes",
+                                 description="Routes: list | pause | resume. A route is named "
+                                             "by its trigger (or its `name`).")
     rt = routes.add_subparsers(dest="action", required=True, metavar="ACTION")
-    client_options(rt.add_parser("list"))
-    pause = client_options(rt.add_parser("pause"))
-    pause.add_argument("name")
+    client_options(rt.add_parser("list", help="each route's state, why, and its backlog"))
+    pause = client_options(rt.add_parser("pause", help="stop sending on a route"))
+    pause.add_argument("name", help="the route's trigger (or name)")
     pause.add_argument("--reason")
-    client_options(rt.add_parser("resume")).add_argument("name")
+    client_options(rt.add_parser("resume", help="send on a route again")).add_argument(
+        "name", help="the route's trigger (or name)")
 
     client_options(commands.add_parser("prune", help="forget events past the dedupe window"))
 
-    sign = commands.add_parser("sign", help="print the headers a provider would send")
-    sign.add_argument("--provider", required=True)
-    sign.add_argument("--secret", default=os.environ.get("BRIDGE_SIGN_SECRET"))
+    from bridge.signers import SIGNERS
+
+    sign = commands.add_parser(
+        "sign", help="print the headers a provider would send for a body",
+        description="Reads the body on standard input and prints the headers that sign it. "
+                    "Send the body byte for byte (curl --data-binary @file, not -d, which "
+                    "drops newlines): one byte more or less and the signature does not match.")
+    sign.add_argument("--provider", required=True, choices=sorted(SIGNERS))
+    sign.add_argument("--secret", default=os.environ.get("BRIDGE_SIGN_SECRET"),
+                      help="default $BRIDGE_SIGN_SECRET")
     sign.add_argument("--url", default="", help="the URL signed by URL-signing providers")
+    sign.add_argument("--json", action="store_true", help="print the headers as JSON")
 
     send = commands.add_parser("send", help="sign a payload and post it to a running bridge")
     send.add_argument("--source", required=True)
     send.add_argument("--config", help="config holding the source (default $BRIDGE_CONFIG)")
     send.add_argument("--url", default=os.environ.get("BRIDGE_URL", "http://127.0.0.1:8080"))
+    send.add_argument("--json", action="store_true", help="print the answer as JSON")
     send.add_argument("file", help="the payload; - for standard input")
 
 
-def run(args: argparse.Namespace) -> int:
+def event_filters(p: argparse.ArgumentParser) -> None:
+    from bridge.models import EventState
+
+    p.add_argument("--source")
+    p.add_argument("--event-type")
+    p.add_argument("--state", choices=[s.value for s in EventState])
+    p.add_argument("--since", help="Unix time or ISO 8601 date")
+    p.add_argument("--until", help="Unix time or ISO 8601 date")
+    p.add_argument("--key", help="text in the idempotency key")
+
+
+def run(args: argparse.Namespace, extra: dict[tuple[str, str | None], Any] | None = None) -> int:
     try:
-        handler = HANDLERS[(args.command, getattr(args, "action", None))]
+        handler = {**HANDLERS, **(extra or {})}[(args.command, getattr(args, "action", None))]
         return handler(args)
     except OpsError as exc:
         print(f"bridge: {exc}", file=sys.stderr)
@@ -124,7 +165,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float) and value > 1e9:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
+        return iso(value) or "-"
     if value is None:
         return "-"
     text = str(value)
@@ -143,12 +184,15 @@ def output(args: argparse.Namespace, data: Any, rows: Sequence[dict[str, Any]] |
 class Progress:
     """A one-line progress bar on stderr."""
 
-    def __init__(self, label: str, total: int | None = None) -> None:
+    def __init__(self, label: str, total: int | None = None, quiet: bool = False) -> None:
         self.label, self.total, self.done = label, total, 0
         self.tty = sys.stderr.isatty()
+        self.quiet = quiet
 
     def advance(self, count: int = 1) -> None:
         self.done += count
+        if self.quiet:
+            return
         if self.total:
             filled = int(30 * self.done / max(self.total, 1))
             bar = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
@@ -175,8 +219,11 @@ def events_list(args: argparse.Namespace) -> int:
     params = _filters(args, ("source", "event-type", "state", "since", "until", "key", "cursor",
                              "limit"))
     data = call(args, "GET", "/admin/events", params=params)
-    return output(args, data, data["events"], ("id", "received_at", "source", "event_type",
-                                               "state", "idempotency_key"))
+    code = output(args, data, data["events"], ("id", "received_at", "source", "event_type",
+                                               "state", "workflows", "idempotency_key"))
+    if data.get("next_cursor") and not args.json:
+        print(f"(more: --cursor {data['next_cursor']})", file=sys.stderr)
+    return code
 
 
 def events_show(args: argparse.Namespace) -> int:
@@ -189,9 +236,12 @@ def events_show(args: argparse.Namespace) -> int:
     print("\ndeliveries:")
     print(table(data["deliveries"], ("id", "trigger", "status", "attempts", "execution_id",
                                      "last_error")))
+    for delivery in data["deliveries"]:
+        if delivery.get("waiting"):
+            print(f"  {delivery['id']} waiting: {delivery['waiting']}")
     if data.get("executions"):
         print("\nexecutions:")
-        print(table(data["executions"], ("id", "trigger", "status", "completed_at")))
+        print(table(data["executions"], ("id", "trigger", "status", "completed_at", "error")))
     if data.get("callbacks"):
         print("\ncallbacks:")
         print(table(data["callbacks"], ("id", "url", "status", "attempts", "last_error")))
@@ -272,8 +322,15 @@ def routes_resume(args: argparse.Namespace) -> int:
     return output(args, data, [data], ("name", "state"))
 
 
+def deliveries_retry(args: argparse.Namespace) -> int:
+    data = call(args, "POST", f"/admin/deliveries/{args.id}/retry")
+    if data.get("resumed") and not args.json:
+        print(f"route {data['route']} resumed", file=sys.stderr)
+    return output(args, data, [data], ("id", "route", "retrying"))
+
+
 def prune(args: argparse.Namespace) -> int:
-    progress = Progress("pruned")
+    progress = Progress("pruning", quiet=not sys.stderr.isatty())  # the total says it after
     total = 0
     while True:
         data = call(args, "POST", "/admin/prune", json={"limit": 1000})
@@ -297,25 +354,40 @@ def sign(args: argparse.Namespace) -> int:
         headers = SIGNERS[args.provider](body, args.secret, int(time.time()), args.url)
     except ValueError as exc:
         raise OpsError(f"cannot sign: {exc}") from None
+    if args.json:
+        print(json.dumps(headers, indent=2))
+        return EXIT_OK
     for name, value in headers.items():
         print(f"{name}: {value}")
     return EXIT_OK
 
 
-def send(args: argparse.Namespace) -> int:
-    from bridge.config import load
+def source_of(args: argparse.Namespace) -> tuple[Any, tuple[Any, ...]]:
+    """The named source of the config (`--config` or $BRIDGE_CONFIG) and its routes, reading
+    nothing else of the config."""
+    from bridge.config import load_sources
     from bridge.errors import ConfigError
-    from bridge.signers import SIGNERS
 
     path = args.config or os.environ.get("BRIDGE_CONFIG")
     if not path:
         raise OpsError("give --config (or $BRIDGE_CONFIG): the source's secret is read there")
     try:
-        source = load(path).source(args.source)
+        sources, routes = load_sources(path)
     except ConfigError as exc:
         raise OpsError(f"invalid config: {exc}") from None
-    if source is None:
-        raise OpsError(f"no source named {args.source!r} in {path}")
+    for source in sources:
+        if source.name == args.source:
+            if not source.secrets and source.provider != "none":
+                raise OpsError(f"source {source.name!r} has no secret to sign with")
+            return source, tuple(r for r in routes if r.source == source.name)
+    names = ", ".join(s.name for s in sources) or "none"
+    raise OpsError(f"no source named {args.source!r} in {path} (sources: {names})")
+
+
+def send(args: argparse.Namespace) -> int:
+    from bridge.signers import SIGNERS
+
+    source, _ = source_of(args)
     if source.provider not in SIGNERS:
         raise OpsError(f"cannot sign for provider {source.provider!r}")
     body = sys.stdin.buffer.read() if args.file == "-" else _read(args.file)
@@ -326,7 +398,14 @@ def send(args: argparse.Namespace) -> int:
                                                           **headers}, timeout=30)
     except httpx.HTTPError as exc:
         raise OpsError(f"cannot reach {args.url}: {exc.__class__.__name__}") from None
-    print(f"{response.status_code} {response.text}")
+    if args.json:
+        try:
+            answer: Any = response.json()
+        except ValueError:
+            answer = response.text
+        print(json.dumps({"status": response.status_code, "answer": answer}, indent=2))
+    else:
+        print(f"{response.status_code} {response.text}")
     return EXIT_OK if response.status_code < 300 else EXIT_ERROR
 
 
@@ -342,6 +421,7 @@ HANDLERS = {
     ("events", "replay"): events_replay,
     ("dead-letters", "list"): dead_list, ("dead-letters", "redrive"): dead_redrive,
     ("dead-letters", "discard"): dead_discard,
+    ("deliveries", "retry"): deliveries_retry,
     ("routes", "list"): routes_list, ("routes", "pause"): routes_pause,
     ("routes", "resume"): routes_resume,
     ("prune", None): prune, ("sign", None): sign, ("send", None): send,

@@ -10,11 +10,10 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 
 from bridge.config import RouteConfig
-from bridge.models import NewDelivery, VerifiedEvent
+from bridge.models import NewDelivery, VerifiedEvent, iso
 from bridge.providers.base import parse_json
 
 JSON = "application/json"
@@ -57,7 +56,7 @@ def envelope(event: VerifiedEvent, seen_items: frozenset[str] = frozenset()) -> 
         "provider": event.provider,
         "event_type": event.event_type,
         "idempotency_key": event.idempotency_key,
-        "received_at": _iso(event.received_at),
+        "received_at": iso(event.received_at),
         "headers": event.headers,
     }
     if event.items:  # a batch: which items are new, so the workflow can skip the others
@@ -80,6 +79,3 @@ def _is_utf8(body: bytes) -> bool:
         return False
     return True
 
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

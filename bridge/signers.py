@@ -30,8 +30,9 @@ def stripe(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
     return {"Stripe-Signature": f"t={now},v1={_hex(secret, f'{now}.'.encode() + body)}"}
 
 
-def standard(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
-    msg_id = f"msg_{secrets.token_hex(8)}"
+def standard(body: bytes, secret: str, now: int, url: str,
+             msg_id: str | None = None) -> dict[str, str]:
+    msg_id = msg_id or f"msg_{secrets.token_hex(8)}"
     mac = _b64(decode_secret(secret), f"{msg_id}.{now}.".encode() + body)
     return {"webhook-id": msg_id, "webhook-timestamp": str(now), "webhook-signature": f"v1,{mac}"}
 

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 
 from bridge import guard
 from bridge.errors import BridgeError, NotFound
+from bridge.models import iso
 from bridge.providers.base import sign
 from bridge.store import Store
 
@@ -71,6 +72,8 @@ def public_view(event: dict[str, Any]) -> dict[str, Any]:
         "deliveries": [
             {"trigger": d["trigger"], "status": d["status"], "attempts": d["attempts"],
              "execution_id": d["execution_id"], "last_error": d["last_error"],
+             "waiting": d.get("waiting"), "next_attempt_at": d.get("next_attempt_at")
+             if d["status"] == "pending" else None,
              "execution": _execution(executions.get(d["id"]))}
             for d in event["deliveries"]
         ],
@@ -80,6 +83,37 @@ def public_view(event: dict[str, Any]) -> dict[str, Any]:
             for c in event.get("callbacks", [])
         ],
     }
+
+
+# What to check when the platform refuses a route's calls (the route is then paused).
+_HINTS = {"401": "check `[platform] trigger_key`",
+          "403": "check `[platform] trigger_key` and the key's role",
+          "404": "check the route's `trigger` name on the platform"}
+
+
+def explain(event: dict[str, Any], routes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Say, on each delivery still on its way, why it waits and until when (`waiting`): the
+    route paused and why, with what to check; the retry and its last error, with the time of the
+    next attempt. `routes` is `Store.route_states()`."""
+    for delivery in event["deliveries"]:
+        if delivery["status"] not in ("pending", "leased"):
+            continue
+        route = routes.get(delivery["route"]) or {}
+        error = delivery.get("last_error")
+        if route.get("state") == "paused":
+            reason = str(route.get("reason") or "paused")
+            hint = _HINTS.get(reason[:3])
+            text = f"route paused: platform answered {reason}" if hint else \
+                f"route paused: {reason}"
+            text += f" ({hint})" if hint else " (bridge routes resume, or deliveries retry)"
+        elif delivery["status"] == "leased":
+            text = "being sent now"
+        elif error:
+            text = f"retrying at {iso(delivery['next_attempt_at'])}: {error}"
+        else:
+            text = f"queued, due {iso(delivery['next_attempt_at'])}"
+        delivery["waiting"] = text
+    return event
 
 
 def _execution(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -108,4 +142,4 @@ async def show(request: Request) -> JSONResponse:
     event = await store.get_event(event_id)
     if event is None:
         raise NotFound("this event is no longer stored")
-    return JSONResponse(public_view(event))
+    return JSONResponse(public_view(explain(event, await store.route_states())))

@@ -899,9 +899,12 @@ class SQLiteStore:
             where.append("id < ?")
             params.append(before_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        # `workflows`: the executions' states, so a delivered event whose workflow failed
+        # shows as such in a table.
         return await self._all(
-            f"SELECT id, source, provider, event_type, idempotency_key, received_at, state"
-            f" FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
+            f"SELECT id, source, provider, event_type, idempotency_key, received_at, state,"
+            f" (SELECT group_concat(status, ',') FROM executions x WHERE x.event_id = events.id)"
+            f" AS workflows FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
 
     async def event_body(self, event_id: str) -> bytes | None:
         row = await self._one("SELECT body FROM events WHERE id = ?", (event_id,))
@@ -969,6 +972,27 @@ class SQLiteStore:
             if changed:
                 self._new_work = True
             return changed
+
+        return await self._write(job)
+
+    async def retry_now(self, delivery_id: str, now: float) -> dict[str, Any] | None:
+        """A pending delivery due now instead of at its backoff's end; its route, if paused,
+        resumed (an operator asking for it to be sent). None when no pending delivery has
+        that id."""
+
+        def job(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute(
+                "UPDATE deliveries SET next_attempt_at = ?, updated_at = ? WHERE id = ?"
+                " AND status IN ('pending', 'leased') RETURNING route",  # leased: being sent
+                (now, now, delivery_id)).fetchone()
+            if row is None:
+                return None
+            paused = conn.execute("SELECT reason FROM routes WHERE name = ? AND state = ?",
+                                  (row[0], RouteState.PAUSED)).fetchone()
+            if paused is not None:
+                _set_route(conn, row[0], RouteState.ACTIVE, None, now, None)
+            self._new_work = True
+            return {"id": delivery_id, "route": row[0], "resumed": paused is not None}
 
         return await self._write(job)
 
