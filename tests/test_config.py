@@ -122,9 +122,10 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
     path.write_text(MINIMAL + '[platform]\ntrigger_key = "${TK}"\n')
     import os
 
-    result = run_cli("check-config", "--config", str(path), env={**os.environ, "TK": "tk-abc-123"})
+    result = run_cli("check-config", "--config", str(path), "--print",
+                     env={**os.environ, "TK": "tk-abc-123"})
     assert result.returncode == 0, result.stderr
-    printed = json.loads(result.stdout)
+    printed = json.loads(result.stdout.rsplit("\nok:", 1)[0])
     assert printed["sources"][0]["secrets"] == ["********"]
     assert printed["platform"]["trigger_key"] == "********"
     assert "s3cr3t-value" not in result.stdout and "tk-abc-123" not in result.stdout

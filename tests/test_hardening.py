@@ -552,7 +552,7 @@ secret = "{GITHUB_SECRET}"
 source = "github"
 trigger = "t"
 """)
-    result = run_cli("check-config", "--config", str(path))
+    result = run_cli("check-config", "--config", str(path), "--print")
     assert result.returncode == 0, result.stderr
     assert "hunter2-pass" not in result.stdout and "user:" not in result.stdout
     assert "********@platform.example.com" in result.stdout
