@@ -158,6 +158,8 @@ class Client:
         target = URL(url)
         key = (target.scheme, target.host or "")
         if key not in self._proxies:
+            if len(self._proxies) >= 1024:  # hosts come from senders too: keep it bounded
+                self._proxies.clear()
             try:
                 self._proxies[key] = get_env_proxy_for_url(target)[0]
             except LookupError:

@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from aiohttp.helpers import get_env_proxy_for_url, proxies_from_env
-from yarl import URL
+from aiohttp.helpers import proxies_from_env
 
 from bridge import __version__
 from bridge.config import Config
@@ -62,14 +61,6 @@ def proxy_hosts() -> frozenset[str]:
     """The proxies named in the environment: the operator's, so the guard trusts them."""
     return frozenset(info.proxy.host for info in proxies_from_env().values()
                      if info.proxy.host)
-
-
-def proxied(url: str) -> bool:
-    try:
-        get_env_proxy_for_url(URL(url))
-    except (LookupError, ValueError):
-        return False
-    return True
 
 
 class Relay(ClaimLoop[ClaimedCallback]):
@@ -150,7 +141,7 @@ class Relay(ClaimLoop[ClaimedCallback]):
             if is_ip_literal(host):
                 if not is_public(host):
                     raise GuardBlocked(f"{host} is not a public address")
-            elif proxied(url):
+            elif self.client(True).proxy_for(url) is not None:
                 await check_host(self.guarded_resolver(), host, url_port(url))
         except GuardBlocked as exc:
             raise Blocked(str(exc), url) from None
