@@ -170,9 +170,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX nonces_event ON nonces(event_id);
     """,
     # 4: when a delivery may first have reached the platform (its answer lost, or a 5xx), so it
-    # is never resent once the platform may have forgotten its Idempotency-Key
+    # is never resent once the platform may have forgotten its Idempotency-Key; and the signed
+    # content's key of events whose scheme signs no id, unique like the idempotency key
     """
     ALTER TABLE deliveries ADD COLUMN reached_at REAL;
+    ALTER TABLE events ADD COLUMN fingerprint TEXT;
+    CREATE UNIQUE INDEX events_fingerprint ON events(fingerprint) WHERE fingerprint IS NOT NULL;
     """,
 ]
 
@@ -380,8 +383,9 @@ class SQLiteStore:
     def _accept_all(self, conn: sqlite3.Connection,
                     jobs: list[_Accept]) -> list[tuple[bool, Accepted]]:
         """Plain accepts (no batch items, no single-use token) in a handful of statements,
-        whatever their number: one multi-row insert of the events that skips keys already
-        stored, a lookup only when it skipped any, and one insert of the new events' deliveries.
+        whatever their number: one multi-row insert of the events that skips keys (and
+        fingerprints) already stored, lookups only when it skipped any, and one insert of the
+        new events' deliveries.
         The writer thread gives the GIL back on every statement and waits to get it back, so
         statements per batch, not rows, are what cost. A key seen twice in the batch is stored
         once; the later ones are duplicates of the first."""
@@ -390,27 +394,27 @@ class SQLiteStore:
         for job in jobs:
             if first.setdefault(job.event.idempotency_key, job.event.id) == job.event.id:
                 fresh.append(job)
-        fresh = self._unseen_fingerprints(conn, fresh, first)
         before = conn.total_changes
+        # Both unique keys at once: the idempotency key, and the fingerprint of a scheme whose
+        # id is unsigned (a replay under a new id is skipped here too).
         _insert_rows(conn, "events (id, source, provider, event_type, idempotency_key,"
-                     " received_at, headers, body, state, callback_url)",
+                     " received_at, headers, body, state, callback_url, fingerprint)",
                      [(e.id, e.source, e.provider, e.event_type, e.idempotency_key,
                        e.received_at, job.headers, e.body,
                        EventState.QUEUED if job.deliveries else EventState.UNROUTED,
-                       e.callback_url) for job in fresh for e in (job.event,)],
-                     " ON CONFLICT(idempotency_key) DO NOTHING")
-        if conn.total_changes - before < len(fresh):  # some keys were stored by earlier batches
-            keys = list(first)
-            for start in range(0, len(keys), _MAX_PARAMS):
-                chunk = keys[start:start + _MAX_PARAMS]
-                first.update(conn.execute(
-                    f"SELECT idempotency_key, id FROM events WHERE idempotency_key IN"
-                    f" ({','.join('?' * len(chunk))})", chunk).fetchall())
-        prints = [(e.fingerprint, e.id) for job in fresh for e in (job.event,)
-                  if e.fingerprint and first[e.idempotency_key] == e.id]
-        if prints:
-            _insert_rows(conn, "event_items (key, event_id)", prints,
-                         " ON CONFLICT(key) DO NOTHING")
+                       e.callback_url, e.fingerprint) for job in fresh for e in (job.event,)],
+                     " ON CONFLICT DO NOTHING")
+        if conn.total_changes - before < len(fresh):  # some were stored before: find by what
+            stored = dict(self._lookup(conn, "idempotency_key", list(first)))
+            first.update(stored)
+            replays: dict[str, list[str]] = {}  # fingerprint -> keys skipped for it
+            for job in fresh:
+                event = job.event
+                if event.idempotency_key not in stored and event.fingerprint:
+                    replays.setdefault(event.fingerprint, []).append(event.idempotency_key)
+            for fingerprint, event_id in self._lookup(conn, "fingerprint", list(replays)):
+                for key in replays[fingerprint]:
+                    first[key] = event_id
         deliveries = [
             (new_id(), e.id, d.route, d.trigger, d.idempotency_key, d.body, d.content_type,
              DeliveryStatus.PENDING, e.received_at, e.received_at, e.received_at)
@@ -428,34 +432,15 @@ class SQLiteStore:
         return out
 
     @staticmethod
-    def _unseen_fingerprints(conn: sqlite3.Connection, jobs: list[_Accept],
-                             first: dict[str, str]) -> list[_Accept]:
-        """Drop the jobs whose fingerprint an earlier event (stored, or earlier in this batch)
-        has: each becomes a duplicate of that event (`first` maps its key there)."""
-        prints = [job.event.fingerprint for job in jobs if job.event.fingerprint]
-        if not prints:
-            return jobs
-        seen: dict[str, str] = {}
-        for start in range(0, len(prints), _MAX_PARAMS):
-            chunk = prints[start:start + _MAX_PARAMS]
-            seen.update(conn.execute(
-                f"SELECT key, event_id FROM event_items WHERE key IN"
-                f" ({','.join('?' * len(chunk))})", chunk).fetchall())
-        kept: list[_Accept] = []
-        for job in jobs:
-            event = job.event
-            if event.fingerprint is None:
-                kept.append(job)
-                continue
-            owner = seen.setdefault(event.fingerprint, event.id)
-            if owner == event.id:
-                kept.append(job)
-            elif conn.execute("SELECT 1 FROM events WHERE idempotency_key = ?",
-                              (event.idempotency_key,)).fetchone() is None:
-                first[event.idempotency_key] = owner  # a replay under a new unsigned id
-            else:
-                kept.append(job)  # its own key is stored: the key lookup names that event
-        return kept
+    def _lookup(conn: sqlite3.Connection, column: str, values: list[str]
+                ) -> list[tuple[str, str]]:
+        """(value, event id) of the events whose `column` is one of `values`."""
+        out: list[tuple[str, str]] = []
+        for start in range(0, len(values), _MAX_PARAMS):
+            chunk = values[start:start + _MAX_PARAMS]
+            out += conn.execute(f"SELECT {column}, id FROM events WHERE {column} IN"
+                                f" ({','.join('?' * len(chunk))})", chunk).fetchall()
+        return out
 
     # events
 
@@ -481,7 +466,7 @@ class SQLiteStore:
                 if row is not None:
                     return Accepted(row[0], duplicate=True)
                 if event.fingerprint and (row := conn.execute(
-                        "SELECT event_id FROM event_items WHERE key = ?",
+                        "SELECT id FROM events WHERE fingerprint = ?",
                         (event.fingerprint,)).fetchone()):
                     return Accepted(row[0], duplicate=True)
                 if event.nonce and conn.execute("SELECT 1 FROM nonces WHERE key = ?",
@@ -498,22 +483,20 @@ class SQLiteStore:
             state = EventState.QUEUED if rendered else EventState.UNROUTED
             cur = conn.execute(
                 "INSERT INTO events (id, source, provider, event_type, idempotency_key,"
-                " received_at, headers, body, state, callback_url)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(idempotency_key) DO NOTHING",
+                " received_at, headers, body, state, callback_url, fingerprint)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (event.id, event.source, event.provider, event.event_type,
                  event.idempotency_key, event.received_at, headers, event.body, state,
-                 event.callback_url),
+                 event.callback_url, event.fingerprint),
             )
             if cur.rowcount == 0:
-                row = conn.execute("SELECT id FROM events WHERE idempotency_key = ?",
-                                   (event.idempotency_key,)).fetchone()
+                row = conn.execute("SELECT id FROM events WHERE idempotency_key = ? OR"
+                                   " fingerprint = ?", (event.idempotency_key,
+                                                        event.fingerprint)).fetchone()
                 return Accepted(row[0], duplicate=True)
             if event.items:
                 conn.executemany("INSERT OR IGNORE INTO event_items (key, event_id) VALUES (?,?)",
                                  [(key, event.id) for key in event.items])
-            if event.fingerprint:
-                conn.execute("INSERT INTO event_items (key, event_id) VALUES (?,?)"
-                             " ON CONFLICT(key) DO NOTHING", (event.fingerprint, event.id))
             if event.nonce:
                 conn.execute("INSERT INTO nonces (key, event_id) VALUES (?,?)",
                              (source_key + event.nonce, event.id))
