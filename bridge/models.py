@@ -92,7 +92,7 @@ class VerifiedEvent:
     callback_url: str | None = None
     items: tuple[str, ...] = ()  # per-item idempotency keys of a batch
     nonce: str | None = None  # a single-use value (Mailgun's token), refused if seen again
-    fingerprint: str | None = None  # the signed content's key, where the scheme signs no id
+    fingerprint: bytes | None = None  # the signed content's key, where the scheme signs no id
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,7 +174,7 @@ MIGRATIONS: list[str] = [
     # content's key of events whose scheme signs no id, unique like the idempotency key
     """
     ALTER TABLE deliveries ADD COLUMN reached_at REAL;
-    ALTER TABLE events ADD COLUMN fingerprint TEXT;
+    ALTER TABLE events ADD COLUMN fingerprint BLOB;
     CREATE UNIQUE INDEX events_fingerprint ON events(fingerprint) WHERE fingerprint IS NOT NULL;
     """,
 ]
@@ -407,7 +407,7 @@ class SQLiteStore:
         if conn.total_changes - before < len(fresh):  # some were stored before: find by what
             stored = dict(self._lookup(conn, "idempotency_key", list(first)))
             first.update(stored)
-            replays: dict[str, list[str]] = {}  # fingerprint -> keys skipped for it
+            replays: dict[bytes, list[str]] = {}  # fingerprint -> keys skipped for it
             for job in fresh:
                 event = job.event
                 if event.idempotency_key not in stored and event.fingerprint:
@@ -432,10 +432,10 @@ class SQLiteStore:
         return out
 
     @staticmethod
-    def _lookup(conn: sqlite3.Connection, column: str, values: list[str]
-                ) -> list[tuple[str, str]]:
+    def _lookup(conn: sqlite3.Connection, column: str, values: list[Any]
+                ) -> list[tuple[Any, str]]:
         """(value, event id) of the events whose `column` is one of `values`."""
-        out: list[tuple[str, str]] = []
+        out: list[tuple[Any, str]] = []
         for start in range(0, len(values), _MAX_PARAMS):
             chunk = values[start:start + _MAX_PARAMS]
             out += conn.execute(f"SELECT {column}, id FROM events WHERE {column} IN"
@@ -518,6 +518,7 @@ class SQLiteStore:
         event = await self._one("SELECT * FROM events WHERE id = ?", (event_id,))
         if event is None:
             return None
+        event.pop("fingerprint", None)  # a binary digest: for dedupe, not for people
         event["headers"] = json.loads(event["headers"])
         deliveries = await self._all(
             "SELECT id, route, trigger, idempotency_key, status, attempts, failures,"
