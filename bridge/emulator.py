@@ -94,7 +94,7 @@ class Execution:
             "id": self.id, "workflow": self.trigger, "status": status, "output": output,
             "error": "workflow failed on purpose" if status == "failed" else None,
             "node_results": {"echo": {"status": status}} if done else {},
-            "started_at": _iso(self.created_at), "completed_at": _iso(ended) if ended else None,
+            "started_at": iso(self.created_at), "completed_at": iso(ended),
         }
 
 
@@ -357,9 +357,6 @@ class DroppedResponse(Response):
                     "headers": [(b"content-length", b"64"), (b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"{", "more_body": True})
 
-
-def _iso(ts: float) -> str:
-    return iso(ts) or ""
 
 
 class EmulatorServer:

@@ -30,7 +30,7 @@ from bridge import __version__
 from bridge.config import Config
 from bridge.errors import CallbackNotAllowed
 from bridge.guard import Blocked as GuardBlocked
-from bridge.guard import GuardedResolver, check_host, is_ip_literal, is_public, url_port
+from bridge.guard import GuardedResolver, check_host, is_ip_literal, url_port
 from bridge.http import (
     CALLBACK_MAX_BODY,
     Blocked,
@@ -138,10 +138,7 @@ class Relay(ClaimLoop[ClaimedCallback]):
         resolves for us."""
         host = (urlsplit(url).hostname or "").strip("[]")
         try:
-            if is_ip_literal(host):
-                if not is_public(host):
-                    raise GuardBlocked(f"{host} is not a public address")
-            elif self.client(True).proxy_for(url) is not None:
+            if is_ip_literal(host) or self.client(True).proxy_for(url) is not None:
                 await check_host(self.guarded_resolver(), host, url_port(url))
         except GuardBlocked as exc:
             raise Blocked(str(exc), url) from None
