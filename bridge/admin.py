@@ -235,7 +235,8 @@ class Admin:
         unsafe_before = None if force else now - resend_deadline(0.0, lifetime)
         redriven = await self.store.redrive(ids, now, unsafe_before)
         answer: dict[str, Any] = {"redriven": redriven}
-        held = 0 if force else await self.store.count_unsafe(ids, unsafe_before or 0.0)
+        held = 0 if force or redriven == len(ids) else await self.store.count_unsafe(
+            ids, unsafe_before or 0.0)
         if held:
             answer["held"] = held
             answer["warning"] = (f"{held} delivery(ies) may already have run on the platform, "
