@@ -18,6 +18,7 @@ Enabled only when `[admin] tokens` lists at least one token; otherwise every /ad
     POST /admin/routes/{name}/pause    {"reason"?}
     POST /admin/routes/{name}/resume
     GET  /admin/sources                counts and the last verification failure (reason only)
+    GET  /admin/channels               agents of each channel, and the lag of what waits for them
     POST /admin/prune                  {"limit"?}: forget events older than the dedupe window
     GET  /admin/openapi.json           the contract of all of the above (`bridge/openapi.py`)
 """
@@ -39,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import outbox
+from bridge.edge import Edge
 from bridge.errors import BadRequest, BridgeError, NotFound
 from bridge.inbound import read_body, request_headers
 from bridge.metrics import CONTENT_TYPE, Metrics
@@ -68,9 +70,10 @@ class Unauthorized(BridgeError):
 
 class Admin:
     def __init__(self, runtime: Any, store: SQLiteStore, metrics: Metrics,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, edge: Edge | None = None) -> None:
         self.runtime = runtime  # has .config (swapped on reload) and .failures
         self.store = store
+        self.edge = edge
         self.metrics = metrics
         self.clock = clock
 
@@ -110,6 +113,7 @@ class Admin:
             ("/admin/routes/{name}/pause", self.pause_route, "POST"),
             ("/admin/routes/{name}/resume", self.resume_route, "POST"),
             ("/admin/sources", self.list_sources, "GET"),
+            ("/admin/channels", self.list_channels, "GET"),
             ("/admin/prune", self.prune, "POST"),
             ("/admin/openapi.json", self.openapi, "GET"),
         ]
@@ -310,6 +314,10 @@ class Admin:
              "last_failure": failures.get(s.name)}
             for s in self.config.sources]})
 
+    async def list_channels(self, request: Request) -> Response:
+        channels = await self.edge.overview(self.clock()) if self.edge is not None else []
+        return JSONResponse({"channels": channels})
+
     async def prune(self, request: Request) -> Response:
         body = check_body("prune", await _json(request, optional=True))
         limit = int(body.get("limit", 1000))
@@ -333,6 +341,13 @@ class Admin:
         for route in self.config.routes:
             paused = states.get(route.name, {}).get("state") == RouteState.PAUSED
             self.metrics.paused.labels(route.name).set(1 if paused else 0)
+        if self.edge is not None and self.config.channels:
+            for channel in await self.edge.overview(self.clock()):
+                name = channel["name"]
+                self.metrics.channel_lag.labels(name).set(channel["lag"]["events"])
+                self.metrics.channel_lag_seconds.labels(name).set(channel["lag"]["seconds"])
+                self.metrics.channel_agents.labels(name).set(
+                    sum(1 for agent in channel["agents"] if agent["connected"]))
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
 

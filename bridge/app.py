@@ -28,6 +28,7 @@ from bridge import logs, status
 from bridge.admin import Admin
 from bridge.config import Config, load
 from bridge.errors import BridgeError, ConfigError, StoreUnavailable, error_body
+from bridge.edge import Edge
 from bridge.forwarder import Forwarder
 from bridge.inbound import Disconnected, Hooks, Inbound, Runtime
 from bridge.metrics import Metrics
@@ -99,7 +100,8 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
                           metrics=metrics)
     tracker = Tracker(config, store, clock=clock, metrics=metrics)
     relay = Relay(config, store, clock=clock, rng=rng, metrics=metrics)
-    admin = Admin(runtime, store, metrics, clock)
+    edge = Edge(runtime, store, clock, tracker.callback_urls)
+    admin = Admin(runtime, store, metrics, clock, edge)
     push = PushReceiver(config, tracker)
 
     @contextlib.asynccontextmanager
@@ -121,11 +123,11 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
             _on_sighup(lambda: reload(runtime, tracker, config_path))
         tasks = [asyncio.create_task(_prune_loop(store, config, clock), name="prune")]
         loops = [forwarder, tracker, relay]
-        if config.routes and config.forwarder.enabled:
+        if any(route.channel is None for route in config.routes) and config.forwarder.enabled:
             tasks.append(asyncio.create_task(forwarder.run(), name="forwarder"))
         if tracking:
             tasks.append(asyncio.create_task(tracker.run(), name="tracker"))
-        elif config.routes:
+        elif any(route.channel is None for route in config.routes):
             log.warning("executions are not followed: set [platform] api_key to track them")
         tasks.append(asyncio.create_task(relay.run(), name="relay"))
         log.info("bridge started", extra={"config": config.origin, "store": config.store.path,
@@ -148,6 +150,8 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
         Route("/hooks/{source}", not_ready, methods=["POST"]),
         Route("/events/{token}", status.show, methods=["GET"]),
         Route("/platform/events", push.handle, methods=["POST"]),
+        Route("/agent/v1/channels/{name}/pull", edge.pull, methods=["POST"]),
+        Route("/agent/v1/channels/{name}/report", edge.report, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *admin.routes(),
@@ -197,9 +201,13 @@ def from_environment() -> Hooks:
     return create_app(config, config_path=path)
 
 
-async def _prune_loop(store: Store, config: Config, clock: Callable[[], float]) -> None:
+async def _prune_loop(store: SQLiteStore, config: Config, clock: Callable[[], float]) -> None:
     while True:
         try:
+            expired = await store.expire_channels(clock() - config.store.dedupe_window, clock())
+            if expired:
+                log.warning("channel deliveries no agent took are dead letters",
+                            extra={"count": expired})
             removed = 1
             while removed:
                 removed = await store.prune(clock() - config.store.dedupe_window)

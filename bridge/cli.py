@@ -1,4 +1,4 @@
-"""Command line: `bridge serve | check-config | emulator`, `bridge --version`.
+"""Command line: `bridge serve | agent | check-config | emulator`, `bridge --version`.
 
 Exit codes: 0 success, 1 runtime failure (e.g. the port is taken, said in one line, or the
 store cannot open), 2 usage or configuration error (nothing has been bound). uvicorn's own 3
@@ -41,6 +41,12 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--print", action="store_true",
                        help="also print the effective config, secrets masked")
 
+    agent = commands.add_parser("agent", help="run an outbound-only agent: pull a channel's "
+                                              "events from an edge and deliver them here")
+    agent.add_argument("--config", help="TOML config with an [edge] table "
+                                        "(default: $BRIDGE_CONFIG)")
+    agent.add_argument("--log-format", choices=("json", "text"), help="overrides the config")
+
     emulator = commands.add_parser("emulator", help="run the platform emulator")
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8090)
@@ -73,7 +79,7 @@ def run(argv: Sequence[str] | None) -> int:
         from bridge.demo import run as run_demo
 
         return run_demo()
-    if args.command not in ("serve", "check-config"):
+    if args.command not in ("serve", "check-config", "agent"):
         return ops.run(args, tryout.HANDLERS)
     from bridge.config import load
     from bridge.errors import ConfigError
@@ -83,6 +89,8 @@ def run(argv: Sequence[str] | None) -> int:
         config = load(path)
         if args.command == "check-config":
             return check_config(config, args.print)
+        if args.command == "agent":
+            return run_agent(config, args.log_format)
         return serve(config, args.log_format)
     except ConfigError as exc:
         print(f"bridge: invalid configuration ({path or 'built-in defaults'}):", file=sys.stderr)
@@ -158,6 +166,36 @@ def serve(config: object, log_format: str | None) -> int:
     finally:
         if emulator is not None:
             emulator.stop()
+    return EXIT_OK if server.started else EXIT_FAILURE
+
+
+def run_agent(config: object, log_format: str | None) -> int:
+    import uvicorn
+
+    from bridge import logs
+    from bridge.agent import create_agent
+    from bridge.config import Config
+
+    assert isinstance(config, Config)
+    if config.edge is None:
+        print("bridge: an agent's config needs an [edge] table (url, channel, token, "
+              "signing_secret)", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(log_format or config.server.log_format, config.secrets())
+    taken = taken_port(config)
+    if taken:
+        print(f"bridge: {taken}", file=sys.stderr)
+        return EXIT_FAILURE
+    server = uvicorn.Server(uvicorn.Config(
+        create_agent(config), host=config.server.host, port=config.server.port,
+        log_config=None, access_log=False, lifespan="on", server_header=False,
+        proxy_headers=False, timeout_graceful_shutdown=int(config.server.shutdown_timeout)))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    try:
+        server.run()
+    except SystemExit:
+        return EXIT_FAILURE
     return EXIT_OK if server.started else EXIT_FAILURE
 
 

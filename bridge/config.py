@@ -45,12 +45,14 @@ ENVELOPES = ("envelope", "raw")
 SOURCE_KEYS = ("name", "provider", "secret", "secrets", "tolerance", "max_body_bytes", "insecure",
                "allow_callback_urls", "gzip", "body_dedupe")
 TOP_KEYS = ("server", "store", "platform", "forwarder", "callbacks", "tracking", "admin",
-            "emulator", "sources", "routes")
+            "emulator", "sources", "routes", "channels", "edge")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 class Secret:
@@ -160,6 +162,7 @@ class CallbacksConfig:
     lease: float = 60.0
     poll_interval: float = 0.5
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    urls: tuple[str, ...] = ()  # told of every finished execution, beside the route's own
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,33 @@ class RouteConfig:
     events: tuple[str, ...] = ("*",)
     callbacks: tuple[str, ...] = ()
     envelope: str = "envelope"
+    channel: str | None = None  # delivered by that channel's agents, not this bridge's platform
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """An edge's outbound-only path to a private network: agents holding one of `tokens` pull
+    its events; every batch is signed with `signing_secret` (Standard Webhooks)."""
+
+    name: str
+    tokens: tuple[Secret, ...] = ()
+    signing_secret: Secret | None = None
+    lease: float = 30.0  # a batch not acknowledged by then goes to any agent again
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """An agent's side of a channel: where the edge is, and how to prove who it is."""
+
+    url: str
+    channel: str
+    token: Secret
+    signing_secret: Secret
+    ca_file: str | None = None  # a private CA for the edge's certificate
+    batch_size: int = 500  # events per pull at most
+    wait: float = 20.0  # how long one pull waits for events (long poll)
+    tolerance: float = 300.0  # a batch signed longer ago (or ahead) than this is refused
 
 
 @dataclass(frozen=True)
@@ -214,6 +244,8 @@ class Config:
     sources: tuple[SourceConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     origin: str = "built-in defaults"
+    channels: tuple[ChannelConfig, ...] = ()
+    edge: EdgeConfig | None = None  # set: this config runs an agent (`bridge agent`)
 
     @property
     def public_url(self) -> str:
@@ -451,9 +483,11 @@ def parse(raw: dict[str, Any], environ: Mapping[str, str], origin: str = "") -> 
     emulator = _emulator(_Section(top.data.pop("emulator", None), "emulator", problems))
     sources = _tables(top.data.pop("sources", []), "sources", problems, _source)
     routes = _tables(top.data.pop("routes", []), "routes", problems, _route)
+    channels = _tables(top.data.pop("channels", []), "channels", problems, _channel)
+    edge = _edge(_Section(top.data.pop("edge"), "edge", problems)) if "edge" in top.data else None
     top.finish(TOP_KEYS)
     config = Config(server, store, platform, forwarder, callbacks, tracking, admin, emulator,
-                    tuple(sources), tuple(routes), origin)
+                    tuple(sources), tuple(routes), origin, tuple(channels), edge)
     _cross_check(config, problems)
     if problems:
         raise ConfigError(_one_per_key(problems))
@@ -575,9 +609,67 @@ def _callbacks(s: _Section) -> CallbacksConfig:
         lease=s.duration("lease", 60.0),
         poll_interval=s.duration("poll_interval", 0.5),
         retry=retry,
+        urls=s.strings("urls"),
     )
+    for i, url in enumerate(cfg.urls):
+        if not is_http_url(url):
+            s.problems.append(f"{s.where('urls')}[{i}]: expected an http(s) URL")
     s.finish()
     return cfg
+
+
+def _channel(s: _Section, index: int) -> ChannelConfig:
+    cfg = ChannelConfig(
+        name=s.string("name", "", required=True),
+        tokens=tuple(Secret(t) for t in s.strings("tokens") if t),
+        signing_secret=s.secret("signing_secret", required=True),
+        lease=s.duration("lease", 30.0),
+        index=index,
+    )
+    if cfg.name and not _CHANNEL_NAME.match(cfg.name):
+        s.fail("name", "use lower-case letters, digits, '_' or '-' (at most 64)")
+    if any(len(t.reveal()) < 16 for t in cfg.tokens):
+        s.fail("tokens", "each agent token must be at least 16 characters")
+    _check_whsec(s, "signing_secret", cfg.signing_secret)
+    s.finish()
+    return cfg
+
+
+def _edge(s: _Section) -> EdgeConfig:
+    cfg = EdgeConfig(
+        url=s.url("url").rstrip("/"),
+        channel=s.string("channel", "", required=True),
+        token=s.secret("token", required=True) or Secret(""),
+        signing_secret=s.secret("signing_secret", required=True) or Secret(""),
+        ca_file=s.string("ca_file"),
+        batch_size=s.integer("batch_size", 500, minimum=1),
+        wait=s.duration("wait", 20.0),
+        tolerance=s.duration("tolerance", 300.0),
+    )
+    if not cfg.url:
+        s.fail("url", "required")
+    if cfg.batch_size > 5000:
+        s.fail("batch_size", "must be <= 5000")
+    if not 0 <= cfg.wait <= 60:
+        s.fail("wait", "must be between 0s and 60s")
+    _check_whsec(s, "signing_secret", cfg.signing_secret)
+    s.finish()
+    return cfg
+
+
+def _check_whsec(s: _Section, key: str, secret: Secret | None) -> None:
+    import base64
+    import binascii
+
+    if not secret or not secret.reveal():
+        return
+    raw = secret.reveal().removeprefix("whsec_")
+    try:
+        ok = bool(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
+    except (binascii.Error, ValueError):
+        ok = False
+    if not ok:
+        s.fail(key, "expected 'whsec_' followed by base64")
 
 
 def _admin(s: _Section) -> AdminConfig:
@@ -661,6 +753,7 @@ def _route(s: _Section, index: int) -> RouteConfig:
         events=s.strings("events", ("*",)) or ("*",),
         callbacks=s.strings("callbacks"),
         envelope=s.string("envelope", "envelope"),
+        channel=s.string("channel"),
     )
     if cfg.envelope not in ENVELOPES:
         s.fail("envelope", "expected 'envelope' or 'raw'")
@@ -680,18 +773,35 @@ def _cross_check(config: Config, problems: list[str]) -> None:
             problems.append(f"sources[{source.index}].name: duplicate source {source.name!r}")
         seen[source.name] = source.index
     names: set[str] = set()
+    channels = {channel.name for channel in config.channels}
+    if len(channels) < len(config.channels):
+        problems.append("channels: each channel needs its own name")
     for i, route in enumerate(config.routes):
         if route.source and route.source not in seen:
             problems.append(f"routes[{i}].source: no source named {route.source!r}")
+        if route.channel is not None and route.channel not in channels:
+            problems.append(f"routes[{i}].channel: no channel named {route.channel!r}"
+                            + did_you_mean(route.channel, tuple(channels)))
         if route.name in names:
             problems.append(f"routes[{i}].name: duplicate route {route.name!r}")
         names.add(route.name)
     wants_callbacks = any(r.callbacks for r in config.routes) or any(
-        s.allow_callback_urls for s in config.sources)
+        s.allow_callback_urls for s in config.sources) or bool(config.callbacks.urls)
     if wants_callbacks and not config.callbacks.signing_secret:
         problems.append("callbacks.signing_secret: required when routes have callbacks or "
                         "sources allow callback URLs")
-    if config.routes and config.forwarder.enabled:
+    direct = [route for route in config.routes if route.channel is None]
+    if config.edge is not None:
+        if config.sources or config.routes or config.channels:
+            problems.append("edge: an agent's config has no sources, routes or channels "
+                            "(its edge has them)")
+        if config.server.host not in LOOPBACK:
+            problems.append("server.host: an agent listens on loopback only (127.0.0.1 or ::1)")
+        if not config.platform.base_url:
+            problems.append("platform.base_url: required: the on-premises platform")
+        if not config.platform.trigger_key:
+            problems.append("platform.trigger_key: required: the on-premises platform's key")
+    if direct and config.forwarder.enabled:
         if not config.platform.base_url and not config.emulator.enabled:
             problems.append("platform.base_url: required when routes are configured")
         if not config.platform.trigger_key:

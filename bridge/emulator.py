@@ -312,8 +312,12 @@ class Emulator:
             return JSONResponse(list(self.calls))
 
     async def control_executions(self, request: Request) -> Response:
+        """Every execution, with the idempotency key its input carries (an envelope's), so a
+        test can count executions per event whatever key the trigger call used."""
         now = time.time()
-        return JSONResponse([e.view(now) for e in self.executions_for()])
+        return JSONResponse([{**e.view(now), "input_key": e.input.get("idempotency_key")
+                              if isinstance(e.input, dict) else None}
+                             for e in self.executions_for()])
 
     async def control_finish(self, request: Request) -> Response:
         """End every unfinished execution at `at` (a Unix time)."""

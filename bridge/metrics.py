@@ -50,6 +50,26 @@ class Metrics:
                              registry=registry)
         self.callbacks = Counter("bridge_callback_attempts", "Callback attempts by outcome",
                                  ["outcome"], registry=registry)
+        # An edge's channels, refreshed from the store on scrape.
+        self.channel_lag = Gauge("bridge_channel_lag_events", "Deliveries waiting for an agent",
+                                 ["channel"], registry=registry)
+        self.channel_lag_seconds = Gauge("bridge_channel_lag_seconds",
+                                         "Age of the oldest delivery waiting for an agent",
+                                         ["channel"], registry=registry)
+        self.channel_agents = Gauge("bridge_channel_agents_connected",
+                                    "Agents that pulled in the last 10 seconds", ["channel"],
+                                    registry=registry)
+        # An agent's link to its edge.
+        self.agent_connected = Gauge("bridge_agent_connected",
+                                     "1 while the last pull from the edge succeeded",
+                                     registry=registry)
+        self.agent_events = Counter("bridge_agent_events_received",
+                                    "Events received from the edge and committed locally",
+                                    ["outcome"], registry=registry)
+        self.agent_batches = Counter("bridge_agent_batches", "Batches pulled, by outcome",
+                                     ["outcome"], registry=registry)
+        self.agent_reports = Counter("bridge_agent_reports_sent",
+                                     "Outcomes reported to the edge", registry=registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -18,7 +18,8 @@ class EventState(StrEnum):
 
 class DeliveryStatus(StrEnum):
     PENDING = "pending"  # waiting for its next attempt (or for its paused route)
-    LEASED = "leased"  # claimed by a worker until lease_until; expires if the worker dies
+    LEASED = "leased"  # claimed by a worker (or a channel's agent) until lease_until
+    HANDED_OFF = "handed_off"  # a channel's agent holds it in its store; its outcome comes back
     DELIVERED = "delivered"  # the platform accepted it (2xx)
     DEAD = "dead"  # permanent failure or retries exhausted; kept for redrive
     DISCARDED = "discarded"  # an operator gave up on a dead delivery
@@ -104,6 +105,11 @@ class NewDelivery:
     idempotency_key: str
     body: bytes
     content_type: str
+    channel: str | None = None  # carried by that channel's agents instead of the forwarder
+
+
+# Deliveries still on their way: waiting, being sent, or held by an agent.
+IN_FLIGHT = ("pending", "leased", "handed_off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,3 +219,43 @@ class ClaimedCallback:
     attempts: int
     failures: int
     created_at: float
+
+
+# Channels: what an edge hands an agent, and what the agent reports back.
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelItem:
+    """One delivery leased to an agent, with what the agent stores of its event."""
+
+    delivery_id: str
+    event_id: str
+    route: str
+    trigger: str
+    idempotency_key: str  # the platform's key: the same on-prem as at the edge
+    body: bytes
+    content_type: str
+    generation: float  # the delivery's created_at; a redrive starts a new one
+    source: str
+    provider: str
+    event_type: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAttempt:
+    delivery_id: str
+    generation: float
+    state: str  # delivered | waiting | dead
+    attempt: Attempt
+    execution_id: str | None = None
+    tracked: bool = False  # the agent follows the execution and will report its end
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCompletion:
+    execution_id: str
+    result: ExecutionResult
+
+
+AgentReport = AgentAttempt | AgentCompletion

@@ -225,6 +225,10 @@ DOCUMENT: dict[str, Any] = {
             body="pause", body_required=False)},
         "/admin/routes/{name}/resume": {"parameters": [_path("name")], "post": _op(
             "Resume a route", {"type": "object", "required": ["name", "state"]}, 404)},
+        "/admin/channels": {"get": _op("Channels: their agents (connected, last seen, cursor) "
+                                       "and the lag of what waits for them", {
+            "type": "object", "required": ["channels"],
+            "properties": {"channels": {"type": "array", "items": OBJECT}}})},
         "/admin/sources": {"get": _op("Sources with counts and last verification failure", {
             "type": "object", "required": ["sources"],
             "properties": {"sources": {"type": "array", "items": OBJECT}}})},

@@ -92,6 +92,12 @@ def add_commands(commands: Any) -> None:
     client_options(rt.add_parser("resume", help="send on a route again")).add_argument(
         "name", help="the route's trigger (or name)")
 
+    channels = commands.add_parser("channels", help="agents behind firewalls, and their lag",
+                                   description="Channels: list.")
+    ch = channels.add_subparsers(dest="action", required=True, metavar="ACTION")
+    client_options(ch.add_parser("list", help="each channel's agents (connected, last seen, "
+                                              "cursor) and what waits for them"))
+
     client_options(commands.add_parser("prune", help="forget events past the dedupe window"))
 
     from bridge.signers import SIGNERS
@@ -311,6 +317,22 @@ def routes_list(args: argparse.Namespace) -> int:
     return output(args, data, data["routes"], ("name", "trigger", "state", "pending", "reason"))
 
 
+def channels_list(args: argparse.Namespace) -> int:
+    data = call(args, "GET", "/admin/channels")
+    rows = []
+    for channel in data["channels"]:
+        agents = channel["agents"] or [{}]
+        for agent in agents:
+            rows.append({
+                "channel": channel["name"], "lag_events": channel["lag"]["events"],
+                "lag_seconds": channel["lag"]["seconds"], "agent": agent.get("agent", "-"),
+                "connected": {True: "yes", False: "no"}.get(agent.get("connected"), "-"),
+                "last_seen": iso(agent.get("last_seen")) or "-",
+                "cursor": agent.get("cursor") or "-"})
+    return output(args, data, rows, ("channel", "lag_events", "lag_seconds", "agent",
+                                     "connected", "last_seen", "cursor"))
+
+
 def routes_pause(args: argparse.Namespace) -> int:
     body = {"reason": args.reason} if args.reason else {}
     data = call(args, "POST", f"/admin/routes/{args.name}/pause", json=body)
@@ -423,6 +445,6 @@ HANDLERS = {
     ("dead-letters", "discard"): dead_discard,
     ("deliveries", "retry"): deliveries_retry,
     ("routes", "list"): routes_list, ("routes", "pause"): routes_pause,
-    ("routes", "resume"): routes_resume,
+    ("routes", "resume"): routes_resume, ("channels", "list"): channels_list,
     ("prune", None): prune, ("sign", None): sign, ("send", None): send,
 }

@@ -39,8 +39,10 @@ def render(event: VerifiedEvent, route: RouteConfig, max_key_length: int,
     key = delivery_key(event.idempotency_key, route.trigger, max_key_length)
     if route.envelope == "raw":
         content_type = event.headers.get("content-type", "application/octet-stream")
-        return NewDelivery(route.name, route.trigger, key, event.body, content_type)
-    return NewDelivery(route.name, route.trigger, key, envelope(event, seen_items), JSON)
+        return NewDelivery(route.name, route.trigger, key, event.body, content_type,
+                           route.channel)
+    return NewDelivery(route.name, route.trigger, key, envelope(event, seen_items), JSON,
+                       route.channel)
 
 
 def envelope(event: VerifiedEvent, seen_items: frozenset[str] = frozenset()) -> bytes:

@@ -32,10 +32,14 @@ from bridge import codec
 from bridge.completion import callback_body
 from bridge.errors import BridgeError, InternalError, ReplayedToken, StoreUnavailable
 from bridge.models import (
+    IN_FLIGHT,
     Accepted,
+    AgentCompletion,
+    AgentReport,
     Attempt,
     CallbackStatus,
     ClaimedCallback,
+    ChannelItem,
     ClaimedDelivery,
     Dead,
     Delivered,
@@ -177,6 +181,28 @@ MIGRATIONS: list[str] = [
     ALTER TABLE events ADD COLUMN fingerprint BLOB;
     CREATE UNIQUE INDEX events_fingerprint ON events(fingerprint) WHERE fingerprint IS NOT NULL;
     """,
+    # 5: channels (an edge's deliveries carried by outbound-only agents), the agents seen on
+    # them, executions an agent follows, and an agent's journal of outcomes for its edge
+    """
+    ALTER TABLE deliveries ADD COLUMN channel TEXT;
+    CREATE INDEX deliveries_channel ON deliveries(channel, status, id) WHERE channel IS NOT NULL;
+    ALTER TABLE executions ADD COLUMN channel TEXT;
+    CREATE TABLE agents (
+        channel TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        address TEXT,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        cursor TEXT,
+        acked INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (channel, agent)
+    );
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -231,6 +257,9 @@ class SQLiteStore:
         self._new_work = False  # set by jobs, on the writer's thread; reset per batch
         self._change_waiters: list[asyncio.Future[None]] = []  # woken by every commit
         self.on_commit: Callable[[int, float], None] | None = None  # (batch size, seconds)
+        # An agent's store journals every outcome (attempts, finished executions) in the same
+        # transaction that records it, for its edge (see `bridge.agent`).
+        self.journaling = False
 
     # lifecycle
 
@@ -417,13 +446,13 @@ class SQLiteStore:
                     first[key] = event_id
         deliveries = [
             (new_id(), e.id, d.route, d.trigger, d.idempotency_key, d.body, d.content_type,
-             DeliveryStatus.PENDING, e.received_at, e.received_at, e.received_at)
+             DeliveryStatus.PENDING, e.received_at, e.received_at, e.received_at, d.channel)
             for job in fresh for e in (job.event,) if first[e.idempotency_key] == e.id
             for d in job.deliveries]
         if deliveries:
             _insert_rows(conn, "deliveries (id, event_id, route, trigger, idempotency_key, body,"
-                         " content_type, status, next_attempt_at, created_at, updated_at)",
-                         deliveries)
+                         " content_type, status, next_attempt_at, created_at, updated_at,"
+                         " channel)", deliveries)
             self._new_work = True
         out: list[tuple[bool, Accepted]] = []
         for job in jobs:
@@ -503,11 +532,11 @@ class SQLiteStore:
             if rendered:
                 conn.executemany(
                     "INSERT INTO deliveries (id, event_id, route, trigger, idempotency_key, body,"
-                    " content_type, status, next_attempt_at, created_at, updated_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " content_type, status, next_attempt_at, created_at, updated_at, channel)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     [(new_id(), event.id, d.route, d.trigger, d.idempotency_key, d.body,
                       d.content_type, DeliveryStatus.PENDING, event.received_at,
-                      event.received_at, event.received_at) for d in rendered],
+                      event.received_at, event.received_at, d.channel) for d in rendered],
                 )
                 self._new_work = True
             return Accepted(event.id, duplicate=False)
@@ -554,7 +583,7 @@ class SQLiteStore:
         not the event)."""
         row = await self._one(
             "SELECT EXISTS(SELECT 1 FROM deliveries WHERE event_id = ?"
-            "  AND status IN ('pending', 'leased'))"
+            "  AND status IN ('pending', 'leased', 'handed_off'))"
             " OR EXISTS(SELECT 1 FROM executions WHERE event_id = ?"
             "  AND status IN ('pending', 'running')) AS busy", (event_id, event_id))
         return row is not None and not row["busy"]
@@ -578,12 +607,14 @@ class SQLiteStore:
             # whole backlog per claim.
             due = [r[0] for r in conn.execute(
                 f"SELECT id FROM deliveries WHERE status = ? AND next_attempt_at <= ?"
-                f" AND route NOT IN ({skip}) ORDER BY next_attempt_at LIMIT ?",
+                f" AND route NOT IN ({skip}) AND channel IS NULL ORDER BY next_attempt_at"
+                f" LIMIT ?",
                 (DeliveryStatus.PENDING, now, *paused, limit))]
             if len(due) < limit:
                 due += [r[0] for r in conn.execute(
                     f"SELECT id FROM deliveries WHERE status = ? AND lease_until <= ?"
-                    f" AND route NOT IN ({skip}) ORDER BY lease_until LIMIT ?",
+                    f" AND route NOT IN ({skip}) AND channel IS NULL ORDER BY lease_until"
+                    f" LIMIT ?",
                     (DeliveryStatus.LEASED, now, *paused, limit - len(due)))]
             marks = ",".join("?" * len(due))
             rows = conn.execute(
@@ -608,7 +639,7 @@ class SQLiteStore:
             return []
         rows = conn.execute(
             "UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
-            " WHERE id = (SELECT id FROM deliveries WHERE route = ? AND"
+            " WHERE id = (SELECT id FROM deliveries WHERE route = ? AND channel IS NULL AND"
             "  ((status = ? AND next_attempt_at <= ?) OR (status = ? AND lease_until <= ?))"
             "  ORDER BY next_attempt_at LIMIT 1) RETURNING *",
             (DeliveryStatus.LEASED, owner, now + lease, route, DeliveryStatus.PENDING, now,
@@ -635,7 +666,7 @@ class SQLiteStore:
                 conn.execute("UPDATE deliveries SET reached_at = ?" + where + 
                              " AND reached_at IS NULL", (reached_at, *key))
             if isinstance(outcome, Delivered):
-                conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                cur = conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
                              " execution_id = ?, last_error = NULL, lease_owner = NULL,"
                              " lease_until = NULL, updated_at = ?" + where,
                              (DeliveryStatus.DELIVERED, outcome.execution_id, now, *key))
@@ -649,13 +680,13 @@ class SQLiteStore:
                          delivery.trigger, ExecutionStatus.PENDING, now, now, track_until, now))
                     self._new_work = True
             elif isinstance(outcome, RetryLater) and next_at is not None:
-                conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                cur = conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
                              " failures = failures + ?, next_attempt_at = ?, last_error = ?,"
                              " lease_owner = NULL, lease_until = NULL, updated_at = ?" + where,
                              (DeliveryStatus.PENDING, int(outcome.counts_as_failure), next_at,
                               outcome.reason, now, *key))
             elif isinstance(outcome, Paused):
-                conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                cur = conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
                              " last_error = ?, lease_owner = NULL, lease_until = NULL,"
                              " updated_at = ?" + where,
                              (DeliveryStatus.PENDING, outcome.reason, now, *key))
@@ -663,11 +694,23 @@ class SQLiteStore:
                            now + probe_every)
             else:
                 reason = outcome.reason if isinstance(outcome, Dead | RetryLater) else "dead"
-                conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                             " last_error = ?, lease_owner = NULL, lease_until = NULL,"
-                             " updated_at = ?" + where,
-                             (DeliveryStatus.DEAD, reason, now, *key))
+                cur = conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                                   " last_error = ?, lease_owner = NULL, lease_until = NULL,"
+                                   " updated_at = ?" + where,
+                                   (DeliveryStatus.DEAD, reason, now, *key))
             _refresh_event(conn, delivery.event_id)
+            if self.journaling and cur.rowcount:  # the lease was still ours: tell the edge
+                state = ("delivered" if isinstance(outcome, Delivered) else
+                         "waiting" if isinstance(outcome, RetryLater | Paused) and
+                         (next_at is not None or isinstance(outcome, Paused)) else "dead")
+                self._journal(conn, delivery.event_id, now, {
+                    "kind": "attempt", "state": state,
+                    "execution_id": getattr(outcome, "execution_id", None),
+                    "tracked": bool(track_until and getattr(outcome, "execution_id", None)),
+                    "attempt": {"started_at": attempt.started_at,
+                                "latency_ms": attempt.latency_ms, "outcome": attempt.outcome,
+                                "status_code": attempt.status_code, "error": attempt.error,
+                                "response_excerpt": attempt.response_excerpt}})
 
         await self._write(job)
 
@@ -691,11 +734,13 @@ class SQLiteStore:
             "SELECT MIN(t) AS t FROM ("
             " SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'"
             "  AND route NOT IN (SELECT name FROM routes WHERE state = 'paused')"
+            "  AND channel IS NULL"
             " UNION ALL SELECT MIN(lease_until) FROM deliveries WHERE status = 'leased'"
             "  AND route NOT IN (SELECT name FROM routes WHERE state = 'paused')"
+            "  AND channel IS NULL"
             " UNION ALL SELECT MIN(r.next_probe_at) FROM routes r WHERE r.state = 'paused'"
             "  AND EXISTS (SELECT 1 FROM deliveries d WHERE d.route = r.name"
-            "   AND d.status IN ('pending', 'leased')))", ())
+            "   AND d.status IN ('pending', 'leased') AND d.channel IS NULL))", ())
         return None if row is None else row["t"]
 
     async def route_states(self) -> dict[str, dict[str, Any]]:
@@ -722,6 +767,7 @@ class SQLiteStore:
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM executions WHERE status IN ('pending', 'running')"
                 " AND next_check_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+                " AND channel IS NULL"
                 " ORDER BY next_check_at LIMIT ?", (now, now, limit))]
             if not ids:
                 return []
@@ -754,40 +800,51 @@ class SQLiteStore:
         finished (a push and a poll for the same execution produce one completion)."""
 
         def job(conn: sqlite3.Connection) -> bool:
-            changed = conn.execute(
-                "UPDATE executions SET status = ?, output = ?, node_results = ?, error = ?,"
-                " started_at = COALESCE(?, started_at), completed_at = ?, lease_owner = NULL,"
-                " lease_until = NULL, updated_at = ? WHERE id = ?"
-                " AND status IN ('pending', 'running') RETURNING event_id, route, trigger",
-                (result.status, _json(result.output), _json(result.node_results), result.error,
-                 result.started_at, result.completed_at, now, execution_id)).fetchone()
-            if changed is None:
-                return False
-            event_id, route, trigger = changed
-            cursor = conn.execute(
-                "SELECT id, source, provider, event_type, idempotency_key, received_at,"
-                " callback_url FROM events WHERE id = ?", (event_id,))
-            names = [d[0] for d in cursor.description]
-            event = dict(zip(names, cursor.fetchone(), strict=True))
-            targets = [(url, 0) for url in callback_urls(route)]
-            if event["callback_url"]:
-                targets.append((event["callback_url"], 1))
-            if targets:
-                body = callback_body(event, trigger, execution_id, result, now)
-                conn.executemany(
-                    "INSERT INTO callbacks (id, execution_id, event_id, url, sender_supplied,"
-                    " body, status, next_attempt_at, created_at, updated_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    [(new_id(), execution_id, event_id, url, supplied, body,
-                      CallbackStatus.PENDING, now, now, now) for url, supplied in targets])
-                self._new_work = True
-            return True
+            return self._complete(conn, execution_id, result, now, callback_urls)
 
         return await self._write(job)
 
+    def _complete(self, conn: sqlite3.Connection, execution_id: str, result: ExecutionResult,
+                  now: float, callback_urls: Callable[[str], Sequence[str]]) -> bool:
+        changed = conn.execute(
+            "UPDATE executions SET status = ?, output = ?, node_results = ?, error = ?,"
+            " started_at = COALESCE(?, started_at), completed_at = ?, lease_owner = NULL,"
+            " lease_until = NULL, updated_at = ? WHERE id = ?"
+            " AND status IN ('pending', 'running') RETURNING event_id, route, trigger",
+            (result.status, _json(result.output), _json(result.node_results), result.error,
+             result.started_at, result.completed_at, now, execution_id)).fetchone()
+        if changed is None:
+            return False
+        event_id, route, trigger = changed
+        cursor = conn.execute(
+            "SELECT id, source, provider, event_type, idempotency_key, received_at,"
+            " callback_url FROM events WHERE id = ?", (event_id,))
+        names = [d[0] for d in cursor.description]
+        event = dict(zip(names, cursor.fetchone(), strict=True))
+        targets = [(url, 0) for url in callback_urls(route)]
+        if event["callback_url"]:
+            targets.append((event["callback_url"], 1))
+        if targets:
+            body = callback_body(event, trigger, execution_id, result, now)
+            conn.executemany(
+                "INSERT INTO callbacks (id, execution_id, event_id, url, sender_supplied,"
+                " body, status, next_attempt_at, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(new_id(), execution_id, event_id, url, supplied, body,
+                  CallbackStatus.PENDING, now, now, now) for url, supplied in targets])
+            self._new_work = True
+        if self.journaling:
+            self._journal(conn, event_id, now, {
+                "kind": "execution", "execution_id": execution_id,
+                "result": {"status": result.status, "output": result.output,
+                           "node_results": result.node_results, "error": result.error,
+                           "started_at": result.started_at,
+                           "completed_at": result.completed_at}})
+        return True
+
     async def next_execution_due(self) -> float | None:
         row = await self._one("SELECT MIN(next_check_at) AS t FROM executions"
-                              " WHERE status IN ('pending', 'running')", ())
+                              " WHERE status IN ('pending', 'running') AND channel IS NULL", ())
         return None if row is None else row["t"]
 
     # callbacks
@@ -857,6 +914,213 @@ class SQLiteStore:
 
         await self._write(job)
 
+    # channels: an edge's deliveries carried by outbound-only agents (see `bridge.edge`)
+
+    async def pull_channel(self, channel: str, agent: str, address: str | None,
+                           acked: Sequence[str], now: float, lease: float, limit: int,
+                           max_bytes: int) -> list[ChannelItem]:
+        """For one agent's pull, in one transaction: note the agent as seen; mark what it
+        acknowledged (committed to its own store) as handed off; lease it the next batch, in
+        event order: first what is still leased to it (a restarted agent resumes where it
+        stopped), then the oldest waiting, then leases other agents let expire. At least one
+        delivery, and no more than `max_bytes` of bodies beyond the first."""
+        owner = f"agent:{channel}:{agent}"
+
+        def job(conn: sqlite3.Connection) -> list[ChannelItem]:
+            conn.execute(
+                "INSERT INTO agents (channel, agent, address, first_seen, last_seen)"
+                " VALUES (?,?,?,?,?) ON CONFLICT(channel, agent) DO UPDATE SET"
+                " last_seen = excluded.last_seen, address = excluded.address",
+                (channel, agent, address, now, now))
+            if acked:
+                done = 0
+                for start in range(0, len(acked), 500):
+                    chunk = list(acked[start:start + 500])
+                    done += conn.execute(
+                        "UPDATE deliveries SET status = ?, lease_owner = NULL,"
+                        " lease_until = NULL, attempts = attempts + 1, updated_at = ?"
+                        f" WHERE channel = ? AND status IN (?, ?) AND id IN"
+                        f" ({','.join('?' * len(chunk))})",
+                        (DeliveryStatus.HANDED_OFF, now, channel, DeliveryStatus.LEASED,
+                         DeliveryStatus.PENDING, *chunk)).rowcount
+                conn.execute("UPDATE agents SET cursor = ?, acked = acked + ?"
+                             " WHERE channel = ? AND agent = ?",
+                             (max(acked), done, channel, agent))
+            if limit <= 0:
+                return []
+            found: list[tuple[str, int]] = []
+            for sql, extra in (
+                    ("status = 'leased' AND lease_owner = ?", (owner,)),
+                    ("status = 'pending'", ()),
+                    ("status = 'leased' AND lease_until <= ?", (now,))):
+                if len(found) < limit:
+                    found += conn.execute(
+                        f"SELECT id, length(body) FROM deliveries WHERE channel = ? AND {sql}"
+                        " ORDER BY id LIMIT ?", (channel, *extra, limit - len(found))).fetchall()
+            ids: list[str] = []
+            size = 0
+            for delivery_id, length in found:
+                if delivery_id in ids:
+                    continue
+                if ids and size + length > max_bytes:
+                    break
+                ids.append(delivery_id)
+                size += length
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
+                f" WHERE id IN ({marks}) RETURNING id, event_id, route, trigger,"
+                f" idempotency_key, body, content_type, created_at",
+                (DeliveryStatus.LEASED, owner, now + lease, *ids)).fetchall()
+            events = {r[0]: r[1:] for r in conn.execute(
+                "SELECT id, source, provider, event_type, received_at FROM events WHERE id IN"
+                f" ({','.join('?' * len(rows))})", [r[1] for r in rows])}
+            items = [ChannelItem(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], r[7],
+                                 *events[r[1]]) for r in rows]
+            return sorted(items, key=lambda item: item.delivery_id)
+
+        return await self._write(job)
+
+    async def channel_report(self, channel: str, reports: Sequence[AgentReport], now: float,
+                             track_until: float,
+                             callback_urls: Callable[[str], Sequence[str]]) -> int:
+        """Apply what an agent reports, once: an attempt (its log line, and the delivery
+        delivered, dead or still waiting), or a finished execution (which makes the route's
+        callbacks here). A report for a delivery redriven since (another generation), or
+        repeated after a lost answer, changes nothing. Returns how many changed something."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            applied = 0
+            for report in reports:
+                if isinstance(report, AgentCompletion):
+                    owned = conn.execute("SELECT 1 FROM executions WHERE id = ? AND channel = ?",
+                                         (report.execution_id, channel)).fetchone()
+                    if owned and self._complete(conn, report.execution_id, report.result, now,
+                                                callback_urls):
+                        applied += 1
+                    continue
+                row = conn.execute(
+                    "SELECT event_id, route, trigger, status, created_at FROM deliveries"
+                    " WHERE id = ? AND channel = ?", (report.delivery_id, channel)).fetchone()
+                if row is None or row[4] != report.generation:
+                    continue
+                event_id, route, trigger, status, _ = row
+                a = report.attempt
+                if conn.execute("SELECT 1 FROM attempts WHERE delivery_id = ? AND started_at = ?",
+                                (report.delivery_id, a.started_at)).fetchone():
+                    continue  # reported before; its answer was lost
+                conn.execute(
+                    "INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome,"
+                    " status_code, error, response_excerpt) VALUES (?,?,?,?,?,?,?)",
+                    (report.delivery_id, a.started_at, a.latency_ms, a.outcome, a.status_code,
+                     a.error, a.response_excerpt))
+                applied += 1
+                if status not in IN_FLIGHT:
+                    continue  # already delivered (by another agent) or given up on here
+                if report.state == "delivered":
+                    conn.execute("UPDATE deliveries SET status = ?, execution_id = ?,"
+                                 " last_error = NULL, lease_owner = NULL, lease_until = NULL,"
+                                 " updated_at = ? WHERE id = ?",
+                                 (DeliveryStatus.DELIVERED, report.execution_id, now,
+                                  report.delivery_id))
+                    if report.execution_id and report.tracked:
+                        conn.execute(
+                            "INSERT INTO executions (id, delivery_id, event_id, route, trigger,"
+                            " status, created_at, updated_at, deadline_at, next_check_at,"
+                            " channel) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
+                            (report.execution_id, report.delivery_id, event_id, route, trigger,
+                             ExecutionStatus.PENDING, now, now, track_until, track_until,
+                             channel))
+                elif report.state == "dead":
+                    conn.execute("UPDATE deliveries SET status = ?, last_error = ?,"
+                                 " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                                 " WHERE id = ?", (DeliveryStatus.DEAD,
+                                                   f"on the agent: {a.error}", now,
+                                                   report.delivery_id))
+                else:
+                    conn.execute("UPDATE deliveries SET last_error = ?, updated_at = ?"
+                                 " WHERE id = ?", (a.error, now, report.delivery_id))
+                _refresh_event(conn, event_id)
+            return applied
+
+        return await self._write(job)
+
+    async def expire_channels(self, before: float, now: float) -> int:
+        """Channel deliveries no agent took before `before` (the dedupe window) become dead
+        letters: visible, and redrivable once an agent is back."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                "UPDATE deliveries SET status = ?, last_error = ?, lease_owner = NULL,"
+                " lease_until = NULL, updated_at = ? WHERE channel IS NOT NULL"
+                " AND status IN (?, ?) AND created_at < ? RETURNING event_id",
+                (DeliveryStatus.DEAD, "no agent took it within the dedupe window", now,
+                 DeliveryStatus.PENDING, DeliveryStatus.LEASED, before)).fetchall()
+            for event_id in {r[0] for r in rows}:
+                _refresh_event(conn, event_id)
+            return len(rows)
+
+        return await self._write(job)
+
+    async def channel_stats(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """Per channel: deliveries waiting for an agent (count, oldest) and held by agents;
+        and every agent seen."""
+        rows = await self._all(
+            "SELECT channel, status, COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries"
+            " WHERE channel IS NOT NULL AND status IN ('pending', 'leased', 'handed_off')"
+            " GROUP BY channel, status", ())
+        stats: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            entry = stats.setdefault(row["channel"], {"waiting": 0, "oldest": None,
+                                                      "handed_off": 0})
+            if row["status"] == "handed_off":
+                entry["handed_off"] += row["n"]
+            else:
+                entry["waiting"] += row["n"]
+                oldest = entry["oldest"]
+                entry["oldest"] = row["oldest"] if oldest is None else min(oldest, row["oldest"])
+        agents = await self._all("SELECT channel, agent, address, first_seen, last_seen,"
+                                 " cursor, acked FROM agents ORDER BY channel, agent", ())
+        return stats, agents
+
+    # an agent's journal of outcomes, for its edge
+
+    def _journal(self, conn: sqlite3.Connection, event_id: str, now: float,
+                 body: dict[str, Any]) -> None:
+        row = conn.execute("SELECT idempotency_key FROM events WHERE id = ?",
+                           (event_id,)).fetchone()
+        body["key"] = row[0] if row else None
+        conn.execute("INSERT INTO journal (body, created_at) VALUES (?, ?)",
+                     (json.dumps(body, ensure_ascii=False), now))
+        self._new_work = True
+
+    async def read_journal(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        rows = await self._all("SELECT id, body FROM journal ORDER BY id LIMIT ?", (limit,))
+        return [(row["id"], json.loads(row["body"])) for row in rows]
+
+    async def drop_journal(self, ids: Sequence[int]) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start:start + 500])
+                conn.execute(f"DELETE FROM journal WHERE id IN ({','.join('?' * len(chunk))})",
+                             chunk)
+
+        await self._write(job)
+
+    async def instance_id(self) -> str:
+        """This store's own random name, made once and kept: an agent's identity at its edge,
+        the same across restarts."""
+
+        def job(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('instance_id', ?)"
+                         " ON CONFLICT(key) DO NOTHING", (secrets.token_hex(8),))
+            return str(conn.execute(
+                "SELECT value FROM meta WHERE key = 'instance_id'").fetchone()[0])
+
+        return await self._write(job)
+
     # operations (admin API)
 
     async def list_events(self, *, source: str | None = None, event_type: str | None = None,
@@ -900,10 +1164,10 @@ class SQLiteStore:
         def job(conn: sqlite3.Connection) -> int:
             conn.executemany(
                 "INSERT INTO deliveries (id, event_id, route, trigger, idempotency_key, body,"
-                " content_type, status, next_attempt_at, created_at, updated_at, replay_of)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " content_type, status, next_attempt_at, created_at, updated_at, replay_of,"
+                " channel) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(new_id(), event_id, d.route, d.trigger, d.idempotency_key, d.body,
-                  d.content_type, DeliveryStatus.PENDING, now, now, now, event_id)
+                  d.content_type, DeliveryStatus.PENDING, now, now, now, event_id, d.channel)
                  for d in deliveries])
             if deliveries:
                 _refresh_event(conn, event_id)
@@ -1022,7 +1286,8 @@ class SQLiteStore:
 
     async def pending_by_route(self) -> dict[str, int]:
         rows = await self._all("SELECT route, COUNT(*) AS n FROM deliveries"
-                               " WHERE status IN ('pending', 'leased') GROUP BY route", ())
+                               " WHERE status IN ('pending', 'leased', 'handed_off')"
+                               " GROUP BY route", ())
         return {row["route"]: row["n"] for row in rows}
 
     async def source_counts(self) -> dict[str, dict[str, Any]]:
@@ -1039,7 +1304,7 @@ class SQLiteStore:
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM events e WHERE received_at < ? AND NOT EXISTS ("
                 " SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
-                " AND d.status IN ('pending', 'leased')) AND NOT EXISTS ("
+                " AND d.status IN ('pending', 'leased', 'handed_off')) AND NOT EXISTS ("
                 " SELECT 1 FROM executions x WHERE x.event_id = e.id"
                 " AND x.status IN ('pending', 'running')) AND NOT EXISTS ("
                 " SELECT 1 FROM callbacks c WHERE c.event_id = e.id"
@@ -1151,7 +1416,7 @@ def _claimed(row: sqlite3.Row | tuple[Any, ...], probe: bool = False) -> Claimed
     # RETURNING * yields columns in table order (MIGRATIONS[0], then columns added later).
     (id_, event_id, route, trigger, key, body, content_type, _status, attempts, failures,
      _next, _owner, _until, created_at, _updated, _execution, _error, _replay_of,
-     reached_at) = row
+     reached_at, _channel) = row
     return ClaimedDelivery(id_, event_id, route, trigger, key, bytes(body), content_type,
                            attempts, failures, created_at, probe, reached_at)
 
@@ -1178,7 +1443,7 @@ def _refresh_event(conn: sqlite3.Connection, event_id: str) -> None:
     conn.execute(
         "UPDATE events SET state = CASE"
         " WHEN EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1"
-        "   AND status IN ('pending', 'leased')) THEN 'queued'"
+        "   AND status IN ('pending', 'leased', 'handed_off')) THEN 'queued'"
         " WHEN EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1 AND status IN ('dead', 'discarded'))"
         "   THEN 'dead'"
         " ELSE 'delivered' END WHERE id = ?1", (event_id,))

@@ -71,7 +71,8 @@ class Tracker(ClaimLoop[TrackedExecution]):
         return self.http
 
     def callback_urls(self, route: str) -> tuple[str, ...]:
-        return self.routes.get(route, ())
+        """The route's callbacks, then those told of every execution (`[callbacks] urls`)."""
+        return self.routes.get(route, ()) + self.config.callbacks.urls
 
     async def claim(self, limit: int, now: float) -> list[TrackedExecution]:
         return await self.store.claim_executions(self.owner, now, self.settings.lease, limit)

@@ -1,0 +1,257 @@
+"""The edge's side of a channel: agents behind a firewall pull their events, and report back.
+
+A route with `channel = "plant-a"` is not sent by this bridge's forwarder: its deliveries wait in
+the outbox until an agent of that channel pulls them. Every call is made by the agent (it opens
+only outbound connections); the edge never connects to it.
+
+    POST /agent/v1/channels/{name}/pull    {"agent", "ack": [delivery ids], "limit", "wait"}
+    POST /agent/v1/channels/{name}/report  {"agent", "reports": [...]}
+
+A pull first marks `ack` (what the agent has committed to its own store) as handed off, then
+leases the next batch to the agent, in event order, waiting up to `wait` seconds (a long poll)
+when nothing is due. The answer is signed with the channel's secret (Standard Webhooks headers
+over the exact body), so a TLS-intercepting proxy cannot alter a batch unnoticed. A batch not
+acknowledged within the channel's `lease` goes to any agent again: the agent drops what its store
+already holds, and the platform's Idempotency-Key (the same key the edge would have sent) covers
+an agent that died between forwarding and acknowledging.
+
+Agents authenticate with a bearer token of the channel. Tokens are kept only as SHA-256 digests,
+compared in constant time against every digest, and swapped on reload, which is how one is
+revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bridge.completion import parse_result
+from bridge.config import ChannelConfig
+from bridge.errors import BadRequest, BridgeError, NotFound
+from bridge.inbound import read_body, request_headers
+from bridge.models import AgentAttempt, AgentCompletion, AgentReport, Attempt, new_id
+from bridge.providers.standard import decode_secret
+from bridge.relay import signature_headers
+from bridge.store import SQLiteStore
+
+MAX_PULL_BODY = 1024 * 1024  # a pull is small: an agent id and acknowledged ids
+MAX_REPORT_BODY = 16 * 1024 * 1024
+MAX_REPORTS = 2000
+MAX_BATCH = 5000
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # bodies per batch beyond the first
+MAX_WAITING = 256  # long polls held open at once; beyond that, answered at once
+MAX_WAIT = 60.0
+CONNECTED_WITHIN = 10.0  # an agent that pulled within this many seconds is connected
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_STATES = ("delivered", "waiting", "dead")
+
+
+class AgentUnauthorized(BridgeError):
+    status_code = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+
+
+class Edge:
+    def __init__(self, runtime: Any, store: SQLiteStore, clock: Callable[[], float] = time.time,
+                 callback_urls: Callable[[str], Sequence[str]] = lambda route: ()) -> None:
+        self.runtime = runtime  # .config is swapped on reload
+        self.store = store
+        self.clock = clock
+        self.callback_urls = callback_urls
+        self.waiting = 0
+        self.changed = asyncio.Event()
+        self._keys: tuple[object, dict[str, tuple[list[bytes], bytes]]] = (None, {})
+        store.watch(self._signal)
+
+    def _signal(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def channels(self) -> dict[str, tuple[list[bytes], bytes]]:
+        """name -> (token digests, signing key), rebuilt when the config is swapped."""
+        config = self.runtime.config
+        if self._keys[0] is not config:
+            table = {c.name: ([digest(t.reveal()) for t in c.tokens],
+                              decode_secret(c.signing_secret.reveal()) if c.signing_secret
+                              else b"") for c in config.channels}
+            self._keys = (config, table)
+        return self._keys[1]
+
+    def channel(self, name: str) -> ChannelConfig:
+        for channel in self.runtime.config.channels:
+            if channel.name == name:
+                return channel  # type: ignore[no-any-return]
+        raise NotFound(f"no channel named {name!r}")
+
+    def authorise(self, request: Request, name: str) -> bytes:
+        """The channel's signing key, once the bearer token is one of the channel's."""
+        entry = self.channels().get(name)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        found = False
+        if entry is not None:
+            wanted = digest(given.strip())
+            for token in entry[0]:  # every digest compared, whatever matched
+                found |= hmac.compare_digest(token, wanted)
+        if scheme.lower() != "bearer" or not found:
+            raise AgentUnauthorized("a valid agent token for this channel is required")
+        return entry[1] if entry is not None else b""
+
+    async def pull(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        key = self.authorise(request, name)
+        channel = self.channel(name)
+        data = await _json(request, MAX_PULL_BODY)
+        agent = _agent(data)
+        acked = data.get("ack", [])
+        if not isinstance(acked, list) or len(acked) > MAX_BATCH or not all(
+                isinstance(a, str) and 0 < len(a) <= 64 for a in acked):
+            raise BadRequest(f"ack: expected at most {MAX_BATCH} delivery ids")
+        limit = data.get("limit", 100)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_BATCH:
+            raise BadRequest(f"limit: expected an integer from 0 to {MAX_BATCH}")
+        wait = data.get("wait", 0)
+        if not isinstance(wait, int | float) or isinstance(wait, bool) or not (
+                0 <= wait <= MAX_WAIT):
+            raise BadRequest(f"wait: expected seconds from 0 to {MAX_WAIT:g}")
+        address = request.client.host if request.client else None
+        deadline = time.monotonic() + (wait if self.waiting < MAX_WAITING else 0)
+        self.waiting += 1
+        try:
+            while True:
+                changed = self.changed
+                items = await self.store.pull_channel(
+                    name, agent, address, acked, self.clock(), channel.lease, limit,
+                    MAX_BATCH_BYTES)
+                acked = []
+                left = deadline - time.monotonic()
+                if items or left <= 0 or limit == 0:
+                    break
+                # Woken by a commit here; the timeout covers commits by other processes.
+                try:
+                    await asyncio.wait_for(changed.wait(), min(left, 1.0))
+                except TimeoutError:
+                    pass
+        finally:
+            self.waiting -= 1
+        body = json.dumps({
+            "channel": name,
+            "items": [{
+                "delivery_id": i.delivery_id, "event_id": i.event_id, "route": i.route,
+                "trigger": i.trigger, "idempotency_key": i.idempotency_key,
+                "content_type": i.content_type, "generation": i.generation,
+                "source": i.source, "provider": i.provider, "event_type": i.event_type,
+                "received_at": i.received_at,
+                "body": base64.b64encode(i.body).decode("ascii"),
+            } for i in items],
+        }, separators=(",", ":")).encode()
+        headers = signature_headers(key, new_id(), int(time.time()), body)
+        return Response(body, 200, headers=headers, media_type="application/json")
+
+    async def report(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        self.authorise(request, name)
+        self.channel(name)
+        data = await _json(request, MAX_REPORT_BODY)
+        _agent(data)
+        raw = data.get("reports")
+        if not isinstance(raw, list) or len(raw) > MAX_REPORTS:
+            raise BadRequest(f"reports: expected a list of at most {MAX_REPORTS}")
+        reports = [parse_report(item, i) for i, item in enumerate(raw)]
+        now = self.clock()
+        applied = await self.store.channel_report(
+            name, reports, now, now + self.runtime.config.tracking.deadline, self.callback_urls)
+        return JSONResponse({"received": len(reports), "applied": applied})
+
+    async def overview(self, now: float) -> list[dict[str, Any]]:
+        """Every configured channel: agents seen, what waits for them (events and seconds)."""
+        stats, agents = await self.store.channel_stats()
+        out = []
+        for channel in self.runtime.config.channels:
+            entry = stats.get(channel.name, {"waiting": 0, "oldest": None, "handed_off": 0})
+            oldest = entry["oldest"]
+            out.append({
+                "name": channel.name,
+                "lag": {"events": entry["waiting"],
+                        "seconds": round(max(0.0, now - oldest), 3) if oldest else 0.0},
+                "handed_off": entry["handed_off"],
+                "agents": [{
+                    "agent": a["agent"], "address": a["address"],
+                    "connected": now - a["last_seen"] <= CONNECTED_WITHIN,
+                    "last_seen": a["last_seen"], "cursor": a["cursor"], "acked": a["acked"],
+                } for a in agents if a["channel"] == channel.name],
+            })
+        return out
+
+
+def parse_report(item: Any, index: int) -> AgentReport:
+    where = f"reports[{index}]"
+    if not isinstance(item, dict):
+        raise BadRequest(f"{where}: expected an object")
+    kind = item.get("kind")
+    if kind == "execution":
+        execution_id = item.get("execution_id")
+        result = parse_result(item.get("result"))
+        if not isinstance(execution_id, str) or not execution_id or result is None:
+            raise BadRequest(f"{where}: expected execution_id and a result with a status")
+        if not result.terminal:
+            raise BadRequest(f"{where}: only finished executions are reported")
+        return AgentCompletion(execution_id[:200], result)
+    if kind != "attempt":
+        raise BadRequest(f"{where}.kind: expected 'attempt' or 'execution'")
+    delivery_id, generation = item.get("delivery_id"), item.get("generation")
+    state, attempt = item.get("state"), item.get("attempt")
+    if not (isinstance(delivery_id, str) and isinstance(generation, int | float)
+            and state in _STATES and isinstance(attempt, dict)):
+        raise BadRequest(f"{where}: expected delivery_id, generation, state and attempt")
+    started, latency = attempt.get("started_at"), attempt.get("latency_ms")
+    if not isinstance(started, int | float) or not isinstance(latency, int | float):
+        raise BadRequest(f"{where}.attempt: expected started_at and latency_ms")
+    code = attempt.get("status_code")
+    execution_id = item.get("execution_id")
+    return AgentAttempt(
+        delivery_id[:64], float(generation), state,
+        Attempt(delivery_id[:64], float(started), float(latency),
+                _text(attempt.get("outcome"), 32) or "unknown",
+                code if isinstance(code, int) and not isinstance(code, bool) else None,
+                _text(attempt.get("error"), 2000), _text(attempt.get("response_excerpt"), 512)),
+        _text(execution_id, 200), bool(item.get("tracked")))
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _agent(data: dict[str, Any]) -> str:
+    agent = data.get("agent")
+    if not isinstance(agent, str) or not _AGENT_ID.match(agent):
+        raise BadRequest("agent: expected the agent's id (letters, digits, '_.:-', at most 64)")
+    return agent
+
+
+async def _json(request: Request, limit: int) -> dict[str, Any]:
+    raw = await read_body(request.receive, request_headers(request.scope).get("content-length"),
+                          limit)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest("expected a JSON object") from None
+    if not isinstance(data, dict):
+        raise BadRequest("expected a JSON object")
+    return data
