@@ -166,7 +166,8 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
 
 
 def reload(runtime: Runtime, tracker: Tracker, path: str) -> bool:
-    """Load `path` again and swap in its sources, routes and secrets; on any error keep the
+    """Load `path` again and swap in its sources, routes, channels (agent tokens: how one is
+    revoked) and secrets; on any error keep the
     running config and log why. Server, store and platform settings need a restart."""
     try:
         new = load(path)
@@ -181,7 +182,7 @@ def reload(runtime: Runtime, tracker: Tracker, path: str) -> bool:
             log.warning("reload: this section changes only on restart", extra={"section": section})
     logs.REDACTOR.set_secrets(set(logs.REDACTOR.secrets) | set(new.secrets()))
     runtime.swap(dataclasses.replace(old, sources=new.sources, routes=new.routes,
-                                     admin=new.admin), providers)
+                                     admin=new.admin, channels=new.channels), providers)
     tracker.routes = {route.name: route.callbacks for route in new.routes}
     log.info("config reloaded", extra={"config": path, "sources": len(new.sources),
                                        "routes": len(new.routes)})

@@ -315,7 +315,7 @@ def test_a_tampered_batch_is_refused_and_a_revoked_token_is_refused(site: Site) 
     with Proxy(site.net.host_ip) as proxy:
         # Every byte the edge sends back passes through a proxy that rewrites one field.
         proxy.tamper = (b'"github-push"', b'"github-evil"')
-        site.start_agent(env={"HTTP_PROXY": proxy.url, "NO_PROXY": ""})
+        site.start_agent(env={"HTTP_PROXY": proxy.url, "NO_PROXY": "127.0.0.1,localhost"})
         acked = site.send(3)
         wait_for(lambda: "batch refused" in site.logs(), timeout=20)
         time.sleep(1)
@@ -326,24 +326,25 @@ def test_a_tampered_batch_is_refused_and_a_revoked_token_is_refused(site: Site) 
         wait_for(lambda: delivered(site, keys), timeout=30)
         assert all(c["trigger"] == "github-push" for c in site.emulator_calls())
 
-    # A token removed from the config (and the config reloaded) is refused at once.
-    r = httpx.post(f"{site.edge.url}/agent/v1/channels/plant-a/pull", timeout=10,
-                   json={"agent": "x", "limit": 0},
-                   headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
-    assert r.status_code == 200
-    site.edge.config_path.write_text(site.edge.config_path.read_text().replace(
-        f'"{AGENT_TOKEN}"', f'"{OTHER_TOKEN}"'))
-    assert site.edge.proc is not None
-    site.edge.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: httpx.post(
-        f"{site.edge.url}/agent/v1/channels/plant-a/pull", timeout=10,
-        json={"agent": "x", "limit": 0},
-        headers={"Authorization": f"Bearer {AGENT_TOKEN}"}).status_code == 401, timeout=10)
-    wait_for(lambda: "the edge refused this agent" in site.logs(), timeout=20)
-    r = httpx.post(f"{site.edge.url}/agent/v1/channels/plant-a/pull", timeout=10,
-                   json={"agent": "x", "limit": 0},
-                   headers={"Authorization": f"Bearer {OTHER_TOKEN}"})
-    assert r.status_code == 200
+        # A token removed from the config (and the config reloaded) is refused at once.
+        r = httpx.post(f"{site.edge.url}/agent/v1/channels/plant-a/pull", timeout=10,
+                       json={"agent": "x", "limit": 0},
+                       headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
+        assert r.status_code == 200
+        site.edge.config_path.write_text(site.edge.config_path.read_text().replace(
+            f'"{AGENT_TOKEN}"', f'"{OTHER_TOKEN}"'))
+        assert site.edge.proc is not None
+        site.edge.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: httpx.post(
+            f"{site.edge.url}/agent/v1/channels/plant-a/pull", timeout=10,
+            json={"agent": "x", "limit": 0},
+            headers={"Authorization": f"Bearer {AGENT_TOKEN}"}).status_code == 401, timeout=10)
+        wait_for(lambda: "the edge refused this agent" in site.logs(), timeout=20)
+        r = httpx.post(f"{site.edge.url}/agent/v1/channels/plant-a/pull", timeout=10,
+                       json={"agent": "x", "limit": 0},
+                       headers={"Authorization": f"Bearer {OTHER_TOKEN}"})
+        assert r.status_code == 200
+
 
 
 def test_nothing_lost_or_doubled_through_kills_cuts_and_restarts(network: netns.PrivateNetwork,
@@ -354,7 +355,7 @@ def test_nothing_lost_or_doubled_through_kills_cuts_and_restarts(network: netns.
     try:
         site.edge.start()
         proxy = Proxy(site.net.host_ip).start()
-        env = {"HTTP_PROXY": proxy.url, "NO_PROXY": ""}
+        env = {"HTTP_PROXY": proxy.url, "NO_PROXY": "127.0.0.1,localhost"}
         site.start_agent("a", env=env, batch=20)
         site.start_agent("b", env=env, batch=20)
         acked: list[str] = []
