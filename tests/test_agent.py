@@ -8,9 +8,11 @@ control API (queried from inside the namespace) and the receiver.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -424,19 +426,34 @@ def test_an_offline_agent_catches_up_on_the_backlog(network: netns.PrivateNetwor
 
 
 def _send_many(site: Site, count: int) -> list[str]:
-    """Send `count` pushes over 8 connections at once."""
-    out: list[list[str]] = [[] for _ in range(8)]
-    per = count // 8
+    """Send `count` pushes over 16 keep-alive connections; the acknowledged delivery ids."""
+    host, port = site.net.host_ip, site.edge.port
+    queue = list(range(count))
+    acked: list[str] = []
 
-    def part(i: int) -> None:
-        out[i] = site.send(per + (count % 8 if i == 7 else 0), start=i * per, prefix="bk")
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while queue:
+                i = queue.pop()
+                body = json.dumps({"ref": "refs/heads/main", "n": i}).encode()
+                head = "".join(f"{k}: {v}\r\n" for k, v in
+                               github_headers(body, delivery=f"bk-{i}").items())
+                writer.write(f"POST /hooks/github HTTP/1.1\r\nHost: {host}\r\n{head}"
+                             f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                answer = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", answer).group(1))
+                await reader.readexactly(length)
+                if answer.startswith(b"HTTP/1.1 202"):
+                    acked.append(f"bk-{i}")
+        finally:
+            writer.close()
 
-    threads = [threading.Thread(target=part, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [d for part_ in out for d in part_]
+    async def main() -> None:
+        await asyncio.gather(*(worker() for _ in range(16)))
+
+    asyncio.run(main())
+    return acked
 
 
 def test_the_agent_refuses_a_config_that_would_listen_outside(tmp_path: Path) -> None:
