@@ -288,7 +288,7 @@ class Reporter(Loop):
                 continue
             self.backoff = 0.0
             self.metrics.agent_reports.inc(len(reports))
-            log.info("DEBUG reported", extra={"rows": [r for r, _ in rows], "answer": reply.text(200), "keys": [b.get("key") for _, b in rows]})
+            log.debug("reported", extra={"reports": len(reports), "answer": reply.text(200)})
 
     async def _idle(self) -> None:
         wake = asyncio.ensure_future(self.wake.wait())

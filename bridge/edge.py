@@ -143,6 +143,8 @@ class Edge:
                 left = deadline - time.monotonic()
                 if items or left <= 0 or limit == 0:
                     break
+                if await request.is_disconnected():  # nobody to answer: lease nothing more
+                    break
                 # Woken by a commit here; the timeout covers commits by other processes.
                 try:
                     await asyncio.wait_for(changed.wait(), min(left, 1.0))

@@ -198,7 +198,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (channel, agent)
     );
     CREATE TABLE journal (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         body TEXT NOT NULL,
         created_at REAL NOT NULL
     );
@@ -1005,6 +1005,10 @@ class SQLiteStore:
                     "SELECT event_id, route, trigger, status, created_at FROM deliveries"
                     " WHERE id = ? AND channel = ?", (report.delivery_id, channel)).fetchone()
                 if row is None or row[4] != report.generation:
+                    log.warning("agent report ignored", extra={
+                        "channel": channel, "delivery_id": report.delivery_id,
+                        "reason": "no such delivery on this channel" if row is None else
+                        "the delivery was redriven since (another generation)"})
                     continue
                 event_id, route, trigger, status, _ = row
                 a = report.attempt
@@ -1097,6 +1101,8 @@ class SQLiteStore:
         self._new_work = True
 
     async def read_journal(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """The oldest entries. Ids are never reused (AUTOINCREMENT), so dropping what was read
+        can never drop an entry written since."""
         rows = await self._all("SELECT id, body FROM journal ORDER BY id LIMIT ?", (limit,))
         return [(row["id"], json.loads(row["body"])) for row in rows]
 
@@ -1358,9 +1364,7 @@ class SQLiteStore:
         if self._reader is None:
             raise StoreUnavailable("the store is closed")
         try:
-            cursor = await self._reader.execute(sql, params)
-            names = [d[0] for d in cursor.description]
-            rows = await cursor.fetchall()
+            names, rows = await self._reader._execute(_query, self._reader._conn, sql, params)
         except Exception as exc:
             if outage(exc):
                 log.error("store read failed", extra={"error": _describe(exc)})
@@ -1371,6 +1375,19 @@ class SQLiteStore:
     async def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
         rows = await self._all(sql, params)
         return rows[0] if rows else None
+
+
+def _query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]
+           ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """One read, run to its end in one step on the reader's thread. (Executing and fetching as
+    two steps let another read start in between; the connection's read transaction then stayed
+    open across both, and a later read could see a snapshot older than a commit it had already
+    been told about.)"""
+    cursor = conn.execute(sql, params)
+    try:
+        return [d[0] for d in cursor.description], cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 _MAX_PARAMS = 30000  # below SQLite's default limit of 32,766 bound parameters per statement

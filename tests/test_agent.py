@@ -541,3 +541,63 @@ channel = "plant-a"
     [onprem] = [d for d in event["deliveries"] if d["trigger"] == "onprem-push"]
     assert onprem["execution_id"] == "ex-1" and onprem["status"] == "delivered"
     assert onprem["attempt_log"][0]["status_code"] == 202
+
+
+def test_channel_deliveries_no_agent_took_become_redrivable_dead_letters(tmp_path: Path) -> None:
+    """Past the dedupe window, a channel delivery nobody pulled is a dead letter; a redrive
+    starts a new generation, so an agent that stored the old one takes it again."""
+    from bridge.models import NewDelivery, VerifiedEvent, new_id
+    from bridge.store import SQLiteStore
+
+    async def scenario() -> None:
+        store = SQLiteStore(str(tmp_path / "edge.db"))
+        await store.open()
+        try:
+            now = time.time()
+            event = VerifiedEvent(new_id(), "github", "github", "push", "github:x", now - 10,
+                                  {}, b"{}")
+            await store.accept(event, [NewDelivery("r", "t", "github:x:t", b"{}",
+                                                   "application/json", "plant-a")])
+            [item] = await store.pull_channel("plant-a", "a", None, [], now, 30, 10, 1 << 20)
+            assert await store.expire_channels(now - 60, now) == 0  # still young
+            assert await store.expire_channels(now, now) == 1
+            [dead] = await store.dead_letters()
+            assert dead["last_error"] == "no agent took it within the dedupe window"
+            assert await store.redrive([dead["id"]], now + 1) == 1
+            [again] = await store.pull_channel("plant-a", "b", None, [], now + 1, 30, 10, 1 << 20)
+            assert again.delivery_id == item.delivery_id
+            assert again.generation != item.generation  # a new generation: sent again
+            assert again.idempotency_key == item.idempotency_key  # with the same key
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_channels_list_from_the_cli(make_bridge: Any) -> None:
+    bridge = make_bridge(f"""
+[admin]
+tokens = ["{ADMIN}"]
+
+[[channels]]
+name = "plant-a"
+tokens = ["{AGENT_TOKEN}"]
+signing_secret = "{CHANNEL_SECRET}"
+
+[[routes]]
+source = "github"
+trigger = "onprem-push"
+channel = "plant-a"
+""")
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    assert bridge.post("/hooks/github", body, github_headers(body, delivery="c-1")
+                       ).status_code == 202
+    httpx.post(f"{bridge.url}/agent/v1/channels/plant-a/pull", json={"agent": "site-7"},
+               headers={"Authorization": f"Bearer {AGENT_TOKEN}"}, timeout=10)
+    out = subprocess.run([sys.executable, "-m", "bridge", "channels", "list", "--url",
+                          bridge.url, "--token", ADMIN], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    header, _, row = out.stdout.splitlines()[:3]
+    assert header.split()[:4] == ["channel", "lag_events", "lag_seconds", "agent"]
+    assert row.split()[:2] == ["plant-a", "1"] and "site-7" in row and " yes " in row
