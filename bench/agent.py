@@ -244,7 +244,7 @@ def main() -> None:
             for label, channel in (("edge forwarder (baseline)", False),
                                    ("through the agent", True)):
                 lat = latency(directory, platform_port, args.count, args.rate, channel)
-                pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] * 1000  # noqa: E731
+                pct = lambda p, lat=lat: lat[min(len(lat) - 1, int(len(lat) * p))] * 1000  # noqa: E731
                 print(f"ack -> trigger, {label}, {args.rate:.0f} events/s: {len(lat)} events, "
                       f"p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, "
                       f"max {lat[-1] * 1000:.1f} ms")

@@ -27,8 +27,8 @@ from starlette.routing import Route
 from bridge import logs, status
 from bridge.admin import Admin
 from bridge.config import Config, load
-from bridge.errors import BridgeError, ConfigError, StoreUnavailable, error_body
 from bridge.edge import Edge
+from bridge.errors import BridgeError, ConfigError, StoreUnavailable, error_body
 from bridge.forwarder import Forwarder
 from bridge.inbound import Disconnected, Hooks, Inbound, Runtime
 from bridge.metrics import Metrics

@@ -349,6 +349,7 @@ def test_a_tampered_batch_is_refused_and_a_revoked_token_is_refused(site: Site) 
 
 
 
+@pytest.mark.timeout(600)
 def test_nothing_lost_or_doubled_through_kills_cuts_and_restarts(network: netns.PrivateNetwork,
                                                                  tmp_path: Path) -> None:
     """Two agents share a channel through a proxy while the test SIGKILLs agents mid-batch,
@@ -398,6 +399,7 @@ def test_nothing_lost_or_doubled_through_kills_cuts_and_restarts(network: netns.
         site.close()
 
 
+@pytest.mark.timeout(600)
 def test_an_offline_agent_catches_up_on_the_backlog(network: netns.PrivateNetwork,
                                                     tmp_path: Path) -> None:
     count = int(os.environ.get("AGENT_BACKLOG", "10000"))
