@@ -179,8 +179,9 @@ class Admin:
         suffix = f":replay-{secrets.token_hex(4)}"
         limit = self.config.platform.idempotency_key_max_length
         rendered = []
-        for route in routes:
-            delivery = outbox.render(verified, route, limit)
+        taken, _ = outbox.decide(verified, routes, {})  # today's filters and mappings
+        for route, built in taken:
+            delivery = outbox.render(verified, route, limit, built=built)
             key = outbox.delivery_key(event["idempotency_key"], route.trigger + suffix, limit)
             rendered.append(dataclasses.replace(delivery, idempotency_key=key))
         return await self.store.replay(event["id"], rendered, self.clock())

@@ -203,6 +203,8 @@ class RouteConfig:
     callbacks: tuple[str, ...] = ()
     envelope: str = "envelope"
     channel: str | None = None  # delivered by that channel's agents, not this bridge's platform
+    filter: Any = field(default=None, compare=False)  # glue.Expression: take the event if true
+    input: Any = field(default=None, compare=False)  # {key: glue.Expression | table}: the body
 
 
 @dataclass(frozen=True)
@@ -754,7 +756,11 @@ def _route(s: _Section, index: int) -> RouteConfig:
         callbacks=s.strings("callbacks"),
         envelope=s.string("envelope", "envelope"),
         channel=s.string("channel"),
+        filter=_expression(s, "filter"),
+        input=_mapping(s, "input"),
     )
+    if cfg.input is not None and cfg.envelope == "raw":
+        s.fail("input", "builds the body itself: remove envelope = \"raw\"")
     if cfg.envelope not in ENVELOPES:
         s.fail("envelope", "expected 'envelope' or 'raw'")
     if trigger and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", trigger):
@@ -764,6 +770,32 @@ def _route(s: _Section, index: int) -> RouteConfig:
             s.problems.append(f"{s.where('callbacks')}[{i}]: expected an http(s) URL")
     s.finish()
     return cfg
+
+
+def _expression(s: _Section, key: str) -> Any:
+    from bridge.glue import ExpressionError, compile_expression
+
+    text = s.string(key)
+    if text is None:
+        return None
+    try:
+        return compile_expression(text)
+    except ExpressionError as exc:
+        s.fail(key, str(exc))
+        return None
+
+
+def _mapping(s: _Section, key: str) -> Any:
+    from bridge.glue import compile_mapping
+
+    value = s._take(key, (dict,), "a table of JMESPath expressions, such as "
+                    "{ title = \"body.issue.title\" }", None)
+    if value is None:
+        return None
+    if not value:
+        s.fail(key, "is empty: name at least one field")
+        return None
+    return compile_mapping(value, s.where(key), s.problems)
 
 
 def _cross_check(config: Config, problems: list[str]) -> None:
@@ -878,6 +910,8 @@ def mask_url(value: str) -> str:
 def _plain(value: Any) -> Any:
     if isinstance(value, Secret):
         return "********"
+    if hasattr(value, "parsed") and isinstance(getattr(value, "text", None), str):
+        return value.text  # a compiled expression: its source
     if isinstance(value, str) and "://" in value:
         return mask_url(value)
     if is_dataclass(value) and not isinstance(value, type):

@@ -8,6 +8,8 @@ line without building a LogRecord. Everything else goes through the router as us
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import hashlib
 import logging
@@ -301,9 +303,12 @@ class Inbound:
         )
         routes = outbox.matching(self.config.routes, name, event.event_type)
         max_key = self.config.platform.idempotency_key_max_length
+        taken, filtered = outbox.decide(event, routes, query)
+        if filtered:
+            event = dataclasses.replace(event, filtered=filtered)
 
         def deliveries(seen: frozenset[str]) -> list[NewDelivery]:
-            return [outbox.render(event, route, max_key, seen) for route in routes]
+            return [outbox.render(event, route, max_key, seen, built) for route, built in taken]
 
         accepted = await self.store.accept(event, deliveries if event.items else deliveries(
             frozenset()))
@@ -314,7 +319,7 @@ class Inbound:
         outcome = "duplicate" if accepted.duplicate else "accepted"
         self.lines.info(outcome, source=name, event_id=accepted.event_id,
                         idempotency_key=event.idempotency_key, event_type=event.event_type,
-                        outcome=outcome, routes=len(routes))
+                        outcome=outcome, routes=len(taken))
         payload: dict[str, Any] = {
             "id": accepted.event_id,
             "idempotency_key": event.idempotency_key,

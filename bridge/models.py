@@ -94,6 +94,7 @@ class VerifiedEvent:
     items: tuple[str, ...] = ()  # per-item idempotency keys of a batch
     nonce: str | None = None  # a single-use value (Mailgun's token), refused if seen again
     fingerprint: bytes | None = None  # the signed content's key, where the scheme signs no id
+    filtered: tuple[tuple[str, str], ...] = ()  # (route, why) of matching routes that did not take it
 
 
 @dataclass(frozen=True, slots=True)

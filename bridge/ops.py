@@ -91,6 +91,19 @@ def add_commands(commands: Any) -> None:
     pause.add_argument("--reason")
     client_options(rt.add_parser("resume", help="send on a route again")).add_argument(
         "name", help="the route's trigger (or name)")
+    test = rt.add_parser("test", help="would a payload match a route, and what exact body would "
+                                      "its trigger receive? (reads the config; sends nothing)")
+    test.add_argument("name", help="the route's trigger (or name)")
+    test.add_argument("payload", help="a file with the body the provider would send ('-': stdin)")
+    test.add_argument("--event", help="the event type (default: the route's first event glob, "
+                                      "when it is not a pattern)")
+    test.add_argument("--content-type", default="application/json",
+                      help="the body's content type (application/x-www-form-urlencoded for forms)")
+    test.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                      help="a request header the expressions may read (repeatable)")
+    test.add_argument("--query", default="", help="the query string, e.g. 'team=ops'")
+    test.add_argument("--config", help="TOML config (default: $BRIDGE_CONFIG)")
+    test.add_argument("--json", action="store_true", help="print the result as JSON")
 
     channels = commands.add_parser("channels", help="agents behind firewalls, and their lag",
                                    description="Channels: list.")
@@ -245,6 +258,8 @@ def events_show(args: argparse.Namespace) -> int:
     for delivery in data["deliveries"]:
         if delivery.get("waiting"):
             print(f"  {delivery['id']} waiting: {delivery['waiting']}")
+    for skipped in data.get("filtered") or []:
+        print(f"  route {skipped['route']} did not take it: {skipped['reason']}")
     if data.get("executions"):
         print("\nexecutions:")
         print(table(data["executions"], ("id", "trigger", "status", "completed_at", "error")))
@@ -331,6 +346,76 @@ def channels_list(args: argparse.Namespace) -> int:
                 "cursor": agent.get("cursor") or "-"})
     return output(args, data, rows, ("channel", "lag_events", "lag_seconds", "agent",
                                      "connected", "last_seen", "cursor"))
+
+
+def routes_test(args: argparse.Namespace) -> int:
+    """Run a route's filter and input mapping over a payload, offline: the same code the bridge
+    runs when it accepts an event."""
+    from urllib.parse import parse_qsl
+
+    from bridge import outbox
+    from bridge.config import load_sources
+    from bridge.errors import ConfigError
+    from bridge.models import VerifiedEvent, new_id
+
+    path = args.config or os.environ.get("BRIDGE_CONFIG")
+    if not path:
+        raise OpsError("give --config (or $BRIDGE_CONFIG): the route is read there")
+    try:
+        sources, routes = load_sources(path)
+    except ConfigError as exc:
+        raise OpsError("invalid config: " + "; ".join(exc.problems)) from None
+    found = [r for r in routes if args.name in (r.name, r.trigger)]
+    if not found:
+        names = ", ".join(r.trigger for r in routes) or "none"
+        raise OpsError(f"no route named {args.name!r} in {path} (routes: {names})")
+    route = found[0]
+    event_type = args.event
+    if event_type is None:
+        if any(ch in route.events[0] for ch in "*?["):
+            raise OpsError(f"route {route.name!r} takes {', '.join(route.events)}: "
+                           "give --event TYPE")
+        event_type = route.events[0]
+    body = _read_payload(args.payload)
+    headers = {"content-type": args.content_type}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise OpsError(f"--header {item!r}: expected NAME:VALUE")
+        headers[name.strip().lower()] = value.strip()
+    provider = next((s.provider for s in sources if s.name == route.source), "none")
+    event = VerifiedEvent(new_id(), route.source, provider, event_type,
+                          f"{route.source}:test", time.time(), headers, body)
+    matches = outbox.matching([route], route.source, event_type)
+    result: dict[str, Any] = {"route": route.name, "trigger": route.trigger,
+                              "event_type": event_type}
+    if not matches:
+        result.update(match=False, reason=f"event type {event_type!r} matches none of "
+                                          f"{', '.join(route.events)}")
+    else:
+        taken, skipped = outbox.decide(event, matches, dict(parse_qsl(args.query)))
+        if skipped:
+            result.update(match=False, reason=skipped[0][1])
+        else:
+            delivery = outbox.render(event, route, 255, built=taken[0][1])
+            result.update(match=True, content_type=delivery.content_type,
+                          body=delivery.body.decode("utf-8", "replace"))
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    elif result["match"]:
+        print(f"match: route {route.name} would call trigger {route.trigger} "
+              f"({result['content_type']}) with:")
+        print(result["body"])
+    else:
+        print(f"no match: {result['reason']}")
+    return EXIT_OK if result["match"] else EXIT_ERROR
+
+
+def _read_payload(file: str) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        raise OpsError(f"cannot read {file}: {exc.strerror}") from None
 
 
 def routes_pause(args: argparse.Namespace) -> int:
@@ -445,6 +530,7 @@ HANDLERS = {
     ("dead-letters", "discard"): dead_discard,
     ("deliveries", "retry"): deliveries_retry,
     ("routes", "list"): routes_list, ("routes", "pause"): routes_pause,
-    ("routes", "resume"): routes_resume, ("channels", "list"): channels_list,
+    ("routes", "resume"): routes_resume, ("routes", "test"): routes_test,
+    ("channels", "list"): channels_list,
     ("prune", None): prune, ("sign", None): sign, ("send", None): send,
 }

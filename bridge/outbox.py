@@ -10,8 +10,10 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from fnmatch import fnmatchcase
 
+from bridge import glue
 from bridge.config import RouteConfig
 from bridge.models import NewDelivery, VerifiedEvent, iso
 from bridge.providers.base import parse_json
@@ -25,6 +27,26 @@ def matching(routes: Iterable[RouteConfig], source: str, event_type: str) -> lis
             and any(fnmatchcase(event_type, glob) for glob in r.events)]
 
 
+def decide(event: VerifiedEvent, routes: list[RouteConfig], query: dict[str, str]
+           ) -> tuple[list[tuple[RouteConfig, bytes | None]], tuple[tuple[str, str], ...]]:
+    """Run the routes' filters and input mappings: the routes that take the event (with the
+    body their glue built, if any), and (route, why) for those that do not. The body is parsed
+    once, and only when some route has glue."""
+    if not any(r.filter is not None or r.input is not None for r in routes):
+        return [(route, None) for route in routes], ()
+    doc = glue.document(event.source, event.event_type, event.headers, event.body, query)
+    taken: list[tuple[RouteConfig, bytes | None]] = []
+    skipped: list[tuple[str, str]] = []
+    for route in routes:
+        decision = glue.decide(doc, len(event.body), bool(event.items), route.filter,
+                               route.input)
+        if decision.taken:
+            taken.append((route, decision.body))
+        else:
+            skipped.append((route.name, decision.reason or "filter did not match"))
+    return taken, tuple(skipped)
+
+
 def delivery_key(event_key: str, trigger: str, max_length: int) -> str:
     """`{event key}:{trigger}`; when longer than the platform allows, a stable hash of it."""
     key = f"{event_key}:{trigger}"
@@ -35,8 +57,15 @@ def delivery_key(event_key: str, trigger: str, max_length: int) -> str:
 
 
 def render(event: VerifiedEvent, route: RouteConfig, max_key_length: int,
-           seen_items: frozenset[str] = frozenset()) -> NewDelivery:
+           seen_items: frozenset[str] = frozenset(), built: bytes | None = None) -> NewDelivery:
+    """The delivery of `event` on `route`. `built` is the body the route's glue made (see
+    `glue.decide`): its `input` mapping, sent as it is; or, for a batch the route's filter
+    narrowed, the items it took, sent in place of the whole batch."""
     key = delivery_key(event.idempotency_key, route.trigger, max_key_length)
+    if built is not None and route.input is not None:
+        return NewDelivery(route.name, route.trigger, key, built, JSON, route.channel)
+    if built is not None:
+        event = replace(event, body=built)
     if route.envelope == "raw":
         content_type = event.headers.get("content-type", "application/octet-stream")
         return NewDelivery(route.name, route.trigger, key, event.body, content_type,

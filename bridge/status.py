@@ -77,6 +77,7 @@ def public_view(event: dict[str, Any]) -> dict[str, Any]:
              "execution": _execution(executions.get(d["id"]))}
             for d in event["deliveries"]
         ],
+        "filtered": event.get("filtered") or [],
         "callbacks": [
             {"id": c["id"], "status": c["status"], "attempts": c["attempts"],
              "last_error": guard.public_reason(c["last_error"])}
@@ -96,7 +97,17 @@ def explain(event: dict[str, Any], routes: dict[str, dict[str, Any]]) -> dict[st
     route paused and why, with what to check; the retry and its last error, with the time of the
     next attempt. `routes` is `Store.route_states()`."""
     for delivery in event["deliveries"]:
+        if delivery["status"] == "handed_off":
+            delivery["waiting"] = ("held by an agent of its channel, which sends it on-premises "
+                                   "and reports the outcome here")
+            continue
         if delivery["status"] not in ("pending", "leased"):
+            continue
+        if delivery.get("channel"):
+            delivery["waiting"] = (
+                f"sent to an agent of channel {delivery['channel']}, not yet acknowledged"
+                if delivery["status"] == "leased" else
+                f"waiting for an agent of channel {delivery['channel']} (bridge channels list)")
             continue
         route = routes.get(delivery["route"]) or {}
         error = delivery.get("last_error")
@@ -127,7 +138,7 @@ def settled(event: dict[str, Any]) -> bool:
     """Nothing more will happen to the event's deliveries and executions."""
     executions = {x["delivery_id"]: x for x in event.get("executions", [])}
     for delivery in event["deliveries"]:
-        if delivery["status"] in ("pending", "leased"):
+        if delivery["status"] in ("pending", "leased", "handed_off"):
             return False
         execution = executions.get(delivery["id"])
         if execution is not None and execution["status"] in ("pending", "running"):

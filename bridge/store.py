@@ -203,6 +203,10 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 6: the routes whose filter did not take an event, and why
+    """
+    ALTER TABLE events ADD COLUMN filtered TEXT;
+    """,
 ]
 
 
@@ -427,11 +431,12 @@ class SQLiteStore:
         # Both unique keys at once: the idempotency key, and the fingerprint of a scheme whose
         # id is unsigned (a replay under a new id is skipped here too).
         _insert_rows(conn, "events (id, source, provider, event_type, idempotency_key,"
-                     " received_at, headers, body, state, callback_url, fingerprint)",
+                     " received_at, headers, body, state, callback_url, fingerprint, filtered)",
                      [(e.id, e.source, e.provider, e.event_type, e.idempotency_key,
                        e.received_at, job.headers, e.body,
                        EventState.QUEUED if job.deliveries else EventState.UNROUTED,
-                       e.callback_url, e.fingerprint) for job in fresh for e in (job.event,)],
+                       e.callback_url, e.fingerprint, _filtered(e))
+                      for job in fresh for e in (job.event,)],
                      " ON CONFLICT DO NOTHING")
         if conn.total_changes - before < len(fresh):  # some were stored before: find by what
             stored = dict(self._lookup(conn, "idempotency_key", list(first)))
@@ -512,11 +517,11 @@ class SQLiteStore:
             state = EventState.QUEUED if rendered else EventState.UNROUTED
             cur = conn.execute(
                 "INSERT INTO events (id, source, provider, event_type, idempotency_key,"
-                " received_at, headers, body, state, callback_url, fingerprint)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                " received_at, headers, body, state, callback_url, fingerprint, filtered)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (event.id, event.source, event.provider, event.event_type,
                  event.idempotency_key, event.received_at, headers, event.body, state,
-                 event.callback_url, event.fingerprint),
+                 event.callback_url, event.fingerprint, _filtered(event)),
             )
             if cur.rowcount == 0:
                 row = conn.execute("SELECT id FROM events WHERE idempotency_key = ? OR"
@@ -549,10 +554,12 @@ class SQLiteStore:
             return None
         event.pop("fingerprint", None)  # a binary digest: for dedupe, not for people
         event["headers"] = json.loads(event["headers"])
+        event["filtered"] = [{"route": route, "reason": reason} for route, reason in
+                             json.loads(event["filtered"] or "[]")]
         deliveries = await self._all(
             "SELECT id, route, trigger, idempotency_key, status, attempts, failures,"
-            " next_attempt_at, execution_id, last_error, replay_of, created_at, updated_at"
-            " FROM deliveries WHERE event_id = ? ORDER BY created_at, id", (event_id,))
+            " next_attempt_at, execution_id, last_error, replay_of, created_at, updated_at,"
+            " channel FROM deliveries WHERE event_id = ? ORDER BY created_at, id", (event_id,))
         for delivery in deliveries:
             delivery["attempt_log"] = await self._all(
                 "SELECT started_at, latency_ms, outcome, status_code, error, response_excerpt"
@@ -1464,6 +1471,10 @@ def _refresh_event(conn: sqlite3.Connection, event_id: str) -> None:
         " WHEN EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1 AND status IN ('dead', 'discarded'))"
         "   THEN 'dead'"
         " ELSE 'delivered' END WHERE id = ?1", (event_id,))
+
+
+def _filtered(event: VerifiedEvent) -> str | None:
+    return json.dumps(event.filtered, ensure_ascii=False) if event.filtered else None
 
 
 def _json(value: Any) -> str | None:
