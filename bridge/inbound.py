@@ -9,7 +9,6 @@ line without building a LogRecord. Everything else goes through the router as us
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import hashlib
 import logging
