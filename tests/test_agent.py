@@ -189,7 +189,7 @@ class Site:
 
     def start_agent(self, name: str = "a", *, edge_url: str | None = None,
                     env: dict[str, str] | None = None, batch: int = 100,
-                    token: str = AGENT_TOKEN) -> int:
+                    token: str = AGENT_TOKEN, edge_extra: str = "") -> int:
         port = free_port()
         config = self.tmp / f"agent-{name}.toml"
         config.write_text(AGENT.format(
@@ -197,7 +197,7 @@ class Site:
             trigger_key=TRIGGER_KEY,
             api_key=f'api_key = "{API_KEY}"' if self.tracked else "",
             edge=edge_url or self.edge.url, token=token, channel_secret=CHANNEL_SECRET,
-            batch=batch))
+            batch=batch) + edge_extra)  # [edge] is the template's last table
         self.agents[name] = self.net.popen(
             [sys.executable, "-m", "bridge", "agent", "--config", str(config)],
             str(self.tmp / f"agent-{name}.log"), env=env)
@@ -603,3 +603,78 @@ channel = "plant-a"
     header, _, row = out.stdout.splitlines()[:3]
     assert header.split()[:4] == ["channel", "lag_events", "lag_seconds", "agent"]
     assert row.split()[:2] == ["plant-a", "1"] and "site-7" in row and " yes " in row
+
+
+class TlsFront:
+    """TLS in front of the edge, as a load balancer on the public address would terminate it
+    (tests only): a certificate from a throwaway CA for the edge's address, piped to the edge."""
+
+    def __init__(self, host: str, target: tuple[str, int], directory: Path) -> None:
+        import ssl
+
+        import trustme
+
+        ca = trustme.CA()
+        self.ca_file = directory / "edge-ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(host).configure_cert(self.context)
+        self.host = host
+        self.target = target
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+        await asyncio.gather(self.pipe(reader, up_writer), self.pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+    def __enter__(self) -> TlsFront:
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(asyncio.start_server(
+            self.serve, self.host, 0, ssl=self.context), self.loop).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def close() -> None:
+            self.server.close()
+            for writer in list(self.writers):
+                writer.transport.abort()
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def test_over_https_through_the_proxy_named_in_https_proxy(site: Site) -> None:
+    site.edge.start()
+    with TlsFront(site.net.host_ip, (site.net.host_ip, site.edge.port), site.tmp) as front, \
+            Proxy(site.net.host_ip) as proxy:
+        site.start_agent(edge_url=f"https://{site.net.host_ip}:{front.port}",
+                         env={"HTTPS_PROXY": proxy.url, "NO_PROXY": "127.0.0.1,localhost"},
+                         edge_extra=f'ca_file = "{front.ca_file}"\n')
+        acked = site.send(5)
+        keys = [f"github:{d}" for d in acked]
+        wait_for(lambda: delivered(site, keys), timeout=30)
+        # The agent reached the edge only through a CONNECT tunnel, over TLS.
+        assert any(r == f"CONNECT {site.net.host_ip}:{front.port}" for r in proxy.requests)
+        wait_for(lambda: all(e["state"] == "delivered" for e in
+                             site.admin("/admin/events?limit=10")["events"]), timeout=30)
