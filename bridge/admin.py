@@ -57,7 +57,7 @@ from bridge.openapi import (
 )
 from bridge.platform import resend_deadline
 from bridge.status import explain
-from bridge.store import SQLiteStore
+from bridge.store import Store
 
 
 class Unauthorized(BridgeError):
@@ -69,7 +69,7 @@ class Unauthorized(BridgeError):
 
 
 class Admin:
-    def __init__(self, runtime: Any, store: SQLiteStore, metrics: Metrics,
+    def __init__(self, runtime: Any, store: Store, metrics: Metrics,
                  clock: Callable[[], float] = time.time, edge: Edge | None = None) -> None:
         self.runtime = runtime  # has .config (swapped on reload) and .failures
         self.store = store
@@ -97,7 +97,8 @@ class Admin:
         def guarded(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
             async def endpoint(request: Request) -> Response:
                 self.authorise(request)
-                return await handler(request)  # type: ignore[no-any-return]
+                response: Response = await handler(request)
+                return response
             return endpoint
 
         table = [
@@ -279,7 +280,7 @@ class Admin:
         routes = self.config.routes
         if any(r.name == given for r in routes):
             return given
-        by_trigger = [r.name for r in routes if r.trigger == given]
+        by_trigger: list[str] = [r.name for r in routes if r.trigger == given]
         if len(by_trigger) == 1:
             return by_trigger[0]
         if by_trigger:

@@ -48,7 +48,7 @@ from bridge.models import NewDelivery, VerifiedEvent, new_id
 from bridge.providers import InboundRequest
 from bridge.providers.standard import Standard
 from bridge.relay import Relay
-from bridge.store import SQLiteStore
+from bridge.store import SQLiteStore, Store
 from bridge.tracker import Tracker
 
 log = logging.getLogger("bridge.agent")
@@ -143,7 +143,7 @@ class Loop:
 
 
 class Puller(Loop):
-    def __init__(self, config: Config, store: SQLiteStore, link: Link, agent_id: str,
+    def __init__(self, config: Config, store: Store, link: Link, agent_id: str,
                  metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock)
         edge = config.edge
@@ -218,7 +218,8 @@ class Puller(Loop):
                 float(item["generation"])
         except (ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise BatchRefused(f"malformed batch ({exc.__class__.__name__})") from None
-        return items  # type: ignore[no-any-return]
+        checked: list[dict[str, Any]] = items
+        return checked
 
     async def commit(self, items: list[dict[str, Any]]) -> None:
         """Every event of the batch durable in this agent's store (concurrent accepts are
@@ -244,7 +245,7 @@ class Puller(Loop):
 
 
 class Reporter(Loop):
-    def __init__(self, store: SQLiteStore, link: Link, agent_id: str, metrics: Metrics,
+    def __init__(self, store: Store, link: Link, agent_id: str, metrics: Metrics,
                  clock: Callable[[], float] = time.time, poll_interval: float = 1.0) -> None:
         super().__init__(clock)
         self.store = store

@@ -78,7 +78,7 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def create_app(config: Config, *, store: SQLiteStore | None = None,
+def create_app(config: Config, *, store: Store | None = None,
                clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                config_path: str | None = None) -> Hooks:
     """Build the application. Raises ConfigError for what the config parser cannot see
@@ -92,8 +92,11 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
     rng = rng or random.Random()
     metrics = Metrics()
     runtime = Runtime(config, providers)
-    store.on_commit = lambda size, seconds: (metrics.batch_size.observe(size),
-                                            metrics.commit_seconds.observe(seconds))
+    def on_commit(size: int, seconds: float) -> None:
+        metrics.batch_size.observe(size)
+        metrics.commit_seconds.observe(seconds)
+
+    store.on_commit = on_commit
     tracking = config.tracking.enabled and config.platform.api_key is not None
     forwarder = Forwarder(config, store, clock=clock, rng=rng,
                           track_deadline=config.tracking.deadline if tracking else None,
@@ -122,7 +125,7 @@ def create_app(config: Config, *, store: SQLiteStore | None = None,
         if config_path is not None:
             _on_sighup(lambda: reload(runtime, tracker, config_path))
         tasks = [asyncio.create_task(_prune_loop(store, config, clock), name="prune")]
-        loops = [forwarder, tracker, relay]
+        loops: list[Forwarder | Tracker | Relay] = [forwarder, tracker, relay]
         if any(route.channel is None for route in config.routes) and config.forwarder.enabled:
             tasks.append(asyncio.create_task(forwarder.run(), name="forwarder"))
         if tracking:
@@ -202,7 +205,7 @@ def from_environment() -> Hooks:
     return create_app(config, config_path=path)
 
 
-async def _prune_loop(store: SQLiteStore, config: Config, clock: Callable[[], float]) -> None:
+async def _prune_loop(store: Store, config: Config, clock: Callable[[], float]) -> None:
     while True:
         try:
             expired = await store.expire_channels(clock() - config.store.dedupe_window, clock())

@@ -42,7 +42,7 @@ from bridge.inbound import read_body, request_headers
 from bridge.models import AgentAttempt, AgentCompletion, AgentReport, Attempt, new_id
 from bridge.providers.standard import decode_secret
 from bridge.relay import signature_headers
-from bridge.store import SQLiteStore
+from bridge.store import Store
 
 MAX_PULL_BODY = 1024 * 1024  # a pull is small: an agent id and acknowledged ids
 MAX_REPORT_BODY = 16 * 1024 * 1024
@@ -69,7 +69,7 @@ def digest(token: str) -> bytes:
 
 
 class Edge:
-    def __init__(self, runtime: Any, store: SQLiteStore, clock: Callable[[], float] = time.time,
+    def __init__(self, runtime: Any, store: Store, clock: Callable[[], float] = time.time,
                  callback_urls: Callable[[str], Sequence[str]] = lambda route: ()) -> None:
         self.runtime = runtime  # .config is swapped on reload
         self.store = store
@@ -97,7 +97,8 @@ class Edge:
     def channel(self, name: str) -> ChannelConfig:
         for channel in self.runtime.config.channels:
             if channel.name == name:
-                return channel  # type: ignore[no-any-return]
+                found: ChannelConfig = channel
+                return found
         raise NotFound(f"no channel named {name!r}")
 
     def authorise(self, request: Request, name: str) -> bytes:

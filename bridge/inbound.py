@@ -99,7 +99,7 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         message = await receive()
         if message["type"] != "http.request":
             raise Disconnected
-        chunk = message.get("body", b"")
+        chunk: bytes = message.get("body", b"")
         more = message.get("more_body", False)
         if not chunks and not more:  # the usual case: the whole body in one message
             if len(chunk) > limit:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -105,7 +106,7 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class LineHandler(logging.StreamHandler):
     """Buffers lines and writes them together at the end of the event-loop turn (at once when
     no loop runs in the calling thread), so a burst of requests costs one write, not one each.
     `flush()`, which logging calls at exit, writes whatever is still buffered."""
@@ -113,6 +114,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
+        self._lock = threading.RLock()  # ours, so never None (logging's may be)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -121,7 +123,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
     def write_line(self, line: str) -> None:
-        with self.lock:  # type: ignore[union-attr]
+        with self._lock:
             self._pending.append(line)
             count = len(self._pending)
         if count >= MAX_PENDING:
@@ -133,7 +135,7 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
 
     def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
+        with self._lock:
             if self._pending:
                 lines, self._pending = self._pending, []
                 self.stream.write("\n".join(lines) + "\n")
@@ -174,7 +176,7 @@ def configure(fmt: str = "json", secrets: Iterable[str] = (), level: int = loggi
     global _HANDLER
     REDACTOR.set_secrets(secrets)
     # No caller lookup, thread or process names: nothing here prints them.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None  # private, but in the stubs
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

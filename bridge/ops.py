@@ -148,7 +148,8 @@ def event_filters(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: dict[tuple[str, str | None], Any] | None = None) -> int:
     try:
         handler = {**HANDLERS, **(extra or {})}[(args.command, getattr(args, "action", None))]
-        return handler(args)
+        code: int = handler(args)
+        return code
     except OpsError as exc:
         print(f"bridge: {exc}", file=sys.stderr)
         return EXIT_ERROR

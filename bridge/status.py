@@ -51,7 +51,7 @@ class StatusTokens:
 
     def read(self, token: str) -> str:
         try:
-            value = self.signer.unsign(token, max_age=self.max_age)
+            value = self.signer.unsign(token, max_age=int(self.max_age))
         except SignatureExpired:
             raise ExpiredToken("this status link has expired") from None
         except BadSignature:

@@ -211,7 +211,8 @@ MIGRATIONS: list[str] = [
 
 
 class Store(Protocol):
-    """What the handlers and loops need from storage; a PostgreSQL store implements the same."""
+    """Everything the handlers, loops, admin API, edge and agent ask of storage; nothing above
+    the store uses more, so a second implementation has exactly this to provide."""
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -247,6 +248,42 @@ class Store(Protocol):
     async def check_writable(self) -> None: ...
     async def secret_key(self) -> str: ...
     def watch(self, callback: Callable[[], None]) -> None: ...
+
+    # operations (the admin API, the CLI) and the channels of an edge and its agents
+    journaling: bool
+    on_commit: Callable[[int, float], None] | None
+
+    async def set_route_state(self, route: str, state: RouteState, reason: str | None,
+                              now: float, probe_every: float) -> None: ...
+    async def release_leases(self, owner: str) -> None: ...
+    async def pull_channel(self, channel: str, agent: str, address: str | None,
+                           acked: Sequence[str], now: float, lease: float, limit: int,
+                           max_bytes: int) -> list[ChannelItem]: ...
+    async def channel_report(self, channel: str, reports: Sequence[AgentReport], now: float,
+                             track_until: float,
+                             callback_urls: Callable[[str], Sequence[str]]) -> int: ...
+    async def expire_channels(self, before: float, now: float) -> int: ...
+    async def channel_stats(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]: ...
+    async def read_journal(self, limit: int) -> list[tuple[int, dict[str, Any]]]: ...
+    async def drop_journal(self, ids: Sequence[int]) -> None: ...
+    async def instance_id(self) -> str: ...
+    async def list_events(self, *, source: str | None = None, event_type: str | None = None,
+                          state: str | None = None, since: float | None = None,
+                          until: float | None = None, key_contains: str | None = None,
+                          before_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+    async def event_body(self, event_id: str) -> bytes | None: ...
+    async def replay(self, event_id: str, deliveries: Sequence[NewDelivery], now: float) -> int: ...
+    async def dead_letters(self, *, route: str | None = None, source: str | None = None,
+                           after_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+    async def redrive(self, delivery_ids: Sequence[str], now: float,
+                      unsafe_before: float | None = None) -> int: ...
+    async def retry_now(self, delivery_id: str, now: float) -> dict[str, Any] | None: ...
+    async def dead_deliveries(self, ids: Sequence[str]) -> tuple[list[str], list[str]]: ...
+    async def count_unsafe(self, delivery_ids: Sequence[str], unsafe_before: float) -> int: ...
+    async def discard(self, delivery_ids: Sequence[str], reason: str, now: float) -> int: ...
+    async def pending_by_route(self) -> dict[str, int]: ...
+    async def source_counts(self) -> dict[str, dict[str, Any]]: ...
+    async def counts(self) -> dict[str, dict[str, int]]: ...
 
 
 class SQLiteStore:
@@ -461,8 +498,8 @@ class SQLiteStore:
             self._new_work = True
         out: list[tuple[bool, Accepted]] = []
         for job in jobs:
-            stored = first[job.event.idempotency_key]
-            out.append((True, Accepted(stored, duplicate=stored != job.event.id)))
+            kept = first[job.event.idempotency_key]
+            out.append((True, Accepted(kept, duplicate=kept != job.event.id)))
         return out
 
     @staticmethod
@@ -489,7 +526,7 @@ class SQLiteStore:
         another event raises ReplayedToken."""
         headers = codec.dumps(event.headers).decode()
         if not (event.items or event.nonce or callable(deliveries)):
-            return await self._write(_Accept(event, headers, deliveries), False)  # type: ignore[arg-type]
+            return await self._write(_Accept(event, headers, deliveries), False)
         source_key = f"{event.source}:"
 
         def job(conn: sqlite3.Connection) -> Accepted:
@@ -1142,7 +1179,8 @@ class SQLiteStore:
                           before_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first. `before_id` is the cursor: ids are time-ordered, so the page after one
         ending at X is everything with an id below X."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for column, value in (("source", source), ("event_type", event_type), ("state", state)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -1425,6 +1463,9 @@ class _Accept:
         self.event = event
         self.headers = headers
         self.deliveries = deliveries
+
+    def __call__(self, conn: sqlite3.Connection) -> Accepted:
+        raise AssertionError("plain accepts are applied together by SQLiteStore._accept_all")
 
 
 class _Bare:

@@ -86,7 +86,7 @@ def follow(status_url: str, seconds: float) -> dict[str, Any]:
     """The event's public status, once it has settled (or when `seconds` have passed)."""
     deadline = time.monotonic() + seconds
     while True:
-        view = _json(httpx.get(status_url, timeout=10))
+        view: dict[str, Any] = _json(httpx.get(status_url, timeout=10))
         if _settled(view) or time.monotonic() > deadline:
             return view
         time.sleep(0.2)

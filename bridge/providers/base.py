@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -203,9 +204,11 @@ def sign(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
         keyed = _KEYED[(key, algorithm)] = _keyed_hmac(key, digestmod=algorithm)
     mac = keyed.copy()
     mac.update(message)
-    return mac.digest()
+    digest: bytes = mac.digest()
+    return digest
 
 
+_keyed_hmac: Callable[..., Any]
 try:  # the C object that hmac.HMAC wraps: copying it directly skips a Python-level layer
     from _hashlib import hmac_new as _keyed_hmac
 except ImportError:  # pragma: no cover - Python built without OpenSSL
