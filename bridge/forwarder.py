@@ -132,8 +132,11 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
         # If this fails (StoreUnavailable), the lease expires and the delivery is tried again;
         # the platform's idempotency key makes that second call harmless.
         track_until = now + self.track_deadline if self.track_deadline is not None else None
-        await self.store.record(delivery, self.owner, attempt, outcome, next_at, now,
-                                self.settings.pause_probe, track_until, reached_at)
+        if not await self.store.record(delivery, self.owner, attempt, outcome, next_at, now,
+                                       self.settings.pause_probe, track_until, reached_at):
+            log.warning("outcome not recorded: the lease was lost (another worker holds the "
+                        "delivery, or an operator acted on it)",
+                        extra={"delivery_id": delivery.id, "outcome": attempt.outcome})
 
     def _expired(self, reached_at: float | None, when: float) -> bool:
         return reached_at is not None and when > resend_deadline(reached_at, self.key_lifetime)

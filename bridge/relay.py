@@ -165,8 +165,12 @@ class Relay(ClaimLoop[ClaimedCallback]):
         attempt = Attempt(item.id, started, (time.perf_counter() - t0) * 1000, label, status,
                           reason, excerpt)
         self.metrics.callbacks.labels(label).inc()
-        await self.store.record_callback(item, self.owner, attempt, label == "delivered",
-                                         next_at, reason, self.clock())
+        if not await self.store.record_callback(item, self.owner, attempt,
+                                                label == "delivered", next_at, reason,
+                                                self.clock()):
+            log.warning("callback outcome not recorded: the lease was lost",
+                        extra={"callback_id": item.id, "outcome": label})
+            return
         if label == "delivered":
             log.info("callback delivered", extra={"callback_id": item.id, "status_code": status,
                                                   "execution_id": item.execution_id})

@@ -224,13 +224,13 @@ class Store(Protocol):
     async def record(self, delivery: ClaimedDelivery, owner: str, attempt: Attempt,
                      outcome: Outcome, next_at: float | None, now: float,
                      probe_every: float, track_until: float | None = None,
-                     reached_at: float | None = None) -> None: ...
+                     reached_at: float | None = None) -> bool: ...
     async def changed(self, timeout: float) -> None: ...
     async def event_settled(self, event_id: str) -> bool: ...
     async def claim_executions(self, owner: str, now: float, lease: float,
                                limit: int) -> list[TrackedExecution]: ...
     async def reschedule_execution(self, execution_id: str, owner: str, status: str | None,
-                                   next_check_at: float, now: float) -> None: ...
+                                   next_check_at: float, now: float) -> bool: ...
     async def complete_execution(self, execution_id: str, result: ExecutionResult, now: float,
                                  callback_urls: Callable[[str], Sequence[str]]) -> bool: ...
     async def next_execution_due(self) -> float | None: ...
@@ -238,7 +238,7 @@ class Store(Protocol):
                               limit: int) -> list[ClaimedCallback]: ...
     async def record_callback(self, callback: ClaimedCallback, owner: str, attempt: Attempt,
                               delivered: bool, next_at: float | None, reason: str | None,
-                              now: float) -> None: ...
+                              now: float) -> bool: ...
     async def next_callback_due(self) -> float | None: ...
     async def release(self, owner: str) -> int: ...
     async def get_execution(self, execution_id: str) -> dict[str, Any] | None: ...
@@ -693,27 +693,44 @@ class SQLiteStore:
     async def record(self, delivery: ClaimedDelivery, owner: str, attempt: Attempt,
                      outcome: Outcome, next_at: float | None, now: float,
                      probe_every: float, track_until: float | None = None,
-                     reached_at: float | None = None) -> None:
+                     reached_at: float | None = None) -> bool:
         """Record one attempt and apply its outcome, in one transaction. A delivery that
         started an execution also starts following it when `track_until` is given; one that
-        may have reached the platform remembers when (`reached_at`, kept once set)."""
+        may have reached the platform remembers when (`reached_at`, kept once set).
 
-        def job(conn: sqlite3.Connection) -> None:
+        Only while `owner` still holds the lease: when it was lost (it expired and another
+        worker claimed the delivery, or an operator acted on it), nothing is written, not even
+        the attempt, and the answer is False. The other holder's outcome is the one that
+        counts."""
+        if isinstance(outcome, Delivered):
+            status, failures, error = DeliveryStatus.DELIVERED, 0, None
+        elif isinstance(outcome, RetryLater) and next_at is not None:
+            status, failures, error = (DeliveryStatus.PENDING, int(outcome.counts_as_failure),
+                                       outcome.reason)
+        elif isinstance(outcome, Paused):
+            status, failures, error = DeliveryStatus.PENDING, 0, outcome.reason
+        else:
+            status, failures = DeliveryStatus.DEAD, 0
+            error = outcome.reason if isinstance(outcome, Dead | RetryLater) else "dead"
+
+        def job(conn: sqlite3.Connection) -> bool:
+            held = conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                " failures = failures + ?, next_attempt_at = COALESCE(?, next_attempt_at),"
+                " execution_id = COALESCE(?, execution_id), last_error = ?,"
+                " reached_at = COALESCE(reached_at, ?), lease_owner = NULL, lease_until = NULL,"
+                " updated_at = ? WHERE id = ? AND status = 'leased' AND lease_owner = ?",
+                (status, failures, next_at if status == DeliveryStatus.PENDING else None,
+                 getattr(outcome, "execution_id", None), error, reached_at, now, delivery.id,
+                 owner)).rowcount
+            if not held:
+                return False
             conn.execute(
                 "INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome, status_code,"
                 " error, response_excerpt) VALUES (?,?,?,?,?,?,?)",
                 (attempt.delivery_id, attempt.started_at, attempt.latency_ms, attempt.outcome,
                  attempt.status_code, attempt.error, attempt.response_excerpt))
-            where = " WHERE id = ? AND status = 'leased' AND lease_owner = ?"
-            key = (delivery.id, owner)
-            if reached_at is not None and delivery.reached_at is None:
-                conn.execute("UPDATE deliveries SET reached_at = ?" + where + 
-                             " AND reached_at IS NULL", (reached_at, *key))
             if isinstance(outcome, Delivered):
-                cur = conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                             " execution_id = ?, last_error = NULL, lease_owner = NULL,"
-                             " lease_until = NULL, updated_at = ?" + where,
-                             (DeliveryStatus.DELIVERED, outcome.execution_id, now, *key))
                 _set_route(conn, delivery.route, RouteState.ACTIVE, None, now, None)
                 if outcome.execution_id and track_until is not None:
                     conn.execute(
@@ -723,30 +740,13 @@ class SQLiteStore:
                         (outcome.execution_id, delivery.id, delivery.event_id, delivery.route,
                          delivery.trigger, ExecutionStatus.PENDING, now, now, track_until, now))
                     self._new_work = True
-            elif isinstance(outcome, RetryLater) and next_at is not None:
-                cur = conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                             " failures = failures + ?, next_attempt_at = ?, last_error = ?,"
-                             " lease_owner = NULL, lease_until = NULL, updated_at = ?" + where,
-                             (DeliveryStatus.PENDING, int(outcome.counts_as_failure), next_at,
-                              outcome.reason, now, *key))
             elif isinstance(outcome, Paused):
-                cur = conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                             " last_error = ?, lease_owner = NULL, lease_until = NULL,"
-                             " updated_at = ?" + where,
-                             (DeliveryStatus.PENDING, outcome.reason, now, *key))
                 _set_route(conn, delivery.route, RouteState.PAUSED, outcome.reason, now,
                            now + probe_every)
-            else:
-                reason = outcome.reason if isinstance(outcome, Dead | RetryLater) else "dead"
-                cur = conn.execute("UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                                   " last_error = ?, lease_owner = NULL, lease_until = NULL,"
-                                   " updated_at = ?" + where,
-                                   (DeliveryStatus.DEAD, reason, now, *key))
             _refresh_event(conn, delivery.event_id)
-            if self.journaling and cur.rowcount:  # the lease was still ours: tell the edge
-                state = ("delivered" if isinstance(outcome, Delivered) else
-                         "waiting" if isinstance(outcome, RetryLater | Paused) and
-                         (next_at is not None or isinstance(outcome, Paused)) else "dead")
+            if self.journaling:  # an agent: tell the edge
+                state = ("delivered" if status == DeliveryStatus.DELIVERED else
+                         "waiting" if status == DeliveryStatus.PENDING else "dead")
                 self._journal(conn, delivery.event_id, now, {
                     "kind": "attempt", "state": state,
                     "execution_id": getattr(outcome, "execution_id", None),
@@ -755,8 +755,9 @@ class SQLiteStore:
                                 "latency_ms": attempt.latency_ms, "outcome": attempt.outcome,
                                 "status_code": attempt.status_code, "error": attempt.error,
                                 "response_excerpt": attempt.response_excerpt}})
+            return True
 
-        await self._write(job)
+        return await self._write(job)
 
     async def release(self, owner: str) -> int:
         """Give back every lease `owner` still holds (clean shutdown)."""
@@ -825,17 +826,18 @@ class SQLiteStore:
         return await self._write(job)
 
     async def reschedule_execution(self, execution_id: str, owner: str, status: str | None,
-                                   next_check_at: float, now: float) -> None:
-        """Not finished yet: note its status, free the lease, check again at `next_check_at`."""
+                                   next_check_at: float, now: float) -> bool:
+        """Not finished yet: note its status, free the lease, check again at `next_check_at`.
+        False, with nothing written, when `owner` no longer holds the lease."""
 
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def job(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(
                 "UPDATE executions SET status = COALESCE(?, status), next_check_at = ?,"
                 " checks = checks + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?"
                 " WHERE id = ? AND lease_owner = ? AND status IN ('pending', 'running')",
-                (status, next_check_at, now, execution_id, owner))
+                (status, next_check_at, now, execution_id, owner)).rowcount)
 
-        await self._write(job)
+        return await self._write(job)
 
     async def complete_execution(self, execution_id: str, result: ExecutionResult, now: float,
                                  callback_urls: Callable[[str], Sequence[str]]) -> bool:
@@ -919,27 +921,32 @@ class SQLiteStore:
 
     async def record_callback(self, callback: ClaimedCallback, owner: str, attempt: Attempt,
                               delivered: bool, next_at: float | None, reason: str | None,
-                              now: float) -> None:
-        """Record one callback attempt; delivered, retried at `next_at`, or dead."""
+                              now: float) -> bool:
+        """Record one callback attempt; delivered, retried at `next_at`, or dead. False, with
+        nothing written, when `owner` no longer holds the lease."""
         if delivered:
             status = CallbackStatus.DELIVERED
         else:
             status = CallbackStatus.PENDING if next_at is not None else CallbackStatus.DEAD
 
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome, status_code,"
-                " error, response_excerpt) VALUES (?,?,?,?,?,?,?)",
-                (attempt.delivery_id, attempt.started_at, attempt.latency_ms, attempt.outcome,
-                 attempt.status_code, attempt.error, attempt.response_excerpt))
-            conn.execute(
+        def job(conn: sqlite3.Connection) -> bool:
+            held = conn.execute(
                 "UPDATE callbacks SET status = ?, attempts = attempts + 1, failures = failures + ?,"
                 " next_attempt_at = COALESCE(?, next_attempt_at), last_error = ?,"
                 " lease_owner = NULL, lease_until = NULL, updated_at = ?"
                 " WHERE id = ? AND status = 'leased' AND lease_owner = ?",
-                (status, 0 if delivered else 1, next_at, reason, now, callback.id, owner))
+                (status, 0 if delivered else 1, next_at, reason, now, callback.id,
+                 owner)).rowcount
+            if held:  # a lost lease writes nothing: the other holder's outcome counts
+                conn.execute(
+                    "INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome,"
+                    " status_code, error, response_excerpt) VALUES (?,?,?,?,?,?,?)",
+                    (attempt.delivery_id, attempt.started_at, attempt.latency_ms,
+                     attempt.outcome, attempt.status_code, attempt.error,
+                     attempt.response_excerpt))
+            return bool(held)
 
-        await self._write(job)
+        return await self._write(job)
 
     async def next_callback_due(self) -> float | None:
         row = await self._one("SELECT MIN(next_attempt_at) AS t FROM callbacks"

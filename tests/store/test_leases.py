@@ -1,0 +1,81 @@
+"""Store contract: exclusive claims and lost leases. Written against the `Store` protocol and
+run for every implementation in `STORES` (SQLite today)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.models import Attempt, Delivered, NewDelivery, RetryLater, VerifiedEvent, new_id
+from bridge.store import SQLiteStore, Store
+
+STORES: dict[str, Callable[[Path], Store]] = {
+    "sqlite": lambda tmp: SQLiteStore(str(tmp / "store.db")),
+}
+
+
+def run(coro: Callable[[Store], Coroutine[Any, Any, None]], make: Callable[[Path], Store],
+        tmp: Path) -> None:
+    async def main() -> None:
+        store = make(tmp)
+        await store.open()
+        try:
+            await coro(store)
+        finally:
+            await store.close()
+    asyncio.run(main())
+
+
+async def _accept(store: Store, n: int, now: float) -> None:
+    for i in range(n):
+        event = VerifiedEvent(new_id(), "s", "github", "push", f"s:{i}", now, {}, b"{}")
+        await store.accept(event, [NewDelivery("r", "t", f"s:{i}:t", b"{}", "application/json")])
+
+
+def _attempt(delivery_id: str, now: float) -> Attempt:
+    return Attempt(delivery_id, now, 1.0, "delivered", 202)
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_a_lost_lease_writes_nothing(kind: str, tmp_path: Path) -> None:
+    async def scenario(store: Store) -> None:
+        now = time.time()
+        await _accept(store, 1, now)
+        [mine] = await store.claim("a", now, 1.0, 10, 30.0)
+        # The lease expires; another worker claims the same delivery.
+        [theirs] = await store.claim("b", now + 2, 60.0, 10, 30.0)
+        assert theirs.id == mine.id
+        assert not await store.record(mine, "a", _attempt(mine.id, now), Delivered("x-a", 202),
+                                      None, now + 3, 30.0)
+        event = await store.get_event(mine.event_id)
+        assert event is not None and event["deliveries"][0]["attempt_log"] == []
+        assert event["deliveries"][0]["status"] == "leased"
+        assert await store.record(theirs, "b", _attempt(theirs.id, now), Delivered("x-b", 202),
+                                  None, now + 3, 30.0)
+        event = await store.get_event(mine.event_id)
+        assert event is not None
+        [delivery] = event["deliveries"]
+        assert delivery["execution_id"] == "x-b" and len(delivery["attempt_log"]) == 1
+        # Recording again on a settled delivery changes nothing either.
+        assert not await store.record(theirs, "b", _attempt(theirs.id, now),
+                                      RetryLater("late"), now + 10, now + 4, 30.0)
+
+    run(scenario, STORES[kind], tmp_path)
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_concurrent_claims_are_exclusive(kind: str, tmp_path: Path) -> None:
+    async def scenario(store: Store) -> None:
+        now = time.time()
+        await _accept(store, 200, now)
+        batches = await asyncio.gather(*(store.claim(f"w{i}", now, 60.0, 17, 30.0)
+                                         for i in range(16)))
+        ids = [d.id for batch in batches for d in batch]
+        assert len(ids) == 200 and len(set(ids)) == 200
+
+    run(scenario, STORES[kind], tmp_path)
