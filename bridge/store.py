@@ -464,18 +464,17 @@ class SQLiteStore:
         for job in jobs:
             if first.setdefault(job.event.idempotency_key, job.event.id) == job.event.id:
                 fresh.append(job)
-        before = conn.total_changes
         # Both unique keys at once: the idempotency key, and the fingerprint of a scheme whose
         # id is unsigned (a replay under a new id is skipped here too).
-        _insert_rows(conn, "events (id, source, provider, event_type, idempotency_key,"
+        inserted = _insert_rows(conn, "events (id, source, provider, event_type, idempotency_key,"
                      " received_at, headers, body, state, callback_url, fingerprint, filtered)",
                      [(e.id, e.source, e.provider, e.event_type, e.idempotency_key,
                        e.received_at, job.headers, e.body,
                        EventState.QUEUED if job.deliveries else EventState.UNROUTED,
                        e.callback_url, e.fingerprint, _filtered(e))
                       for job in fresh for e in (job.event,)],
-                     " ON CONFLICT DO NOTHING")
-        if conn.total_changes - before < len(fresh):  # some were stored before: find by what
+                     " ON CONFLICT DO NOTHING RETURNING id")
+        if inserted < len(fresh):  # some were stored before: find by what
             stored = dict(self._lookup(conn, "idempotency_key", list(first)))
             first.update(stored)
             replays: dict[bytes, list[str]] = {}  # fingerprint -> keys skipped for it
@@ -566,7 +565,8 @@ class SQLiteStore:
                                                         event.fingerprint)).fetchone()
                 return Accepted(row[0], duplicate=True)
             if event.items:
-                conn.executemany("INSERT OR IGNORE INTO event_items (key, event_id) VALUES (?,?)",
+                conn.executemany("INSERT INTO event_items (key, event_id) VALUES (?,?)"
+                                 " ON CONFLICT DO NOTHING",
                                  [(key, event.id) for key in event.items])
             if event.nonce:
                 conn.execute("INSERT INTO nonces (key, event_id) VALUES (?,?)",
@@ -646,25 +646,28 @@ class SQLiteStore:
         def job(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
             paused = [r[0] for r in conn.execute(
                 "SELECT name FROM routes WHERE state = ?", (RouteState.PAUSED,))]
-            skip = ",".join("?" * len(paused))
+            skip = f" AND route NOT IN ({','.join('?' * len(paused))})" if paused else ""
             # Each half walks an index in due order and stops at the limit: no sort of the
             # whole backlog per claim.
             due = [r[0] for r in conn.execute(
                 f"SELECT id FROM deliveries WHERE status = ? AND next_attempt_at <= ?"
-                f" AND route NOT IN ({skip}) AND channel IS NULL ORDER BY next_attempt_at"
+                f"{skip} AND channel IS NULL ORDER BY next_attempt_at"
                 f" LIMIT ?",
                 (DeliveryStatus.PENDING, now, *paused, limit))]
             if len(due) < limit:
                 due += [r[0] for r in conn.execute(
                     f"SELECT id FROM deliveries WHERE status = ? AND lease_until <= ?"
-                    f" AND route NOT IN ({skip}) AND channel IS NULL ORDER BY lease_until"
+                    f"{skip} AND channel IS NULL ORDER BY lease_until"
                     f" LIMIT ?",
                     (DeliveryStatus.LEASED, now, *paused, limit - len(due)))]
             marks = ",".join("?" * len(due))
+            # Status checked again as the lease is taken: only what is still claimable.
             rows = conn.execute(
                 f"UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
-                f" WHERE id IN ({marks}) RETURNING *",
-                (DeliveryStatus.LEASED, owner, now + lease, *due),
+                f" WHERE id IN ({marks}) AND (status = ? OR (status = ? AND lease_until <= ?))"
+                f" RETURNING {_CLAIMED}",
+                (DeliveryStatus.LEASED, owner, now + lease, *due, DeliveryStatus.PENDING,
+                 DeliveryStatus.LEASED, now),
             ).fetchall() if due else []
             claimed = [_claimed(row) for row in rows]
             for route in paused:
@@ -685,7 +688,7 @@ class SQLiteStore:
             "UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
             " WHERE id = (SELECT id FROM deliveries WHERE route = ? AND channel IS NULL AND"
             "  ((status = ? AND next_attempt_at <= ?) OR (status = ? AND lease_until <= ?))"
-            "  ORDER BY next_attempt_at LIMIT 1) RETURNING *",
+            f"  ORDER BY next_attempt_at LIMIT 1) RETURNING {_CLAIMED}",
             (DeliveryStatus.LEASED, owner, now + lease, route, DeliveryStatus.PENDING, now,
              DeliveryStatus.LEASED, now)).fetchall()
         return [_claimed(row, probe=True) for row in rows]
@@ -1199,7 +1202,7 @@ class SQLiteStore:
             where.append("received_at < ?")
             params.append(until)
         if key_contains:
-            where.append("instr(idempotency_key, ?) > 0")
+            where.append("instr(idempotency_key, ?) > 0")  # case-sensitive, unlike LIKE
             params.append(key_contains)
         if before_id:
             where.append("id < ?")
@@ -1387,7 +1390,8 @@ class SQLiteStore:
 
     async def check_writable(self) -> None:
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?)",
+            conn.execute("INSERT INTO meta (key, value) VALUES ('ready_probe', ?)"
+                         " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                          (str(time.time()),))
 
         await self._write(job)
@@ -1396,7 +1400,8 @@ class SQLiteStore:
         """The key that signs status tokens when the config sets none: made once, kept."""
 
         def job(conn: sqlite3.Connection) -> str:
-            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('secret_key', ?)",
+            conn.execute("INSERT INTO meta (key, value) VALUES ('secret_key', ?)"
+                         " ON CONFLICT(key) DO NOTHING",
                          (secrets.token_urlsafe(32),))
             return str(conn.execute(
                 "SELECT value FROM meta WHERE key = 'secret_key'").fetchone()[0])
@@ -1446,18 +1451,23 @@ _MAX_PARAMS = 30000  # below SQLite's default limit of 32,766 bound parameters p
 
 
 def _insert_rows(conn: sqlite3.Connection, target: str, rows: list[tuple[Any, ...]],
-                 tail: str = "") -> None:
+                 tail: str = "") -> int:
     """`INSERT INTO {target} VALUES (...), (...), ...{tail}`: one statement per up to
-    _MAX_PARAMS values instead of one per row."""
+    _MAX_PARAMS values instead of one per row. With a `RETURNING` tail, how many rows it
+    returned (those inserted); otherwise 0."""
     if not rows:
-        return
+        return 0
     width = len(rows[0])
     per = max(1, _MAX_PARAMS // width)
     one = "(" + ",".join("?" * width) + ")"
+    returned = 0
     for start in range(0, len(rows), per):
         chunk = rows[start:start + per]
-        conn.execute(f"INSERT INTO {target} VALUES " + ",".join([one] * len(chunk)) + tail,
-                     [value for row in chunk for value in row])
+        cursor = conn.execute(f"INSERT INTO {target} VALUES " + ",".join([one] * len(chunk))
+                              + tail, [value for row in chunk for value in row])
+        if "RETURNING" in tail:
+            returned += len(cursor.fetchall())
+    return returned
 
 
 class _Accept:
@@ -1484,11 +1494,14 @@ class _Bare:
         self.fn = fn
 
 
+_CLAIMED = ("id, event_id, route, trigger, idempotency_key, body, content_type, attempts,"
+            " failures, created_at, reached_at")
+
+
 def _claimed(row: sqlite3.Row | tuple[Any, ...], probe: bool = False) -> ClaimedDelivery:
-    # RETURNING * yields columns in table order (MIGRATIONS[0], then columns added later).
-    (id_, event_id, route, trigger, key, body, content_type, _status, attempts, failures,
-     _next, _owner, _until, created_at, _updated, _execution, _error, _replay_of,
-     reached_at, _channel) = row
+    """A claimed delivery from a row of the `_CLAIMED` columns, in that order."""
+    (id_, event_id, route, trigger, key, body, content_type, attempts, failures, created_at,
+     reached_at) = row
     return ClaimedDelivery(id_, event_id, route, trigger, key, bytes(body), content_type,
                            attempts, failures, created_at, probe, reached_at)
 
@@ -1514,11 +1527,11 @@ def _set_route(conn: sqlite3.Connection, route: str, state: RouteState, reason: 
 def _refresh_event(conn: sqlite3.Connection, event_id: str) -> None:
     conn.execute(
         "UPDATE events SET state = CASE"
-        " WHEN EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1"
+        " WHEN EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?"
         "   AND status IN ('pending', 'leased', 'handed_off')) THEN 'queued'"
-        " WHEN EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?1 AND status IN ('dead', 'discarded'))"
+        " WHEN EXISTS (SELECT 1 FROM deliveries WHERE event_id = ? AND status IN ('dead', 'discarded'))"
         "   THEN 'dead'"
-        " ELSE 'delivered' END WHERE id = ?1", (event_id,))
+        " ELSE 'delivered' END WHERE id = ?", (event_id, event_id, event_id))
 
 
 def _filtered(event: VerifiedEvent) -> str | None:
