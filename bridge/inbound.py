@@ -26,6 +26,7 @@ from bridge.errors import (
     CallbackNotAllowed,
     MalformedSignature,
     PayloadTooLarge,
+    ReplayedToken,
     SignatureError,
     UnknownSource,
     UnsupportedMediaType,
@@ -311,6 +312,8 @@ class Inbound:
 
         accepted = await self.store.accept(event, deliveries if event.items else deliveries(
             frozenset()))
+        if accepted.replayed_token:
+            raise ReplayedToken("this signature token was already used")
         if accepted.duplicate:
             meters.duplicates += 1
         else:

@@ -117,6 +117,7 @@ IN_FLIGHT = ("pending", "leased", "handed_off")
 class Accepted:
     event_id: str
     duplicate: bool
+    replayed_token: bool = False  # refused: its single-use token (`nonce`) was seen before
 
 
 # Outcomes of one delivery attempt, produced by platform.classify().

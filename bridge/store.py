@@ -30,7 +30,7 @@ import aiosqlite
 
 from bridge import codec
 from bridge.completion import callback_body
-from bridge.errors import BridgeError, InternalError, ReplayedToken, StoreUnavailable
+from bridge.errors import BridgeError, InternalError, StoreUnavailable
 from bridge.models import (
     IN_FLIGHT,
     Accepted,
@@ -522,7 +522,8 @@ class SQLiteStore:
         For a batch (`event.items`), a request whose items were all seen before is a duplicate
         of the event that first carried one of them; otherwise it is stored, and `deliveries`
         (then a callable) is given the set of items already seen. A `nonce` seen before with
-        another event raises ReplayedToken."""
+        another event stores nothing and answers `replayed_token` (the caller refuses the
+        request: an HTTP concern, not the store's)."""
         headers = codec.dumps(event.headers).decode()
         if not (event.items or event.nonce or callable(deliveries)):
             return await self._write(_Accept(event, headers, deliveries), False)
@@ -541,7 +542,7 @@ class SQLiteStore:
                     return Accepted(row[0], duplicate=True)
                 if event.nonce and conn.execute("SELECT 1 FROM nonces WHERE key = ?",
                                                 (source_key + event.nonce,)).fetchone():
-                    raise ReplayedToken("this signature token was already used")
+                    return Accepted("", duplicate=False, replayed_token=True)
                 if event.items:
                     marks = ",".join("?" * len(event.items))
                     found = conn.execute(f"SELECT key, event_id FROM event_items WHERE key IN"
