@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import __version__
-from bridge.config import Config, SourceConfig
+from bridge.config import Config, SourceConfig, mask_url
 from bridge.errors import BridgeError, SignatureError, StoreUnavailable
 from bridge.forwarder import Forwarder
 from bridge.http import Client, HttpError, Reply
@@ -48,7 +48,7 @@ from bridge.models import NewDelivery, VerifiedEvent, new_id
 from bridge.providers import InboundRequest
 from bridge.providers.standard import Standard
 from bridge.relay import Relay
-from bridge.store import SQLiteStore, Store
+from bridge.store import Store, open_store
 from bridge.tracker import Tracker
 
 log = logging.getLogger("bridge.agent")
@@ -319,8 +319,7 @@ def create_agent(config: Config, *, clock: Callable[[], float] = time.time) -> S
     """The agent as an ASGI app: its loops run in the lifespan; the routes are for operators
     on the same host."""
     assert config.edge is not None
-    store = SQLiteStore(config.store.path, busy_timeout=config.store.busy_timeout,
-                        max_size_bytes=config.store.max_size_bytes)
+    store = open_store(config.store)
     store.journaling = True
     metrics = Metrics()
     rng = random.Random()
@@ -345,7 +344,9 @@ def create_agent(config: Config, *, clock: Callable[[], float] = time.time) -> S
         tasks = [asyncio.create_task(loop.run(), name=type(loop).__name__) for loop in loops]
         log.info("agent started", extra={"edge": config.edge.url if config.edge else None,
                                           "channel": config.edge.channel if config.edge else None,
-                                          "agent": agent_id, "store": config.store.path})
+                                          "agent": agent_id,
+                                          "store": mask_url(config.store.url or "")
+                                          or config.store.path})
         try:
             yield
         finally:

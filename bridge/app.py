@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from bridge import logs, status
 from bridge.admin import Admin
-from bridge.config import Config, load
+from bridge.config import Config, load, mask_url
 from bridge.edge import Edge
 from bridge.errors import BridgeError, ConfigError, StoreUnavailable, error_body
 from bridge.forwarder import Forwarder
@@ -36,7 +36,7 @@ from bridge.models import iso
 from bridge.providers import build_all
 from bridge.relay import Relay
 from bridge.status import StatusTokens
-from bridge.store import SQLiteStore, Store
+from bridge.store import Store, open_store
 from bridge.tracker import PushReceiver, Tracker
 
 log = logging.getLogger("bridge.app")
@@ -87,8 +87,7 @@ def create_app(config: Config, *, store: Store | None = None,
     for name, provider in providers.items():
         if provider.source.provider == "none":
             log.warning("source accepts unsigned requests", extra={"source": name})
-    store = store or SQLiteStore(config.store.path, busy_timeout=config.store.busy_timeout,
-                                 max_size_bytes=config.store.max_size_bytes)
+    store = store or open_store(config.store)
     rng = rng or random.Random()
     metrics = Metrics()
     runtime = Runtime(config, providers)
@@ -133,7 +132,9 @@ def create_app(config: Config, *, store: Store | None = None,
         elif any(route.channel is None for route in config.routes):
             log.warning("executions are not followed: set [platform] api_key to track them")
         tasks.append(asyncio.create_task(relay.run(), name="relay"))
-        log.info("bridge started", extra={"config": config.origin, "store": config.store.path,
+        log.info("bridge started", extra={"config": config.origin,
+                                          "store": mask_url(config.store.url or "")
+                                          or config.store.path,
                                           "sources": len(config.sources),
                                           "routes": len(config.routes)})
         try:

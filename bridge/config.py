@@ -96,6 +96,8 @@ class ServerConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     path: str = DEFAULT_DB_PATH
+    url: str | None = None  # postgresql://user@host:5432/db: PostgreSQL instead of `path`
+    statement_timeout: float = 10.0  # PostgreSQL: a statement running longer fails (503)
     dedupe_window: float = 7 * DAY
     prune_interval: float = 3600.0
     max_size_bytes: int | None = None
@@ -535,11 +537,15 @@ def _server(s: _Section) -> ServerConfig:
 def _store(s: _Section) -> StoreConfig:
     cfg = StoreConfig(
         path=s.string("path", DEFAULT_DB_PATH),
+        url=s.string("url"),
+        statement_timeout=s.duration("statement_timeout", 10.0),
         dedupe_window=s.duration("dedupe_window", 7 * DAY),
         prune_interval=s.duration("prune_interval", 3600.0),
         max_size_bytes=s.integer("max_size_bytes", None, minimum=65536),
         busy_timeout=s.duration("busy_timeout", 2.0),
     )
+    if cfg.url is not None and urlsplit(cfg.url).scheme not in ("postgresql", "postgres"):
+        s.fail("url", "expected a postgresql:// URL")
     if cfg.dedupe_window < MIN_DEDUPE_WINDOW:
         s.fail("dedupe_window", "must be >= 72h (providers such as Stripe retry for ~3 days)")
     s.finish()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import sqlite3
 import time
@@ -225,6 +224,9 @@ class SQLiteStore:
         # An agent's store journals every outcome (attempts, finished executions) in the same
         # transaction that records it, for its edge (see `bridge.agent`).
         self.journaling = False
+        # On PostgreSQL a failed statement aborts the transaction, so every job needs its own
+        # savepoint to fail alone (SQLite's jobs that cannot fail on their own skip it).
+        self.savepoints_always = False
 
     # lifecycle
 
@@ -289,7 +291,8 @@ class SQLiteStore:
         if self._writer is None or not self._writer.open:
             raise StoreUnavailable("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writer.submit(fn if savepoint or isinstance(fn, _Accept) else _Bare(fn), future)
+        bare = not (savepoint or isinstance(fn, _Accept) or self.savepoints_always)
+        self._writer.submit(_Bare(fn) if bare else fn, future)
         return await future
 
     def _finish(self, batch: list[tuple[Any, asyncio.Future[Any]]],
@@ -713,7 +716,7 @@ class SQLiteStore:
             "  AND channel IS NULL"
             " UNION ALL SELECT MIN(r.next_probe_at) FROM routes r WHERE r.state = 'paused'"
             "  AND EXISTS (SELECT 1 FROM deliveries d WHERE d.route = r.name"
-            "   AND d.status IN ('pending', 'leased') AND d.channel IS NULL))", ())
+            "   AND d.status IN ('pending', 'leased') AND d.channel IS NULL)) AS due", ())
         return None if row is None else row["t"]
 
     async def route_states(self) -> dict[str, dict[str, Any]]:
@@ -1484,6 +1487,11 @@ def outage(exc: BaseException) -> bool:
     """Is `exc` the store being unavailable (503, retry later), rather than a bug?"""
     if isinstance(exc, StoreUnavailable | OSError | MemoryError):
         return True
+    if type(exc).__module__.startswith("psycopg"):  # the PostgreSQL store runs these jobs too
+        import psycopg
+
+        # Connection lost, server shutting down, statement timeout, serialization: retry later.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
     code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(exc, sqlite3.Error) and code is not None:
         return (code & 0xFF) in _OUTAGE_CODES
@@ -1493,7 +1501,8 @@ def outage(exc: BaseException) -> bool:
 def _job_error(exc: Exception) -> Exception:
     """A job's own failure: domain errors pass through; a database error is a bug, logged here
     with its traceback and answered as an internal error."""
-    if isinstance(exc, sqlite3.Error | ValueError | TypeError):
+    if isinstance(exc, sqlite3.Error | ValueError | TypeError) or \
+            type(exc).__module__.startswith("psycopg"):
         log.error("store job failed", exc_info=(type(exc), exc, exc.__traceback__))
         return InternalError("internal error")
     return exc
@@ -1503,6 +1512,4 @@ def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {exc}"
 
 
-def open_store(path: str, **options: Any) -> SQLiteStore:
-    """The store for a config's `[store] path` (PostgreSQL URLs come later)."""
-    return SQLiteStore(os.fspath(path), **options)
+

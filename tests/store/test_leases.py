@@ -1,5 +1,5 @@
 """Store contract: exclusive claims and lost leases. Written against the `Store` protocol and
-run for every implementation in `STORES` (SQLite today)."""
+run against every implementation: SQLite, and PostgreSQL in a schema of its own."""
 
 from __future__ import annotations
 
@@ -13,22 +13,27 @@ import pytest
 
 from bridge.models import Attempt, Delivered, NewDelivery, RetryLater, VerifiedEvent, new_id
 from bridge.store import SQLiteStore, Store
+from tests import pg
 
-STORES: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: SQLiteStore(str(tmp / "store.db")),
-}
+STORES = ("sqlite", "postgres")
 
 
-def run(coro: Callable[[Store], Coroutine[Any, Any, None]], make: Callable[[Path], Store],
-        tmp: Path) -> None:
-    async def main() -> None:
-        store = make(tmp)
+def run(coro: Callable[[Store], Coroutine[Any, Any, None]], kind: str, tmp: Path) -> None:
+    async def main(store: Store) -> None:
         await store.open()
         try:
             await coro(store)
         finally:
             await store.close()
-    asyncio.run(main())
+
+    if kind == "sqlite":
+        asyncio.run(main(SQLiteStore(str(tmp / "store.db"))))
+        return
+    pg.require()
+    from bridge.store.postgres import PostgresStore
+
+    with pg.schema() as url:
+        asyncio.run(main(PostgresStore(url)))
 
 
 async def _accept(store: Store, n: int, now: float) -> None:
@@ -41,7 +46,7 @@ def _attempt(delivery_id: str, now: float) -> Attempt:
     return Attempt(delivery_id, now, 1.0, "delivered", 202)
 
 
-@pytest.mark.parametrize("kind", sorted(STORES))
+@pytest.mark.parametrize("kind", STORES)
 def test_a_lost_lease_writes_nothing(kind: str, tmp_path: Path) -> None:
     async def scenario(store: Store) -> None:
         now = time.time()
@@ -65,10 +70,10 @@ def test_a_lost_lease_writes_nothing(kind: str, tmp_path: Path) -> None:
         assert not await store.record(theirs, "b", _attempt(theirs.id, now),
                                       RetryLater("late"), now + 10, now + 4, 30.0)
 
-    run(scenario, STORES[kind], tmp_path)
+    run(scenario, kind, tmp_path)
 
 
-@pytest.mark.parametrize("kind", sorted(STORES))
+@pytest.mark.parametrize("kind", STORES)
 def test_concurrent_claims_are_exclusive(kind: str, tmp_path: Path) -> None:
     async def scenario(store: Store) -> None:
         now = time.time()
@@ -78,4 +83,4 @@ def test_concurrent_claims_are_exclusive(kind: str, tmp_path: Path) -> None:
         ids = [d.id for batch in batches for d in batch]
         assert len(ids) == 200 and len(set(ids)) == 200
 
-    run(scenario, STORES[kind], tmp_path)
+    run(scenario, kind, tmp_path)

@@ -1,0 +1,87 @@
+"""The bridge on PostgreSQL: real processes on one database (a schema of its own per test)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import pg
+from tests.conftest import BASE_CONFIG, github_headers, wait_for
+
+ADMIN = "adm-token-5f0e9c1b2a7d"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    pg.require()
+    with pg.schema() as url:
+        yield url
+
+
+def on_postgres(url: str) -> str:
+    return BASE_CONFIG.replace('path = "{db}"', f'url = "{url}"') + f"""
+[admin]
+tokens = ["{ADMIN}"]
+"""
+
+
+def test_a_bridge_on_postgres_accepts_forwards_and_survives_a_kill(make_bridge: Any,
+                                                                   emulator: Any,
+                                                                   pg_url: str) -> None:
+    bridge = make_bridge(base=on_postgres(pg_url))
+    acked = []
+    for i in range(20):
+        body = json.dumps({"ref": "refs/heads/main", "n": i}).encode()
+        r = bridge.post("/hooks/github", body, github_headers(body, delivery=f"pg-{i}"))
+        assert r.status_code == 202, r.text
+        acked.append(r.json()["id"])
+    again = json.dumps({"ref": "refs/heads/main", "n": 0}).encode()
+    assert bridge.post("/hooks/github", again, github_headers(again, delivery="pg-0")
+                       ).json()["duplicate"] is True
+    bridge.kill()  # SIGKILL: whatever was acknowledged is in PostgreSQL
+    bridge.start()
+    wait_for(lambda: len({c["key"] for c in emulator.emulator.calls}) == 20, timeout=30)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+
+    def all_delivered() -> bool:
+        events = httpx.get(f"{bridge.url}/admin/events?limit=100", headers=admin,
+                           timeout=10).json()["events"]
+        return len(events) == 20 and all(e["state"] == "delivered" for e in events)
+    wait_for(all_delivered, timeout=30)
+    assert httpx.get(f"{bridge.url}/readyz", timeout=10).status_code == 200
+
+
+def test_three_replicas_take_one_delivery_once(make_bridge: Any, emulator: Any,
+                                               pg_url: str) -> None:
+    replicas = [make_bridge(base=on_postgres(pg_url), name=f"replica-{i}") for i in range(3)]
+    body = json.dumps({"ref": "refs/heads/main", "n": "same"}).encode()
+    headers = github_headers(body, delivery="everywhere")
+    answers: list[httpx.Response] = []
+    start = threading.Barrier(3)
+
+    def send(replica: Any) -> None:
+        start.wait()
+        answers.append(replica.post("/hooks/github", body, headers))
+
+    threads = [threading.Thread(target=send, args=(r,)) for r in replicas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(a.status_code for a in answers) == [200, 200, 202]
+    assert len({a.json()["id"] for a in answers}) == 1
+    wait_for(lambda: emulator.emulator.calls, timeout=20)
+    # Every replica's forwarder runs; the one delivery is claimed by exactly one of them.
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    event_id = answers[0].json()["id"]
+    wait_for(lambda: httpx.get(f"{replicas[1].url}/admin/events/{event_id}", headers=admin,
+                               timeout=10).json()["state"] == "delivered", timeout=20)
+    assert len(emulator.emulator.calls) == 1
+    shown = httpx.get(f"{replicas[2].url}/admin/events/{event_id}", headers=admin,
+                      timeout=10).json()
+    assert len(shown["deliveries"][0]["attempt_log"]) == 1
