@@ -47,6 +47,10 @@ def parser() -> argparse.ArgumentParser:
                                         "(default: $BRIDGE_CONFIG)")
     agent.add_argument("--log-format", choices=("json", "text"), help="overrides the config")
 
+    migrate = commands.add_parser("migrate", help="bring the store's schema up to date, then "
+                                                  "exit (serve does it too, once, at start)")
+    migrate.add_argument("--config", help="TOML config file (default: $BRIDGE_CONFIG)")
+
     emulator = commands.add_parser("emulator", help="run the platform emulator")
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8090)
@@ -79,7 +83,7 @@ def run(argv: Sequence[str] | None) -> int:
         from bridge.demo import run as run_demo
 
         return run_demo()
-    if args.command not in ("serve", "check-config", "agent"):
+    if args.command not in ("serve", "check-config", "agent", "migrate"):
         return ops.run(args, tryout.HANDLERS)
     from bridge.config import load
     from bridge.errors import ConfigError
@@ -91,6 +95,8 @@ def run(argv: Sequence[str] | None) -> int:
             return check_config(config, args.print)
         if args.command == "agent":
             return run_agent(config, args.log_format)
+        if args.command == "migrate":
+            return migrate(config)
         return serve(config, args.log_format)
     except ConfigError as exc:
         print(f"bridge: invalid configuration ({path or 'built-in defaults'}):", file=sys.stderr)
@@ -167,6 +173,34 @@ def serve(config: object, log_format: str | None) -> int:
         if emulator is not None:
             emulator.stop()
     return EXIT_OK if server.started else EXIT_FAILURE
+
+
+def migrate(config: object) -> int:
+    """Open the store (which applies every migration it lacks, under a lock when several
+    replicas share it) and close it."""
+    import asyncio
+
+    from bridge import logs
+    from bridge.config import Config, mask_url
+    from bridge.errors import StoreUnavailable
+    from bridge.store import MIGRATIONS, open_store
+
+    assert isinstance(config, Config)
+    logs.configure("text", config.secrets())
+    store = open_store(config.store)
+
+    async def run() -> None:
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(run())
+    except StoreUnavailable as exc:
+        print(f"bridge: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    where = mask_url(config.store.url) if config.store.url else config.store.path
+    print(f"ok: {where} is at schema version {len(MIGRATIONS)}")
+    return EXIT_OK
 
 
 def run_agent(config: object, log_format: str | None) -> int:

@@ -20,9 +20,9 @@ PostgreSQL's own lives here:
 - outages: a connection that fails is replaced on the next transaction; until then callers get
   `StoreUnavailable` (503 with Retry-After).
 
-Deliveries, executions and callbacks are claimed by an `UPDATE` that re-checks each row's status
-as it takes the lease; under PostgreSQL's row locks, a second replica's claim of the same row
-waits, re-reads it as leased, and skips it, so no two replicas hold the same attempt.
+Deliveries, executions and callbacks are claimed with `SELECT ... FOR UPDATE SKIP LOCKED` (each
+replica skips the rows another is taking) and an `UPDATE` that re-checks each row's status as it
+takes the lease, so no two replicas hold the same attempt.
 """
 
 from __future__ import annotations
@@ -38,13 +38,14 @@ from typing import Any
 import psycopg
 
 from bridge.errors import InternalError, StoreUnavailable
-from bridge.store.sqlite import MIGRATIONS, SQLiteStore, _describe, _query
+from bridge.store.sqlite import MIGRATIONS, SKIP_LOCKED, SQLiteStore, _describe, _query
 from bridge.store.writer import Writer
 
 log = logging.getLogger("bridge.store")
 LOCK_KEY = 0x62726964676531  # "bridge1": the advisory lock held while migrating
 NOTIFY = "bridge_work"
 _WORDS = [(re.compile(r"\bBEGIN IMMEDIATE\b"), "BEGIN"),
+          (re.compile(re.escape(SKIP_LOCKED)), " FOR UPDATE SKIP LOCKED"),
           (re.compile(r"\binstr\(([^,]+),\s*"), r"strpos(\1, "),
           (re.compile(r"\bgroup_concat\("), "string_agg(")]
 _TYPES = [(re.compile(r"\bINTEGER PRIMARY KEY( AUTOINCREMENT)?"),

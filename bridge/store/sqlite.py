@@ -580,13 +580,13 @@ class SQLiteStore:
             due = [r[0] for r in conn.execute(
                 f"SELECT id FROM deliveries WHERE status = ? AND next_attempt_at <= ?"
                 f"{skip} AND channel IS NULL ORDER BY next_attempt_at"
-                f" LIMIT ?",
+                f" LIMIT ?{SKIP_LOCKED}",
                 (DeliveryStatus.PENDING, now, *paused, limit))]
             if len(due) < limit:
                 due += [r[0] for r in conn.execute(
                     f"SELECT id FROM deliveries WHERE status = ? AND lease_until <= ?"
                     f"{skip} AND channel IS NULL ORDER BY lease_until"
-                    f" LIMIT ?",
+                    f" LIMIT ?{SKIP_LOCKED}",
                     (DeliveryStatus.LEASED, now, *paused, limit - len(due)))]
             marks = ",".join("?" * len(due))
             # Status checked again as the lease is taken: only what is still claimable.
@@ -744,7 +744,7 @@ class SQLiteStore:
                 "SELECT id FROM executions WHERE status IN ('pending', 'running')"
                 " AND next_check_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
                 " AND channel IS NULL"
-                " ORDER BY next_check_at LIMIT ?", (now, now, limit))]
+                " ORDER BY next_check_at LIMIT ?" + SKIP_LOCKED, (now, now, limit))]
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
@@ -831,11 +831,12 @@ class SQLiteStore:
         def job(conn: sqlite3.Connection) -> list[ClaimedCallback]:
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM callbacks WHERE status = ? AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at LIMIT ?", (CallbackStatus.PENDING, now, limit))]
+                " ORDER BY next_attempt_at LIMIT ?" + SKIP_LOCKED,
+                (CallbackStatus.PENDING, now, limit))]
             if len(ids) < limit:
                 ids += [r[0] for r in conn.execute(
                     "SELECT id FROM callbacks WHERE status = ? AND lease_until <= ?"
-                    " ORDER BY lease_until LIMIT ?",
+                    " ORDER BY lease_until LIMIT ?" + SKIP_LOCKED,
                     (CallbackStatus.LEASED, now, limit - len(ids)))]
             if not ids:
                 return []
@@ -938,7 +939,8 @@ class SQLiteStore:
                 if len(found) < limit:
                     found += conn.execute(
                         f"SELECT id, length(body) FROM deliveries WHERE channel = ? AND {sql}"
-                        " ORDER BY id LIMIT ?", (channel, *extra, limit - len(found))).fetchall()
+                        " ORDER BY id LIMIT ?" + SKIP_LOCKED,
+                        (channel, *extra, limit - len(found))).fetchall()
             ids: list[str] = []
             size = 0
             for delivery_id, length in found:
@@ -1421,6 +1423,11 @@ class _Bare:
     def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         self.fn = fn
 
+
+# Claims select what they will lease with this marker: a comment to SQLite (one writer at a
+# time), `FOR UPDATE SKIP LOCKED` on PostgreSQL, where replicas claiming at once each skip the
+# rows another is taking instead of waiting for them.
+SKIP_LOCKED = " /*SKIP LOCKED*/"
 
 _CLAIMED = ("id, event_id, route, trigger, idempotency_key, body, content_type, attempts,"
             " failures, created_at, reached_at")
