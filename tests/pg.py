@@ -54,3 +54,56 @@ def schema() -> Iterator[str]:
     finally:
         with psycopg.connect(SERVER, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+class OwnServer:
+    """A PostgreSQL server of the test's own, in a temporary directory on a free port, so a test
+    can stop it (as a crash would) and start it again. Runs as the `postgres` user (PostgreSQL
+    refuses root)."""
+
+    def __init__(self, directory: str, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    @staticmethod
+    def unavailable() -> str | None:
+        import shutil
+
+        if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+            return "PostgreSQL's server binaries (initdb, pg_ctl) are not installed"
+        if os.geteuid() == 0 and shutil.which("runuser") is None:
+            return "running PostgreSQL from root needs runuser"
+        return None
+
+    def _run(self, *args: str) -> None:
+        import subprocess
+
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=120)
+
+    def init(self) -> OwnServer:
+        import shutil
+
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run("initdb", "-D", f"{self.directory}/data", "-U", "postgres",
+                  "--auth=trust", "-E", "UTF8")
+        return self.start()
+
+    def start(self) -> OwnServer:
+        self._run("pg_ctl", "-D", f"{self.directory}/data", "-w", "-l",
+                  f"{self.directory}/server.log", "-o",
+                  f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1", "start")
+        return self
+
+    def crash(self) -> None:
+        """Stop at once, as a power cut would: no checkpoint, clients cut off."""
+        self._run("pg_ctl", "-D", f"{self.directory}/data", "-m", "immediate", "stop")
+
+    def stop(self) -> None:
+        import contextlib
+        import subprocess
+
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run("pg_ctl", "-D", f"{self.directory}/data", "-m", "fast", "stop")

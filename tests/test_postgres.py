@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +14,7 @@ import httpx
 import pytest
 
 from tests import pg
-from tests.conftest import BASE_CONFIG, github_headers, wait_for
+from tests.conftest import BASE_CONFIG, free_port, github_headers, wait_for
 
 ADMIN = "adm-token-5f0e9c1b2a7d"
 
@@ -85,3 +88,60 @@ def test_three_replicas_take_one_delivery_once(make_bridge: Any, emulator: Any,
     shown = httpx.get(f"{replicas[2].url}/admin/events/{event_id}", headers=admin,
                       timeout=10).json()
     assert len(shown["deliveries"][0]["attempt_log"]) == 1
+
+
+@pytest.mark.timeout(300)
+def test_the_database_going_away_answers_503_and_the_bridge_recovers(
+        make_bridge: Any, emulator: Any, tmp_path: Any) -> None:
+    reason = pg.OwnServer.unavailable()
+    if reason:
+        if os.environ.get("BRIDGE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    directory = tempfile.mkdtemp(prefix="bridge-pg-")
+    server = pg.OwnServer(directory, free_port()).init()
+    try:
+        bridge = make_bridge(base=on_postgres(server.url))
+        acked: list[str] = []
+        refused: list[httpx.Response] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            i = 0
+            with httpx.Client(base_url=bridge.url, timeout=15) as client:
+                while not stop.is_set():
+                    body = json.dumps({"ref": "refs/heads/main", "n": i}).encode()
+                    try:
+                        r = client.post("/hooks/github", content=body,
+                                        headers=github_headers(body, delivery=f"f-{i}"))
+                    except httpx.HTTPError:
+                        i += 1
+                        continue
+                    if r.status_code == 202:
+                        acked.append(f"github:f-{i}")
+                    else:
+                        refused.append(r)
+                    i += 1
+
+        sender = threading.Thread(target=load, daemon=True)
+        sender.start()
+        wait_for(lambda: len(acked) >= 30, timeout=30)
+        server.crash()
+        wait_for(lambda: len(refused) >= 5, timeout=60)
+        assert httpx.get(f"{bridge.url}/readyz", timeout=15).status_code == 503
+        server.start()
+        mark = len(acked)
+        wait_for(lambda: len(acked) >= mark + 30, timeout=60)  # recovered, no restart
+        stop.set()
+        sender.join(30)
+        assert all(r.status_code == 503 and r.headers.get("retry-after") for r in refused), \
+            {r.status_code for r in refused}
+        assert all(r.json()["error"]["code"] for r in refused)
+        assert httpx.get(f"{bridge.url}/readyz", timeout=15).status_code == 200
+        print(f"acknowledged {len(acked)}, refused {len(refused)} while the database was down")
+        # Every acknowledged event was stored and reaches the platform.
+        wait_for(lambda: set(acked) <= {c["key"].rsplit(":", 1)[0]
+                                        for c in emulator.emulator.calls}, timeout=60)
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
