@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,3 +146,70 @@ def test_the_database_going_away_answers_503_and_the_bridge_recovers(
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_pause_through_one_replica_holds_on_all(make_bridge: Any, emulator: Any,
+                                                  pg_url: str) -> None:
+    from tests.test_providers import stripe_event, stripe_headers
+
+    a, b, c = (make_bridge(base=on_postgres(pg_url), name=f"replica-{i}") for i in range(3))
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    assert httpx.post(f"{a.url}/admin/routes/github-push/pause", headers=admin, json={},
+                      timeout=10).status_code == 200
+    for i, replica in enumerate((b, c)):
+        body = json.dumps({"ref": "refs/heads/main", "n": i}).encode()
+        assert replica.post("/hooks/github", body, github_headers(
+            body, delivery=f"held-{i}")).status_code == 202
+    for i, replica in enumerate((b, c)):  # later, on an active route: proof the loops ran
+        body = stripe_event(f"evt_after_{i}")
+        assert replica.post("/hooks/stripe", body, stripe_headers(body)).status_code == 202
+    wait_for(lambda: len([x for x in emulator.emulator.calls
+                          if x["trigger"] == "stripe-events"]) == 2, timeout=20)
+    assert [x for x in emulator.emulator.calls if x["trigger"] == "github-push"] == []
+    routes = httpx.get(f"{b.url}/admin/routes", headers=admin, timeout=10).json()["routes"]
+    assert {r["name"]: r["state"] for r in routes}["github->github-push"] == "paused"
+    assert httpx.post(f"{c.url}/admin/routes/github-push/resume", headers=admin,
+                      timeout=10).status_code == 200
+    wait_for(lambda: len([x for x in emulator.emulator.calls
+                          if x["trigger"] == "github-push"]) == 2, timeout=20)
+
+
+@pytest.mark.timeout(300)
+def test_replicas_killed_under_load_lose_and_double_nothing(make_bridge: Any, emulator: Any,
+                                                            pg_url: str) -> None:
+    replicas = [make_bridge(base=on_postgres(pg_url), name=f"replica-{i}") for i in range(3)]
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def load(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            replica = replicas[(i + n) % 3]
+            body = json.dumps({"ref": "refs/heads/main", "n": f"{n}-{i}"}).encode()
+            try:
+                r = httpx.post(f"{replica.url}/hooks/github", content=body, timeout=10,
+                               headers=github_headers(body, delivery=f"k-{n}-{i}"))
+                if r.status_code == 202:
+                    acked.append(f"github:k-{n}-{i}")
+            except httpx.HTTPError:
+                pass
+            i += 1
+
+    senders = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(3)]
+    for t in senders:
+        t.start()
+    for round_ in range(3):
+        wait_for(lambda mark=len(acked): len(acked) >= mark + 40, timeout=60)
+        victim = replicas[round_ % 3]
+        victim.kill()  # SIGKILL, leases and all
+        wait_for(lambda mark=len(acked): len(acked) >= mark + 20, timeout=60)
+        victim.start()
+    stop.set()
+    for t in senders:
+        t.join(30)
+    assert len(acked) >= 180
+
+    def executed() -> Counter[str]:
+        return Counter(e.input["idempotency_key"] for e in emulator.emulator.executions_for())
+    wait_for(lambda: set(acked) <= set(executed()), timeout=120, interval=0.5)
+    assert max(executed().values()) == 1
