@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -213,3 +214,20 @@ def test_replicas_killed_under_load_lose_and_double_nothing(make_bridge: Any, em
         return Counter(e.input["idempotency_key"] for e in emulator.emulator.executions_for())
     wait_for(lambda: set(acked) <= set(executed()), timeout=120, interval=0.5)
     assert max(executed().values()) == 1
+
+
+def test_an_accept_on_one_replica_wakes_the_forwarder_of_another(make_bridge: Any,
+                                                                 emulator: Any,
+                                                                 pg_url: str) -> None:
+    """Replica A does not forward; B polls only every 30 s, so only the NOTIFY that A's commit
+    sends can make B deliver within seconds."""
+    quiet = on_postgres(pg_url).replace('poll_interval = "100ms"', 'poll_interval = "30s"')
+    a = make_bridge(base=quiet.replace("[forwarder]", "[forwarder]\nenabled = false"),
+                    name="accepts")
+    make_bridge(base=quiet, name="forwards")
+    time.sleep(1)  # both idle: B's next poll is 30 s away
+    body = json.dumps({"ref": "refs/heads/main", "n": "notify"}).encode()
+    started = time.monotonic()
+    assert a.post("/hooks/github", body, github_headers(body, delivery="n-1")).status_code == 202
+    wait_for(lambda: emulator.emulator.calls, timeout=10)
+    assert time.monotonic() - started < 10
