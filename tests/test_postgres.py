@@ -200,10 +200,12 @@ def test_replicas_killed_under_load_lose_and_double_nothing(make_bridge: Any, em
     for t in senders:
         t.start()
     for round_ in range(3):
-        wait_for(lambda mark=len(acked): len(acked) >= mark + 40, timeout=60)
+        mark = len(acked)
+        wait_for(lambda: len(acked) >= mark + 40, timeout=60)  # noqa: B023
         victim = replicas[round_ % 3]
         victim.kill()  # SIGKILL, leases and all
-        wait_for(lambda mark=len(acked): len(acked) >= mark + 20, timeout=60)
+        mark = len(acked)
+        wait_for(lambda: len(acked) >= mark + 20, timeout=60)  # noqa: B023
         victim.start()
     stop.set()
     for t in senders:
