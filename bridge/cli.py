@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,17 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--config", help="TOML config with an [edge] table "
                                         "(default: $BRIDGE_CONFIG)")
     agent.add_argument("--log-format", choices=("json", "text"), help="overrides the config")
+
+    store = commands.add_parser("store", help="move a store's history to another store",
+                                description="Store: copy.")
+    st = store.add_subparsers(dest="action", required=True, metavar="ACTION")
+    copy = st.add_parser("copy", help="copy everything from a SQLite store to PostgreSQL "
+                                      "(events, dedupe keys, deliveries, executions, callbacks); "
+                                      "run it again after an interruption: nothing is doubled")
+    copy.add_argument("--from", dest="source", required=True, metavar="PATH",
+                      help="the SQLite file ([store] path)")
+    copy.add_argument("--to", dest="target", required=True, metavar="URL",
+                      help="postgresql://user@host:5432/db")
 
     migrate = commands.add_parser("migrate", help="bring the store's schema up to date, then "
                                                   "exit (serve does it too, once, at start)")
@@ -83,6 +95,8 @@ def run(argv: Sequence[str] | None) -> int:
         from bridge.demo import run as run_demo
 
         return run_demo()
+    if args.command == "store":
+        return store_copy(args)
     if args.command not in ("serve", "check-config", "agent", "migrate"):
         return ops.run(args, tryout.HANDLERS)
     from bridge.config import load
@@ -173,6 +187,43 @@ def serve(config: object, log_format: str | None) -> int:
         if emulator is not None:
             emulator.stop()
     return EXIT_OK if server.started else EXIT_FAILURE
+
+
+def store_copy(args: argparse.Namespace) -> int:
+    import os.path
+
+    import psycopg
+
+    from bridge.config import mask_url
+    from bridge.ops import Progress
+    from bridge.store.copy import copy
+
+    if not os.path.isfile(args.source):
+        print(f"bridge: no such SQLite file: {args.source}", file=sys.stderr)
+        return EXIT_CONFIG
+    bars: dict[str, Progress] = {}
+
+    def progress(table: str, done: int, total: int) -> None:
+        bar = bars.get(table)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[table] = Progress(f"{table:<12}", total)
+        bar.advance(done - bar.done)
+
+    try:
+        gained = copy(args.source, args.target, progress)
+    except (psycopg.Error, sqlite3.Error, ValueError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        print(f"bridge: copy failed: {message}; run it again once fixed: nothing is doubled",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        for bar in bars.values():
+            bar.close()
+    print(f"ok: copied to {mask_url(args.target)}: " + ", ".join(
+        f"{table} +{n}" for table, n in gained.items()))
+    return EXIT_OK
 
 
 def migrate(config: object) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -233,3 +235,55 @@ def test_an_accept_on_one_replica_wakes_the_forwarder_of_another(make_bridge: An
     assert a.post("/hooks/github", body, github_headers(body, delivery="n-1")).status_code == 202
     wait_for(lambda: emulator.emulator.calls, timeout=10)
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(300)
+def test_store_copy_keeps_the_dedupe_history_and_reruns_double_nothing(
+        make_bridge: Any, emulator: Any, pg_url: str, tmp_path: Any) -> None:
+    old = make_bridge(f"""
+[admin]
+tokens = ["{ADMIN}"]
+""", name="sqlite")
+    status_urls = []
+    for i in range(300):
+        body = json.dumps({"ref": "refs/heads/main", "n": i}).encode()
+        r = old.post("/hooks/github", body, github_headers(body, delivery=f"c-{i}"))
+        assert r.status_code == 202
+        status_urls.append(r.json()["status_url"])
+    wait_for(lambda: len(emulator.emulator.calls) >= 300, timeout=60)
+    old.terminate()
+    command = [sys.executable, "-m", "bridge", "store", "copy", "--from", str(old.db),
+               "--to", pg_url]
+    # Interrupted: killed as soon as it has started, then run again to the end.
+    interrupted = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert interrupted.stderr is not None
+    interrupted.stderr.readline()
+    interrupted.kill()
+    interrupted.communicate(timeout=10)
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert all(part.endswith("+0") for part in again.stdout.strip().split(": ", 2)[2]
+               .split(", ")), again.stdout  # everything was there: nothing doubled
+    new = make_bridge(base=on_postgres(pg_url), name="postgres")
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    events = []
+    cursor = None
+    while True:
+        page = httpx.get(f"{new.url}/admin/events", headers=admin, timeout=10,
+                         params={"limit": 500, **({"cursor": cursor} if cursor else {})}).json()
+        events += page["events"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(events) == 300 and all(e["state"] == "delivered" for e in events)
+    # A provider's retry after the move is still a duplicate, and old status links still work.
+    body = json.dumps({"ref": "refs/heads/main", "n": 7}).encode()
+    assert new.post("/hooks/github", body, github_headers(body, delivery="c-7")
+                    ).json()["duplicate"] is True
+    status_url = status_urls[7].replace(old.url, new.url)
+    assert httpx.get(status_url, timeout=10).json()["state"] == "delivered"
+    shown = httpx.get(f"{new.url}/admin/events/{events[0]['id']}", headers=admin,
+                      timeout=10).json()
+    assert shown["deliveries"][0]["attempt_log"]
