@@ -98,6 +98,7 @@ class StoreConfig:
     path: str = DEFAULT_DB_PATH
     url: str | None = None  # postgresql://user@host:5432/db: PostgreSQL instead of `path`
     statement_timeout: float = 10.0  # PostgreSQL: a statement running longer fails (503)
+    pool_size: int = 4  # PostgreSQL: read connections per process (writes use one more)
     dedupe_window: float = 7 * DAY
     prune_interval: float = 3600.0
     max_size_bytes: int | None = None
@@ -539,6 +540,7 @@ def _store(s: _Section) -> StoreConfig:
         path=s.string("path", DEFAULT_DB_PATH),
         url=s.string("url"),
         statement_timeout=s.duration("statement_timeout", 10.0),
+        pool_size=s.integer("pool_size", 4, minimum=1),
         dedupe_window=s.duration("dedupe_window", 7 * DAY),
         prune_interval=s.duration("prune_interval", 3600.0),
         max_size_bytes=s.integer("max_size_bytes", None, minimum=65536),

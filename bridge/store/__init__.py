@@ -20,6 +20,7 @@ def open_store(settings: Any) -> Store:
     if settings.url:
         from bridge.store.postgres import PostgresStore
 
-        return PostgresStore(settings.url, statement_timeout=settings.statement_timeout)
+        return PostgresStore(settings.url, statement_timeout=settings.statement_timeout,
+                             pool_size=settings.pool_size)
     return SQLiteStore(settings.path, busy_timeout=settings.busy_timeout,
                        max_size_bytes=settings.max_size_bytes)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -116,13 +117,14 @@ class Connection:
 
 
 class PostgresStore(SQLiteStore):
-    def __init__(self, url: str, *, statement_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, statement_timeout: float = 10.0, pool_size: int = 4
+                 ) -> None:
         super().__init__(url)
         self.savepoints_always = True
         self.url = url
         self.statement_timeout = statement_timeout
-        self._read_lock = threading.Lock()
-        self._read_conn: Connection | None = None
+        self.pool_size = pool_size  # read connections; writes go through the one writer
+        self._readers: queue.Queue[Connection] | None = None
         self._listener: threading.Thread | None = None
         self._listening = False
 
@@ -139,7 +141,9 @@ class PostgresStore(SQLiteStore):
             raise StoreUnavailable("the store cannot be reached") from None
         writer_conn: Any = conn
         self._writer = Writer(writer_conn, self._apply, self._finish)
-        self._read_conn = self._connection("reader")
+        self._readers = queue.Queue()
+        for _ in range(self.pool_size):  # connected on first use, and again after a failure
+            self._readers.put(self._connection("reader"))
         self._listening = True
         loop = asyncio.get_running_loop()
         self._listener = threading.Thread(target=self._listen, args=(loop,), daemon=True,
@@ -195,14 +199,14 @@ class PostgresStore(SQLiteStore):
     async def close(self) -> None:
         self._listening = False
         await super().close()
-        if self._read_conn is not None:
-            self._read_conn.close()
-            self._read_conn = None
+        readers, self._readers = self._readers, None
+        while readers is not None and not readers.empty():
+            readers.get_nowait().close()
         if self._listener is not None:
             await asyncio.to_thread(self._listener.join, 3.0)
 
     async def _all(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        if self._read_conn is None:
+        if self._readers is None:
             raise StoreUnavailable("the store is closed")
         try:
             names, rows = await asyncio.to_thread(self._read, sql, params)
@@ -215,11 +219,15 @@ class PostgresStore(SQLiteStore):
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     def _read(self, sql: str, params: Sequence[Any]) -> tuple[list[str], list[Any]]:
-        assert self._read_conn is not None
-        with self._read_lock:
-            conn: Any = self._read_conn
+        readers = self._readers
+        if readers is None:
+            raise psycopg.OperationalError("the store is closed")
+        conn: Any = readers.get()  # waits while every read connection is busy
+        try:
             conn.connect()
             return _query(conn, sql, params)
+        finally:
+            readers.put(conn)
 
 
 class _Notifying:
