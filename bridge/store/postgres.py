@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import re
@@ -55,8 +56,10 @@ _TYPES = [(re.compile(r"\bINTEGER PRIMARY KEY( AUTOINCREMENT)?"),
           (re.compile(r"\bBLOB\b"), "BYTEA")]
 
 
+@functools.lru_cache(maxsize=1024)
 def translate(sql: str) -> str:
-    """SQLite's dialect, as the shared jobs write it, in PostgreSQL's."""
+    """SQLite's dialect, as the shared jobs write it, in PostgreSQL's (the same few hundred
+    statements come back again and again: translated once each)."""
     for pattern, replacement in _WORDS:
         sql = pattern.sub(replacement, sql)
     return sql.replace("%", "%%").replace("?", "%s")
