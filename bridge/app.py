@@ -37,7 +37,7 @@ from bridge.providers import build_all
 from bridge.relay import Relay
 from bridge.status import StatusTokens
 from bridge.store import Store, open_store
-from bridge.tracker import PushReceiver, Tracker
+from bridge.tracker import PushReceiver, Tracker, callback_targets
 
 log = logging.getLogger("bridge.app")
 READY_TIMEOUT = 3.0
@@ -102,7 +102,7 @@ def create_app(config: Config, *, store: Store | None = None,
                           metrics=metrics)
     tracker = Tracker(config, store, clock=clock, metrics=metrics)
     relay = Relay(config, store, clock=clock, rng=rng, metrics=metrics)
-    edge = Edge(runtime, store, clock, tracker.callback_urls)
+    edge = Edge(runtime, store, clock, lambda: tracker.targets)
     admin = Admin(runtime, store, metrics, clock, edge)
     push = PushReceiver(config, tracker)
 
@@ -187,7 +187,7 @@ def reload(runtime: Runtime, tracker: Tracker, path: str) -> bool:
     logs.REDACTOR.set_secrets(set(logs.REDACTOR.secrets) | set(new.secrets()))
     runtime.swap(dataclasses.replace(old, sources=new.sources, routes=new.routes,
                                      admin=new.admin, channels=new.channels), providers)
-    tracker.routes = {route.name: route.callbacks for route in new.routes}
+    tracker.targets = callback_targets(dataclasses.replace(old, routes=new.routes))
     log.info("config reloaded", extra={"config": path, "sources": len(new.sources),
                                        "routes": len(new.routes)})
     return True

@@ -29,7 +29,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -39,7 +39,14 @@ from bridge.completion import parse_result
 from bridge.config import ChannelConfig
 from bridge.errors import BadRequest, BridgeError, NotFound
 from bridge.inbound import read_body, request_headers
-from bridge.models import AgentAttempt, AgentCompletion, AgentReport, Attempt, new_id
+from bridge.models import (
+    AgentAttempt,
+    AgentCompletion,
+    AgentReport,
+    Attempt,
+    CallbackTargets,
+    new_id,
+)
 from bridge.providers.standard import decode_secret
 from bridge.relay import signature_headers
 from bridge.store import Store
@@ -70,11 +77,11 @@ def digest(token: str) -> bytes:
 
 class Edge:
     def __init__(self, runtime: Any, store: Store, clock: Callable[[], float] = time.time,
-                 callback_urls: Callable[[str], Sequence[str]] = lambda route: ()) -> None:
+                 targets: Callable[[], CallbackTargets] = CallbackTargets) -> None:
         self.runtime = runtime  # .config is swapped on reload
         self.store = store
         self.clock = clock
-        self.callback_urls = callback_urls
+        self.targets = targets  # the tracker's, current after a reload
         self.waiting = 0
         self.changed = asyncio.Event()
         self._keys: tuple[object, dict[str, tuple[list[bytes], bytes]]] = (None, {})
@@ -179,7 +186,7 @@ class Edge:
         reports = [parse_report(item, i) for i, item in enumerate(raw)]
         now = self.clock()
         applied = await self.store.channel_report(
-            name, reports, now, now + self.runtime.config.tracking.deadline, self.callback_urls)
+            name, reports, now, now + self.runtime.config.tracking.deadline, self.targets())
         return JSONResponse({"received": len(reports), "applied": applied})
 
     async def overview(self, now: float) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -221,6 +222,18 @@ class ClaimedCallback:
     attempts: int
     failures: int
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackTargets:
+    """Where a finished execution is called back: its route's URLs, then those told of every
+    execution (`[callbacks] urls`). Data, handed to the store as it completes an execution."""
+
+    by_route: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    always: tuple[str, ...] = ()
+
+    def for_route(self, route: str) -> tuple[str, ...]:
+        return tuple(self.by_route.get(route, ())) + self.always
 
 
 # Channels: what an edge hands an agent, and what the agent reports back.

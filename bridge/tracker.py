@@ -28,7 +28,7 @@ from bridge.http import Client, HttpError, lines
 from bridge.inbound import read_body, request_headers
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics
-from bridge.models import ExecutionResult, ExecutionStatus, TrackedExecution
+from bridge.models import CallbackTargets, ExecutionResult, ExecutionStatus, TrackedExecution
 from bridge.platform import base_url, platform_headers
 from bridge.providers import InboundRequest
 from bridge.providers.standard import Standard
@@ -36,6 +36,11 @@ from bridge.store import Store
 
 log = logging.getLogger("bridge.tracker")
 MAX_PUSH_BYTES = 1024 * 1024
+
+
+def callback_targets(config: Config) -> CallbackTargets:
+    return CallbackTargets({route.name: route.callbacks for route in config.routes},
+                           config.callbacks.urls)
 
 
 class Tracker(ClaimLoop[TrackedExecution]):
@@ -54,7 +59,7 @@ class Tracker(ClaimLoop[TrackedExecution]):
         self.open_streams = 0
         self.no_stream: set[str] = set()  # executions whose stream failed: poll them
         self.http: Client | None = None
-        self.routes = {route.name: route.callbacks for route in config.routes}
+        self.targets = callback_targets(config)
         store.watch(self.wake.set)
 
     def client(self) -> Client:
@@ -70,9 +75,6 @@ class Tracker(ClaimLoop[TrackedExecution]):
                                timeout=platform.timeout, max_body=platform.max_response_bytes)
         return self.http
 
-    def callback_urls(self, route: str) -> tuple[str, ...]:
-        """The route's callbacks, then those told of every execution (`[callbacks] urls`)."""
-        return self.routes.get(route, ()) + self.config.callbacks.urls
 
     async def claim(self, limit: int, now: float) -> list[TrackedExecution]:
         return await self.store.claim_executions(self.owner, now, self.settings.lease, limit)
@@ -118,7 +120,7 @@ class Tracker(ClaimLoop[TrackedExecution]):
 
     async def finish(self, execution_id: str, result: ExecutionResult) -> bool:
         changed = await self.store.complete_execution(execution_id, result, self.clock(),
-                                                      self.callback_urls)
+                                                      self.targets)
         self.no_stream.discard(execution_id)
         if changed:
             log.info("execution finished", extra={"execution_id": execution_id,

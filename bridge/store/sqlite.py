@@ -37,6 +37,7 @@ from bridge.models import (
     AgentReport,
     Attempt,
     CallbackStatus,
+    CallbackTargets,
     ChannelItem,
     ClaimedCallback,
     ClaimedDelivery,
@@ -771,18 +772,18 @@ class SQLiteStore:
         return await self._write(job)
 
     async def complete_execution(self, execution_id: str, result: ExecutionResult, now: float,
-                                 callback_urls: Callable[[str], Sequence[str]]) -> bool:
+                                 targets: CallbackTargets) -> bool:
         """Apply a terminal state once; in the same transaction, create one callback per URL of
         the execution's route (and the sender's own, if it gave one). False if it was already
         finished (a push and a poll for the same execution produce one completion)."""
 
         def job(conn: sqlite3.Connection) -> bool:
-            return self._complete(conn, execution_id, result, now, callback_urls)
+            return self._complete(conn, execution_id, result, now, targets)
 
         return await self._write(job)
 
     def _complete(self, conn: sqlite3.Connection, execution_id: str, result: ExecutionResult,
-                  now: float, callback_urls: Callable[[str], Sequence[str]]) -> bool:
+                  now: float, targets: CallbackTargets) -> bool:
         changed = conn.execute(
             "UPDATE executions SET status = ?, output = ?, node_results = ?, error = ?,"
             " started_at = COALESCE(?, started_at), completed_at = ?, lease_owner = NULL,"
@@ -798,17 +799,17 @@ class SQLiteStore:
             " callback_url FROM events WHERE id = ?", (event_id,))
         names = [d[0] for d in cursor.description]
         event = dict(zip(names, cursor.fetchone(), strict=True))
-        targets = [(url, 0) for url in callback_urls(route)]
+        urls = [(url, 0) for url in targets.for_route(route)]
         if event["callback_url"]:
-            targets.append((event["callback_url"], 1))
-        if targets:
+            urls.append((event["callback_url"], 1))
+        if urls:
             body = callback_body(event, trigger, execution_id, result, now)
             conn.executemany(
                 "INSERT INTO callbacks (id, execution_id, event_id, url, sender_supplied,"
                 " body, status, next_attempt_at, created_at, updated_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [(new_id(), execution_id, event_id, url, supplied, body,
-                  CallbackStatus.PENDING, now, now, now) for url, supplied in targets])
+                  CallbackStatus.PENDING, now, now, now) for url, supplied in urls])
             self._new_work = True
         if self.journaling:
             self._journal(conn, event_id, now, {
@@ -969,7 +970,7 @@ class SQLiteStore:
 
     async def channel_report(self, channel: str, reports: Sequence[AgentReport], now: float,
                              track_until: float,
-                             callback_urls: Callable[[str], Sequence[str]]) -> int:
+                             targets: CallbackTargets) -> int:
         """Apply what an agent reports, once: an attempt (its log line, and the delivery
         delivered, dead or still waiting), or a finished execution (which makes the route's
         callbacks here). A report for a delivery redriven since (another generation), or
@@ -982,7 +983,7 @@ class SQLiteStore:
                     owned = conn.execute("SELECT 1 FROM executions WHERE id = ? AND channel = ?",
                                          (report.execution_id, channel)).fetchone()
                     if owned and self._complete(conn, report.execution_id, report.result, now,
-                                                callback_urls):
+                                                targets):
                         applied += 1
                     continue
                 row = conn.execute(

@@ -11,6 +11,7 @@ import pytest
 
 from bridge.models import (
     Attempt,
+    CallbackTargets,
     Delivered,
     ExecutionResult,
     NewDelivery,
@@ -90,7 +91,7 @@ def test_an_execution_completes_once_with_its_callbacks(kind: str, tmp_path: Pat
         [tracked] = await store.claim_executions("t", now, 60, 10)
         assert tracked.id == "exe-1"
         result = ExecutionResult("completed", output={"ok": True})
-        urls = lambda route: ("https://cb.example/route",)  # noqa: E731
+        urls = CallbackTargets({"r": ("https://cb.example/route",)})
         outcomes = await asyncio.gather(*(store.complete_execution("exe-1", result, now, urls)
                                           for _ in range(5)))
         assert sorted(outcomes) == [False] * 4 + [True]
