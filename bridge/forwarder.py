@@ -33,7 +33,7 @@ from bridge.models import (
     RetryLater,
     iso,
 )
-from bridge.platform import EXCERPT, PlatformClient, classify, resend_deadline
+from bridge.platform import EXCERPT, PlatformClient, classify, pacing, resend_deadline
 from bridge.retry import schedule
 from bridge.store import Store
 
@@ -59,6 +59,8 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
         self.metrics = metrics or Metrics()
         self.owner = owner_id("forwarder")
         self.client: PlatformClient | None = None
+        self.pacing = pacing(config.platform.rate_limit)  # the store's bucket, shared
+        self.published_hold = 0.0  # the last hold told to the store (the pacer's clock)
         store.watch(self.wake.set)
 
     def _client(self) -> PlatformClient:
@@ -68,7 +70,7 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
 
     async def claim(self, limit: int, now: float) -> list[ClaimedDelivery]:
         return await self.store.claim(self.owner, now, self.settings.lease, limit,
-                                      self.settings.pause_probe)
+                                      self.settings.pause_probe, self.pacing)
 
     async def handle(self, item: ClaimedDelivery) -> None:
         await self.attempt(item)
@@ -107,6 +109,10 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
             result = exc
         outcome = classify(result, self.clock())
         reply = result if isinstance(result, Reply) else None
+        pacer = self._client().pacer
+        if pacer.not_before > self.published_hold:  # the platform asked us to wait: all of us
+            self.published_hold = pacer.not_before
+            await self.store.hold(self.clock() + pacer.holding(), self.clock())
         await self._finish(delivery, outcome, started, t0, reply,
                            started if getattr(outcome, "reached", False) else None)
 

@@ -225,6 +225,15 @@ class ClaimedCallback:
 
 
 @dataclass(frozen=True, slots=True)
+class Pacing:
+    """`[platform] rate_limit` as a token bucket kept in the store, so every process and replica
+    sending to the platform draws from one bucket."""
+
+    rate: float  # tokens per second
+    capacity: float  # the most that may go at once after a quiet spell
+
+
+@dataclass(frozen=True, slots=True)
 class CallbackTargets:
     """Where a finished execution is called back: its route's URLs, then those told of every
     execution (`[callbacks] urls`). Data, handed to the store as it completes an execution."""

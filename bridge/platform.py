@@ -28,7 +28,7 @@ from bridge import __version__
 from bridge.completion import execution_id_of
 from bridge.config import Config
 from bridge.http import BadHeader, Client, HttpError, Reply
-from bridge.models import Dead, Delivered, Outcome, Paused, RetryLater
+from bridge.models import Dead, Delivered, Outcome, Pacing, Paused, RetryLater
 from bridge.retry import parse_retry_after
 
 log = logging.getLogger("bridge.platform")
@@ -118,6 +118,14 @@ def _number(value: str | None) -> float | None:
         return None
 
 
+def pacing(per_minute: int | None) -> Pacing | None:
+    """`[platform] rate_limit` as the store's shared bucket: at most a tenth of a minute's
+    worth at once (and at least one)."""
+    if not per_minute:
+        return None
+    return Pacing(per_minute / 60.0, max(1.0, min(float(per_minute), per_minute / 10)))
+
+
 class Pacer:
     """Client-side pacing: a token bucket from `rate_limit`, a slowdown as the platform's
     X-RateLimit-Remaining runs low, and a full stop until a 429's Retry-After has passed."""
@@ -186,7 +194,9 @@ class PlatformClient:
         self.http = Client(config.forwarder.concurrency, headers=headers,
                            timeout=platform.timeout, max_body=platform.max_response_bytes,
                            base_url=f"{base_url(config)}/workflows/triggers/")
-        self.pacer = Pacer(platform.rate_limit)
+        # The rate limit's bucket is the store's, shared by every process (`Forwarder.pacing`);
+        # this pacer keeps the holds the platform's answers ask for, at once, in this process.
+        self.pacer = Pacer(None)
 
     async def trigger(self, trigger: str, body: bytes, content_type: str, key: str,
                       extra: dict[str, str] | None = None) -> Reply:

@@ -287,3 +287,22 @@ tokens = ["{ADMIN}"]
     shown = httpx.get(f"{new.url}/admin/events/{events[0]['id']}", headers=admin,
                       timeout=10).json()
     assert shown["deliveries"][0]["attempt_log"]
+
+
+def test_replicas_share_one_rate_limit(make_bridge: Any, emulator: Any, pg_url: str) -> None:
+    """`rate_limit = 60` (a minute's worth: 1/s, at most 6 at once) holds for all replicas
+    together: two replicas with a backlog send what one bucket allows, not twice that."""
+    paced = on_postgres(pg_url).replace('[platform]', '[platform]\nrate_limit = 60')
+    a, b = (make_bridge(base=paced, name=f"paced-{i}") for i in range(2))
+    for i in range(30):
+        replica = (a, b)[i % 2]
+        body = json.dumps({"ref": "refs/heads/main", "n": i}).encode()
+        assert replica.post("/hooks/github", body, github_headers(
+            body, delivery=f"rate-{i}")).status_code == 202
+    wait_for(lambda: len(emulator.emulator.calls) >= 10, timeout=30)
+    times = sorted(c["at"] for c in emulator.emulator.calls)
+    first = times[0]
+    within = [t for t in times if t - first <= 4.0]
+    # One bucket: 6 at once, then one a second (+1 for timing at the edge of the window).
+    assert len(within) <= 6 + 4 + 1, [(round(c["at"] - first, 2), c["key"], c["status"]) for c in emulator.emulator.calls]
+    assert 429 not in {c["status"] for c in emulator.emulator.calls}

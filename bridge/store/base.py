@@ -22,6 +22,7 @@ from bridge.models import (
     ExecutionResult,
     NewDelivery,
     Outcome,
+    Pacing,
     RouteState,
     TrackedExecution,
     VerifiedEvent,
@@ -40,7 +41,9 @@ class Store(Protocol):
                      deliveries: Sequence[NewDelivery] | Render) -> Accepted: ...
     async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
     async def claim(self, owner: str, now: float, lease: float, limit: int,
-                    probe_every: float) -> list[ClaimedDelivery]: ...
+                    probe_every: float, pacing: Pacing | None = None
+                    ) -> list[ClaimedDelivery]: ...
+    async def hold(self, until: float, now: float) -> None: ...
     async def record(self, delivery: ClaimedDelivery, owner: str, attempt: Attempt,
                      outcome: Outcome, next_at: float | None, now: float,
                      probe_every: float, track_until: float | None = None,

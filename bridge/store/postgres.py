@@ -40,7 +40,14 @@ from typing import Any
 import psycopg
 
 from bridge.errors import InternalError, StoreUnavailable
-from bridge.store.sqlite import MIGRATIONS, SKIP_LOCKED, SQLiteStore, _describe, _query
+from bridge.store.sqlite import (
+    FOR_UPDATE,
+    MIGRATIONS,
+    SKIP_LOCKED,
+    SQLiteStore,
+    _describe,
+    _query,
+)
 from bridge.store.writer import Writer
 
 log = logging.getLogger("bridge.store")
@@ -48,6 +55,7 @@ LOCK_KEY = 0x62726964676531  # "bridge1": the advisory lock held while migrating
 NOTIFY = "bridge_work"
 _WORDS = [(re.compile(r"\bBEGIN IMMEDIATE\b"), "BEGIN"),
           (re.compile(re.escape(SKIP_LOCKED)), " FOR UPDATE SKIP LOCKED"),
+          (re.compile(re.escape(FOR_UPDATE)), " FOR UPDATE"),
           (re.compile(r"\binstr\(([^,]+),\s*"), r"strpos(\1, "),
           (re.compile(r"\bgroup_concat\("), "string_agg(")]
 _TYPES = [(re.compile(r"\bINTEGER PRIMARY KEY( AUTOINCREMENT)?"),

@@ -49,6 +49,7 @@ from bridge.models import (
     ExecutionStatus,
     NewDelivery,
     Outcome,
+    Pacing,
     Paused,
     RetryLater,
     RouteState,
@@ -206,6 +207,17 @@ MIGRATIONS: list[str] = [
     # 6: the routes whose filter did not take an event, and why
     """
     ALTER TABLE events ADD COLUMN filtered TEXT;
+    """,
+    # 7: pacing shared by every process sending to the platform: the rate limit's token bucket
+    # and the hold a 429 (or a nearly spent X-RateLimit-Remaining) asked for
+    """
+    CREATE TABLE pacing (
+        key TEXT PRIMARY KEY,
+        tokens REAL,
+        rate REAL,
+        updated_at REAL NOT NULL,
+        not_before REAL
+    );
     """,
 ]
 
@@ -568,42 +580,81 @@ class SQLiteStore:
     # the outbox
 
     async def claim(self, owner: str, now: float, lease: float, limit: int,
-                    probe_every: float) -> list[ClaimedDelivery]:
+                    probe_every: float, pacing: Pacing | None = None) -> list[ClaimedDelivery]:
         """Lease up to `limit` due deliveries of active routes, plus one probe per paused route
-        whose probe is due. An expired lease (a crashed worker's) is due again."""
+        whose probe is due. An expired lease (a crashed worker's) is due again. Nothing while
+        the platform asked every sender to hold (`hold`); with `pacing`, no more than the
+        shared bucket's tokens, which the claim spends."""
 
         def job(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
-            paused = [r[0] for r in conn.execute(
-                "SELECT name FROM routes WHERE state = ?", (RouteState.PAUSED,))]
-            skip = f" AND route NOT IN ({','.join('?' * len(paused))})" if paused else ""
-            # Each half walks an index in due order and stops at the limit: no sort of the
-            # whole backlog per claim.
-            due = [r[0] for r in conn.execute(
-                f"SELECT id FROM deliveries WHERE status = ? AND next_attempt_at <= ?"
-                f"{skip} AND channel IS NULL ORDER BY next_attempt_at"
-                f" LIMIT ?{SKIP_LOCKED}",
-                (DeliveryStatus.PENDING, now, *paused, limit))]
-            if len(due) < limit:
-                due += [r[0] for r in conn.execute(
-                    f"SELECT id FROM deliveries WHERE status = ? AND lease_until <= ?"
-                    f"{skip} AND channel IS NULL ORDER BY lease_until"
-                    f" LIMIT ?{SKIP_LOCKED}",
-                    (DeliveryStatus.LEASED, now, *paused, limit - len(due)))]
-            marks = ",".join("?" * len(due))
-            # Status checked again as the lease is taken: only what is still claimable.
-            rows = conn.execute(
-                f"UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
-                f" WHERE id IN ({marks}) AND (status = ? OR (status = ? AND lease_until <= ?))"
-                f" RETURNING {_CLAIMED}",
-                (DeliveryStatus.LEASED, owner, now + lease, *due, DeliveryStatus.PENDING,
-                 DeliveryStatus.LEASED, now),
-            ).fetchall() if due else []
-            claimed = [_claimed(row) for row in rows]
-            for route in paused:
-                claimed.extend(self._probe(conn, route, owner, now, lease, probe_every))
-            return claimed
+            if pacing is not None:  # one bucket: replicas claiming at once take turns on it
+                conn.execute("INSERT INTO pacing (key, tokens, rate, updated_at)"
+                             " VALUES ('platform', ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+                             (pacing.capacity, pacing.rate, now))
+            row = conn.execute("SELECT tokens, updated_at, not_before FROM pacing"
+                               " WHERE key = 'platform'" + (FOR_UPDATE if pacing else "")
+                               ).fetchone()
+            if row is not None and row[2] is not None and row[2] > now:
+                return []  # the platform asked us all to wait
+            tokens: float | None = None
+            if pacing is not None:
+                tokens = pacing.capacity if row is None or row[0] is None else min(
+                    pacing.capacity, row[0] + max(0.0, now - row[1]) * pacing.rate)
+                claimed = self._claim(conn, owner, now, lease, min(limit, int(tokens)),
+                                      probe_every) if tokens >= 1 else []
+                conn.execute(
+                    "INSERT INTO pacing (key, tokens, rate, updated_at) VALUES ('platform',?,?,?)"
+                    " ON CONFLICT(key) DO UPDATE SET tokens = excluded.tokens,"
+                    " rate = excluded.rate, updated_at = excluded.updated_at",
+                    (tokens - len(claimed), pacing.rate, now))
+                return claimed
+            return self._claim(conn, owner, now, lease, limit, probe_every)
 
         return await self._write(job)
+
+    async def hold(self, until: float, now: float) -> None:
+        """Every sender waits until `until` (a 429's Retry-After, or the window's reset)."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO pacing (key, updated_at, not_before) VALUES ('platform', ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET not_before = CASE WHEN pacing.not_before IS NULL"
+                " OR pacing.not_before < excluded.not_before THEN excluded.not_before"
+                " ELSE pacing.not_before END", (now, until))
+
+        await self._write(job)
+
+    def _claim(self, conn: sqlite3.Connection, owner: str, now: float, lease: float,
+               limit: int, probe_every: float) -> list[ClaimedDelivery]:
+        paused = [r[0] for r in conn.execute(
+            "SELECT name FROM routes WHERE state = ?", (RouteState.PAUSED,))]
+        skip = f" AND route NOT IN ({','.join('?' * len(paused))})" if paused else ""
+        # Each half walks an index in due order and stops at the limit: no sort of the
+        # whole backlog per claim.
+        due = [r[0] for r in conn.execute(
+            f"SELECT id FROM deliveries WHERE status = ? AND next_attempt_at <= ?"
+            f"{skip} AND channel IS NULL ORDER BY next_attempt_at"
+            f" LIMIT ?{SKIP_LOCKED}",
+            (DeliveryStatus.PENDING, now, *paused, limit))]
+        if len(due) < limit:
+            due += [r[0] for r in conn.execute(
+                f"SELECT id FROM deliveries WHERE status = ? AND lease_until <= ?"
+                f"{skip} AND channel IS NULL ORDER BY lease_until"
+                f" LIMIT ?{SKIP_LOCKED}",
+                (DeliveryStatus.LEASED, now, *paused, limit - len(due)))]
+        marks = ",".join("?" * len(due))
+        # Status checked again as the lease is taken: only what is still claimable.
+        rows = conn.execute(
+            f"UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
+            f" WHERE id IN ({marks}) AND (status = ? OR (status = ? AND lease_until <= ?))"
+            f" RETURNING {_CLAIMED}",
+            (DeliveryStatus.LEASED, owner, now + lease, *due, DeliveryStatus.PENDING,
+             DeliveryStatus.LEASED, now),
+        ).fetchall() if due else []
+        claimed = [_claimed(row) for row in rows]
+        for route in paused if limit > 0 else ():
+            claimed.extend(self._probe(conn, route, owner, now, lease, probe_every))
+        return claimed
 
     @staticmethod
     def _probe(conn: sqlite3.Connection, route: str, owner: str, now: float, lease: float,
@@ -718,7 +769,16 @@ class SQLiteStore:
             " UNION ALL SELECT MIN(r.next_probe_at) FROM routes r WHERE r.state = 'paused'"
             "  AND EXISTS (SELECT 1 FROM deliveries d WHERE d.route = r.name"
             "   AND d.status IN ('pending', 'leased') AND d.channel IS NULL)) AS due", ())
-        return None if row is None else row["t"]
+        due = None if row is None else row["t"]
+        pacing = await self._one("SELECT tokens, rate, updated_at, not_before FROM pacing"
+                                 " WHERE key = 'platform'", ())
+        if due is None or pacing is None:
+            return due
+        if pacing["not_before"] is not None:  # held: nothing goes before then
+            due = max(due, pacing["not_before"])
+        if pacing["rate"] and pacing["tokens"] is not None and pacing["tokens"] < 1:
+            due = max(due, pacing["updated_at"] + (1 - pacing["tokens"]) / pacing["rate"])
+        return float(due)
 
     async def route_states(self) -> dict[str, dict[str, Any]]:
         rows = await self._all("SELECT * FROM routes", ())
@@ -1429,6 +1489,7 @@ class _Bare:
 # time), `FOR UPDATE SKIP LOCKED` on PostgreSQL, where replicas claiming at once each skip the
 # rows another is taking instead of waiting for them.
 SKIP_LOCKED = " /*SKIP LOCKED*/"
+FOR_UPDATE = " /*FOR UPDATE*/"  # likewise: a row lock on PostgreSQL
 
 _CLAIMED = ("id, event_id, route, trigger, idempotency_key, body, content_type, attempts,"
             " failures, created_at, reached_at")
