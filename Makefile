@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.example.toml
 
-.PHONY: run test bench chaos fuzz audit clean venv
+.PHONY: run test test-postgres bench chaos fuzz audit clean venv
 
 # `make run` installs what running needs; `make test` adds the test tools.
 RUN_STAMP := $(VENV)/.installed-run
@@ -28,11 +28,19 @@ run: $(RUN_STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The whole suite with every bridge it starts on PostgreSQL ($$BRIDGE_TEST_POSTGRES, default
+# the local server's `test` database; each bridge gets a schema of its own).
+test-postgres: $(STAMP)
+	BRIDGE_TEST_STORE=postgres $(BIN)/python -m pytest --ignore=tests/chaos
+
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/forward.py
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/glue.py
+	$(BIN)/python bench/replicas.py
 	$(BIN)/pip install --quiet matplotlib
 	$(BIN)/python bench/scale.py
 

@@ -6,6 +6,7 @@ tests can SIGTERM or `kill -9` it; `EmulatorServer` is the platform stand-in on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -23,6 +24,14 @@ import httpx
 import pytest
 
 from bridge.emulator import Emulator, EmulatorServer, Settings
+from tests import pg
+
+# BRIDGE_TEST_STORE=postgres runs every bridge the suite starts on PostgreSQL instead of SQLite.
+ON_POSTGRES = os.environ.get("BRIDGE_TEST_STORE") == "postgres"
+# For the few tests that inject their fault into the SQLite file itself (a lock, a full disk, a
+# corrupt value, a dropped table); the PostgreSQL store's faults have tests of their own
+# (tests/test_postgres.py).
+sqlite_only = pytest.mark.skipif(ON_POSTGRES, reason="injects its fault into the SQLite file")
 
 GITHUB_SECRET = "gh-test-secret-8d1e"
 STRIPE_SECRET = "whsec_test_stripe_secret_5c2a"
@@ -111,6 +120,7 @@ class Bridge:
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{port}"
+        self.store_url: str | None = None  # set when the bridge runs on PostgreSQL
 
     def start(self, timeout: float = 20.0) -> Bridge:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
@@ -150,7 +160,16 @@ class Bridge:
                           **kwargs)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Read the bridge's real SQLite file directly."""
+        """Read the bridge's real store directly: its SQLite file, or its PostgreSQL schema
+        when the suite runs on PostgreSQL (BRIDGE_TEST_STORE=postgres)."""
+        if self.store_url:
+            import psycopg
+
+            from bridge.store.postgres import translate
+
+            with psycopg.connect(self.store_url, autocommit=True) as conn:
+                rows = conn.execute(translate(sql), list(params) or None).fetchall()
+            return [tuple(row) for row in rows]
         conn = sqlite3.connect(self.db, timeout=10)
         try:
             return conn.execute(sql, params).fetchall()
@@ -168,8 +187,10 @@ def emulator() -> Iterator[EmulatorServer]:
 
 @pytest.fixture
 def make_bridge(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Callable[..., Bridge]]:
-    """Build a bridge from BASE_CONFIG plus extra TOML; started unless start=False."""
+    """Build a bridge from BASE_CONFIG plus extra TOML; started unless start=False. With
+    BRIDGE_TEST_STORE=postgres, its store is a PostgreSQL schema of its own instead."""
     bridges: list[Bridge] = []
+    stack = contextlib.ExitStack()
 
     def make(extra: str = "", *, start: bool = True, base: str = BASE_CONFIG,
              env: dict[str, str] | None = None, name: str = "bridge") -> Bridge:
@@ -178,9 +199,14 @@ def make_bridge(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Callable[.
         text = base.format(port=port, db=db, platform=emulator.base_url, trigger_key=TRIGGER_KEY,
                            api_key=API_KEY, github=GITHUB_SECRET, stripe=STRIPE_SECRET,
                            standard=STANDARD_SECRET) + extra
+        store_url = None
+        if ON_POSTGRES and f'path = "{db}"' in text:  # the whole suite, on PostgreSQL
+            store_url = stack.enter_context(pg.schema())
+            text = text.replace(f'path = "{db}"', f'url = "{store_url}"')
         config = tmp_path / f"{name}.toml"
         config.write_text(text)
         bridge = Bridge(config, port, db, tmp_path / f"{name}.log", env)
+        bridge.store_url = store_url
         bridges.append(bridge)
         return bridge.start() if start else bridge
 
@@ -189,6 +215,8 @@ def make_bridge(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Callable[.
         if bridge.proc and bridge.proc.poll() is None:
             bridge.proc.kill()
             bridge.proc.wait(10)
+    stack.close()  # the PostgreSQL schemas, once no bridge uses them
+    for bridge in bridges:
         logs = bridge.logs()
         for secret in ALL_SECRETS:  # no configured secret may ever reach a log line
             assert secret not in logs, "a secret appeared in the bridge's logs"

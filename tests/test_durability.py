@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import Bridge, github_headers, wait_for
+from tests.conftest import Bridge, github_headers, sqlite_only, wait_for
 
 NO_ROUTES_CONFIG_TAIL = ""
 
@@ -71,6 +71,7 @@ conn.execute("ROLLBACK")
 """
 
 
+@sqlite_only
 def test_a_locked_store_answers_503_and_never_a_false_2xx(
         make_bridge: Callable[..., Bridge]) -> None:
     bridge = make_bridge()
@@ -95,6 +96,7 @@ def test_a_locked_store_answers_503_and_never_a_false_2xx(
     assert httpx.get(f"{bridge.url}/readyz").status_code == 200
 
 
+@sqlite_only
 def test_a_full_store_answers_503_and_keeps_what_it_acknowledged(
         make_bridge: Callable[..., Bridge]) -> None:
     bridge = make_bridge(start=False)

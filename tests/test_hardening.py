@@ -25,7 +25,15 @@ from twilio.request_validator import RequestValidator
 
 from bridge.emulator import EmulatorServer
 from bridge.guard import allowed, is_public
-from tests.conftest import GITHUB_SECRET, TRIGGER_KEY, Bridge, free_port, github_headers, wait_for
+from tests.conftest import (
+    GITHUB_SECRET,
+    TRIGGER_KEY,
+    Bridge,
+    free_port,
+    github_headers,
+    sqlite_only,
+    wait_for,
+)
 from tests.test_admin import ADMIN, admin
 
 
@@ -331,6 +339,7 @@ allow_callback_urls = ["https://*.example.com:*/*", "http://*:*"]
                        headers).status_code == 202
 
 
+@sqlite_only
 def test_a_poison_delivery_backs_off_and_dies_instead_of_holding_its_lease(
         make_bridge: Callable[..., Bridge], emulator: EmulatorServer) -> None:
     """6. Anything that makes an attempt raise is a failed attempt that counts toward dead."""
@@ -451,6 +460,7 @@ secret = "{TWILIO_TOKEN}"
     assert "Traceback" not in bridge.logs()
 
 
+@sqlite_only
 def test_a_sql_error_is_a_bug_with_a_traceback_not_an_outage(
         make_bridge: Callable[..., Bridge]) -> None:
     """6. Only connection, lock and disk errors answer 503; a broken statement is logged with its
