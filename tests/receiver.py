@@ -14,12 +14,13 @@ from starlette.routing import Route
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.lock = threading.Lock()
         self.received: list[dict[str, Any]] = []
         self.fail_next: list[int] = []  # statuses to answer before accepting
         app = Starlette(routes=[Route("/{path:path}", self.receive, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
+        config = uvicorn.Config(app, host=host, port=0, log_config=None,
                                 access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -43,7 +44,7 @@ class Receiver:
     @property
     def url(self) -> str:
         port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return f"http://{self.host}:{port}"
 
     def start(self) -> Receiver:
         self.thread.start()

@@ -678,3 +678,32 @@ def test_over_https_through_the_proxy_named_in_https_proxy(site: Site) -> None:
         assert any(r == f"CONNECT {site.net.host_ip}:{front.port}" for r in proxy.requests)
         wait_for(lambda: all(e["state"] == "delivered" for e in
                              site.admin("/admin/events?limit=10")["events"]), timeout=30)
+
+
+def test_the_agents_own_callbacks_are_sent_on_prem_signed_with_its_secret(site: Site) -> None:
+    """`[callbacks] urls` on the agent: every execution it follows is also called back there,
+    signed with the agent's own secret (here a receiver the agent reaches going out)."""
+    onprem_secret = "whsec_" + base64.b64encode(b"agent-callback-signing-key-01").decode()
+    SECRETS.append(onprem_secret)
+    receiver = Receiver(site.net.host_ip).start()
+    try:
+        site.edge.start()
+        site.start_agent(edge_extra=f"""
+[callbacks]
+signing_secret = "{onprem_secret}"
+allow_private = true
+urls = ["{receiver.url}/onprem"]
+""")
+        acked = site.send(3)
+        wait_for(lambda: len(receiver.accepted()) == 3, timeout=30)
+        for callback in receiver.accepted():
+            body = Webhook(onprem_secret).verify(callback["body"], callback["headers"])
+            assert body["data"]["execution"]["status"] == "completed"
+            assert callback["path"] == "/onprem"
+        keys = {Webhook(onprem_secret).verify(c["body"], c["headers"])["data"]["event"]
+                ["idempotency_key"] for c in receiver.accepted()}
+        assert len(keys) == 3 and len(acked) == 3
+        # The edge's own route callbacks are sent as well, signed with the edge's secret.
+        wait_for(lambda: len(site.receiver.accepted()) == 3, timeout=30)
+    finally:
+        receiver.stop()
