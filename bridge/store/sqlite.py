@@ -811,8 +811,10 @@ class SQLiteStore:
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
                 f"UPDATE executions SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})"
+                f" AND status IN ('pending', 'running')"
+                f" AND (lease_until IS NULL OR lease_until <= ?)"  # still claimable
                 f" RETURNING id, delivery_id, event_id, route, trigger, status, deadline_at, checks",
-                (owner, now + lease, *ids)).fetchall()
+                (owner, now + lease, *ids, now)).fetchall()
             return [TrackedExecution(*row) for row in rows]
 
         return await self._write(job)
@@ -904,9 +906,11 @@ class SQLiteStore:
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
                 f"UPDATE callbacks SET status = ?, lease_owner = ?, lease_until = ?"
-                f" WHERE id IN ({marks}) RETURNING id, execution_id, event_id, url,"
+                f" WHERE id IN ({marks}) AND (status = ? OR (status = ? AND lease_until <= ?))"
+                f" RETURNING id, execution_id, event_id, url,"
                 f" sender_supplied, body, attempts, failures, created_at",
-                (CallbackStatus.LEASED, owner, now + lease, *ids)).fetchall()
+                (CallbackStatus.LEASED, owner, now + lease, *ids, CallbackStatus.PENDING,
+                 CallbackStatus.LEASED, now)).fetchall()
             return [ClaimedCallback(r[0], r[1], r[2], r[3], bool(r[4]), bytes(r[5]), r[6], r[7],
                                     r[8]) for r in rows]
 
