@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import forward  # noqa: E402
 import loadgen  # noqa: E402
 
 SECRET = "bench-github-secret"
@@ -134,7 +135,7 @@ def latency(directory: Path, platform_port: int, count: int, rate: float,
             f"http://127.0.0.1:{agent_port}/healthz")
         time.sleep(1)  # connected: its long poll is open
     try:
-        acks = asyncio.run(paced(edge_port, count, rate))
+        acks = asyncio.run(forward.paced(edge_port, count, rate, SECRET))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             seen = {c["key"] for c in calls(platform_port)}
@@ -150,28 +151,6 @@ def latency(directory: Path, platform_port: int, count: int, rate: float,
             if proc is not None:
                 proc.terminate()
                 proc.wait(15)
-
-
-async def paced(port: int, count: int, rate: float) -> dict[str, float]:
-    acks: dict[str, float] = {}
-    requests = loadgen.github_requests(count, 1200, SECRET, "/hooks/github", port, "lat")
-
-    async def one(i: int, request: bytes) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request)
-        if await loadgen._read_response(reader) == 202:
-            acks[f"github:lat-{i}:bench"] = time.time()
-        writer.close()
-
-    tasks = []
-    begin = time.perf_counter()
-    for i, request in enumerate(requests):
-        delay = begin + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, request)))
-    await asyncio.gather(*tasks)
-    return acks
 
 
 def catch_up(directory: Path, platform_port: int, backlog: int) -> None:

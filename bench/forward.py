@@ -94,10 +94,11 @@ def drain(directory: Path, platform_port: int, count: int, prefix: str) -> tuple
     return (count - before) / elapsed, cpu / (count - before) * 1000
 
 
-async def paced(port: int, count: int, rate: float) -> dict[str, float]:
-    """Send at a steady `rate`; return ack wall time per idempotency key."""
+async def paced(port: int, count: int, rate: float, secret: str = SECRET) -> dict[str, float]:
+    """Send at a steady `rate`; return ack wall time per idempotency key (the `bench` route's
+    delivery key). `bench/agent.py` uses it too."""
     acks: dict[str, float] = {}
-    requests = loadgen.github_requests(count, 1200, SECRET, "/hooks/github", port, "lat")
+    requests = loadgen.github_requests(count, 1200, secret, "/hooks/github", port, "lat")
 
     async def one(i: int, request: bytes) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
