@@ -127,35 +127,21 @@ def pacing(per_minute: int | None) -> Pacing | None:
 
 
 class Pacer:
-    """Client-side pacing: a token bucket from `rate_limit`, a slowdown as the platform's
-    X-RateLimit-Remaining runs low, and a full stop until a 429's Retry-After has passed."""
+    """The holds the platform's answers ask for, kept in this process from the moment they
+    arrive: a slowdown as X-RateLimit-Remaining runs low, and a full stop until a 429's
+    Retry-After has passed. (The rate limit's bucket is the store's: see `pacing`.)"""
 
-    def __init__(self, per_minute: int | None, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
-        self.rate = per_minute / 60.0 if per_minute else None
-        self.capacity = max(1.0, min(float(per_minute or 1), (per_minute or 60) / 10))
-        self.tokens = self.capacity
         self.clock = clock
         self.wall = wall
-        self.updated = clock()
         self.not_before = 0.0  # monotonic time before which nothing is sent
         self.lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         async with self.lock:
-            while True:
-                now = self.clock()
-                if now < self.not_before:
-                    await asyncio.sleep(self.not_before - now)
-                    continue
-                if self.rate is None:
-                    return
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
+            while (wait := self.not_before - self.clock()) > 0:
+                await asyncio.sleep(wait)
 
     def holding(self) -> float:
         """Seconds until sending may resume (0 when it may now)."""
@@ -196,7 +182,7 @@ class PlatformClient:
                            base_url=f"{base_url(config)}/workflows/triggers/")
         # The rate limit's bucket is the store's, shared by every process (`Forwarder.pacing`);
         # this pacer keeps the holds the platform's answers ask for, at once, in this process.
-        self.pacer = Pacer(None)
+        self.pacer = Pacer()
 
     async def trigger(self, trigger: str, body: bytes, content_type: str, key: str,
                       extra: dict[str, str] | None = None) -> Reply:
