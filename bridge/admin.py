@@ -56,8 +56,9 @@ from bridge.openapi import (
     check_query,
 )
 from bridge.platform import resend_deadline
-from bridge.status import explain
+from bridge.status import waiting
 from bridge.store import Store
+from bridge.store.records import EventRecord, SourceCount, plain
 
 
 class Unauthorized(BridgeError):
@@ -130,26 +131,30 @@ class Admin:
             source=q.get("source"), event_type=q.get("event_type"), state=q.get("state"),
             since=q.get("since"), until=q.get("until"),
             key_contains=q.get("key"), before_id=q.get("cursor"), limit=limit)
-        cursor = rows[-1]["id"] if len(rows) == limit else None
-        return JSONResponse({"events": rows, "next_cursor": cursor})
+        cursor = rows[-1].id if len(rows) == limit else None
+        return JSONResponse({"events": [{**plain(row), "workflows": ",".join(row.workflows)
+                                         or None} for row in rows], "next_cursor": cursor})
 
     async def show_event(self, request: Request) -> Response:
         event = await self.store.get_event(request.path_params["id"])
         if event is None:
             raise NotFound("no such event")
-        explain(event, await self.store.route_states())
-        body = bytes(event.pop("body"))
+        reasons = waiting(event, await self.store.route_states())
+        view = plain(event)
+        for delivery in view["deliveries"]:
+            delivery["waiting"] = reasons.get(delivery["id"])
         try:
-            event["body"], event["body_encoding"] = body.decode("utf-8"), "text"
+            view["body"], view["body_encoding"] = event.body.decode("utf-8"), "text"
         except UnicodeDecodeError:
-            event["body"], event["body_encoding"] = base64.b64encode(body).decode(), "base64"
-        return JSONResponse(event)
+            view["body"] = base64.b64encode(event.body).decode()
+            view["body_encoding"] = "base64"
+        return JSONResponse(view)
 
     async def replay_event(self, request: Request) -> Response:
         event = await self.store.get_event(request.path_params["id"])
         if event is None:
             raise NotFound("no such event")
-        return JSONResponse({"event_id": event["id"], "replayed": await self._replay(event)})
+        return JSONResponse({"event_id": event.id, "replayed": await self._replay(event)})
 
     async def replay_matching(self, request: Request) -> Response:
         filters = check_body("replay", await _json(request))
@@ -165,33 +170,33 @@ class Admin:
             if not page:
                 break
             for row in page:
-                event = await self.store.get_event(row["id"])
+                event = await self.store.get_event(row.id)
                 if event is not None:
                     deliveries += await self._replay(event)
                     events += 1
-            cursor = page[-1]["id"]
+            cursor = page[-1].id
         return JSONResponse({"events": events, "replayed": deliveries})
 
-    async def _replay(self, event: dict[str, Any]) -> int:
-        verified = VerifiedEvent(event["id"], event["source"], event["provider"],
-                                 event["event_type"], event["idempotency_key"],
-                                 event["received_at"], event["headers"], bytes(event["body"]))
-        routes = outbox.matching(self.config.routes, event["source"], event["event_type"])
+    async def _replay(self, event: EventRecord) -> int:
+        verified = VerifiedEvent(event.id, event.source, event.provider, event.event_type,
+                                 event.idempotency_key, event.received_at, dict(event.headers),
+                                 event.body)
+        routes = outbox.matching(self.config.routes, event.source, event.event_type)
         suffix = f":replay-{secrets.token_hex(4)}"
         limit = self.config.platform.idempotency_key_max_length
         rendered = []
         taken, _ = outbox.decide(verified, routes, {})  # today's filters and mappings
         for route, built in taken:
             delivery = outbox.render(verified, route, limit, built=built)
-            key = outbox.delivery_key(event["idempotency_key"], route.trigger + suffix, limit)
+            key = outbox.delivery_key(event.idempotency_key, route.trigger + suffix, limit)
             rendered.append(dataclasses.replace(delivery, idempotency_key=key))
-        return await self.store.replay(event["id"], rendered, self.clock())
+        return await self.store.replay(event.id, rendered, self.clock())
 
     async def retry_delivery(self, request: Request) -> Response:
         found = await self.store.retry_now(request.path_params["id"], self.clock())
         if found is None:
             raise NotFound("no pending delivery has this id (a dead one is redriven instead)")
-        return JSONResponse({**found, "retrying": True})
+        return JSONResponse({**plain(found), "retrying": True})
 
     # dead letters
 
@@ -201,8 +206,8 @@ class Admin:
         route = self.route_name(q["route"]) if "route" in q else None
         rows = await self.store.dead_letters(route=route, source=q.get("source"),
                                              after_id=q.get("cursor"), limit=limit)
-        return JSONResponse({"dead_letters": rows,
-                             "next_cursor": rows[-1]["id"] if len(rows) == limit else None})
+        return JSONResponse({"dead_letters": [plain(row) for row in rows],
+                             "next_cursor": rows[-1].id if len(rows) == limit else None})
 
     async def _selected(self, body: dict[str, Any]) -> list[str]:
         """Dead delivery ids: those named (a delivery id, or an event id for all of that event's
@@ -225,8 +230,8 @@ class Admin:
                                                      after_id=cursor, limit=MAX_PAGE)
                 if not rows:
                     break
-                ids += [r["id"] for r in rows]
-                cursor = rows[-1]["id"]
+                ids += [r.id for r in rows]
+                cursor = rows[-1].id
             return ids
         raise BadRequest('give "ids": [...] or "all": true')
 
@@ -264,10 +269,12 @@ class Admin:
         pending = await self.store.pending_by_route()
         out = []
         for route in self.config.routes:
-            state = states.get(route.name) or {}
+            state = states.get(route.name)
             out.append({"name": route.name, "source": route.source, "trigger": route.trigger,
-                        "events": list(route.events), "state": state.get("state", "active"),
-                        "reason": state.get("reason"), "changed_at": state.get("changed_at"),
+                        "events": list(route.events),
+                        "state": state.state if state else RouteState.ACTIVE.value,
+                        "reason": state.reason if state else None,
+                        "changed_at": state.changed_at if state else None,
                         "pending": pending.get(route.name, 0)})
         return JSONResponse({"routes": out})
 
@@ -309,10 +316,11 @@ class Admin:
     async def list_sources(self, request: Request) -> Response:
         counts = await self.store.source_counts()
         failures = self.runtime.failures
+        none = SourceCount(0, None)
         return JSONResponse({"sources": [
             {"name": s.name, "provider": s.provider,
-             "events": counts.get(s.name, {}).get("events", 0),
-             "last_received_at": counts.get(s.name, {}).get("last"),
+             "events": counts.get(s.name, none).events,
+             "last_received_at": counts.get(s.name, none).last_received_at,
              "last_failure": failures.get(s.name)}
             for s in self.config.sources]})
 
@@ -337,11 +345,12 @@ class Admin:
         counts = await self.store.counts()
         for status in ("pending", "leased", "delivered", "dead", "discarded"):
             self.metrics.outbox.labels(status).set(counts["deliveries"].get(status, 0))
-        for state in ("queued", "unrouted", "delivered", "dead"):
-            self.metrics.events.labels(state).set(counts["events"].get(state, 0))
+        for name in ("queued", "unrouted", "delivered", "dead"):
+            self.metrics.events.labels(name).set(counts["events"].get(name, 0))
         states = await self.store.route_states()
         for route in self.config.routes:
-            paused = states.get(route.name, {}).get("state") == RouteState.PAUSED
+            state = states.get(route.name)
+            paused = state is not None and state.paused
             self.metrics.paused.labels(route.name).set(1 if paused else 0)
         if self.edge is not None and self.config.channels:
             for channel in await self.edge.overview(self.clock()):

@@ -30,7 +30,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -267,7 +267,7 @@ class Reporter(Loop):
             if not rows:
                 await self._idle()
                 continue
-            reports = [r for r in (translate(body) for _, body in rows) if r is not None]
+            reports = [r for r in (translate(row.body) for row in rows) if r is not None]
             try:
                 reply = await self.link.post("report", {"agent": self.agent_id,
                                                         "reports": reports})
@@ -283,7 +283,7 @@ class Reporter(Loop):
                 await self.pause()
                 continue
             try:
-                await self.store.drop_journal([row_id for row_id, _ in rows])
+                await self.store.drop_journal([row.id for row in rows])
             except StoreUnavailable:
                 await self.pause()
                 continue
@@ -302,7 +302,7 @@ class Reporter(Loop):
             stop.cancel()
 
 
-def translate(body: dict[str, Any]) -> dict[str, Any] | None:
+def translate(body: Mapping[str, Any]) -> dict[str, Any] | None:
     """A journal entry as the edge's report; None for events that did not come from it."""
     if body.get("kind") == "execution":
         return {"kind": "execution", "execution_id": body["execution_id"],

@@ -117,10 +117,9 @@ def create_app(config: Config, *, store: Store | None = None,
         app.state.forwarder = forwarder
         hooks.inbound = Inbound(runtime, store, tokens, metrics, clock)
         for name, state in (await store.route_states()).items():
-            if state.get("state") == "paused":  # from before this start: say so, and why
+            if state.paused:  # from before this start: say so, and why
                 log.warning("route still paused", extra={
-                    "route": name, "reason": state.get("reason"),
-                    "since": iso(state.get("changed_at"))})
+                    "route": name, "reason": state.reason, "since": iso(state.changed_at)})
         if config_path is not None:
             _on_sighup(lambda: reload(runtime, tracker, config_path))
         tasks = [asyncio.create_task(_prune_loop(store, config, clock), name="prune")]

@@ -1,4 +1,5 @@
-"""What a finished execution produces: the callback body, rendered once and stored.
+"""What a finished execution produces: the callback body, rendered from what the store keeps
+of it, the same bytes on every attempt.
 
     {"type": "execution.completed" | "execution.failed" | "execution.cancelled"
              | "execution.timed_out",
@@ -13,26 +14,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bridge.models import ExecutionResult, iso
+from bridge.models import Completion, ExecutionResult, iso
 
 TYPES = {"completed": "execution.completed", "failed": "execution.failed",
          "cancelled": "execution.cancelled", "timed_out": "execution.timed_out"}
 
 
-def callback_body(event: dict[str, Any], trigger: str, execution_id: str,
-                  result: ExecutionResult, now: float) -> bytes:
+def callback_body(done: Completion) -> bytes:
+    result = done.result
     document = {
         "type": TYPES.get(result.status, f"execution.{result.status}"),
-        "timestamp": iso(now),
+        "timestamp": iso(done.at),
         "data": {
             "event": {
-                "id": event["id"], "source": event["source"], "provider": event["provider"],
-                "event_type": event["event_type"], "idempotency_key": event["idempotency_key"],
-                "received_at": iso(event["received_at"]),
+                "id": done.event_id, "source": done.source, "provider": done.provider,
+                "event_type": done.event_type, "idempotency_key": done.idempotency_key,
+                "received_at": iso(done.received_at),
             },
-            "trigger": trigger,
+            "trigger": done.trigger,
             "execution": {
-                "id": execution_id, "status": result.status, "output": result.output,
+                "id": done.execution_id, "status": result.status, "output": result.output,
                 "node_results": result.node_results, "error": result.error,
                 "started_at": result.started_at, "completed_at": result.completed_at,
             },

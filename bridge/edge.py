@@ -50,6 +50,7 @@ from bridge.models import (
 from bridge.providers.standard import decode_secret
 from bridge.relay import signature_headers
 from bridge.store import Store
+from bridge.store.records import ChannelBacklog
 
 MAX_PULL_BODY = 1024 * 1024  # a pull is small: an agent id and acknowledged ids
 MAX_REPORT_BODY = 16 * 1024 * 1024
@@ -194,18 +195,18 @@ class Edge:
         stats, agents = await self.store.channel_stats()
         out = []
         for channel in self.runtime.config.channels:
-            entry = stats.get(channel.name, {"waiting": 0, "oldest": None, "handed_off": 0})
-            oldest = entry["oldest"]
+            entry = stats.get(channel.name, ChannelBacklog())
+            oldest = entry.oldest
             out.append({
                 "name": channel.name,
-                "lag": {"events": entry["waiting"],
+                "lag": {"events": entry.waiting,
                         "seconds": round(max(0.0, now - oldest), 3) if oldest else 0.0},
-                "handed_off": entry["handed_off"],
+                "handed_off": entry.handed_off,
                 "agents": [{
-                    "agent": a["agent"], "address": a["address"],
-                    "connected": now - a["last_seen"] <= CONNECTED_WITHIN,
-                    "last_seen": a["last_seen"], "cursor": a["cursor"], "acked": a["acked"],
-                } for a in agents if a["channel"] == channel.name],
+                    "agent": a.agent, "address": a.address,
+                    "connected": now - a.last_seen <= CONNECTED_WITHIN,
+                    "last_seen": a.last_seen, "cursor": a.cursor, "acked": a.acked,
+                } for a in agents if a.channel == channel.name],
             })
         return out
 

@@ -28,13 +28,14 @@ from bridge.errors import (
     PayloadTooLarge,
     ReplayedToken,
     SignatureError,
+    StoreUnavailable,
     UnknownSource,
     UnsupportedMediaType,
     error_body,
 )
 from bridge.guard import allowed, check_literal
 from bridge.metrics import Metrics, SourceTally
-from bridge.models import NewDelivery, VerifiedEvent, new_id
+from bridge.models import VerifiedEvent, new_id
 from bridge.providers import InboundRequest, Provider
 from bridge.status import StatusTokens, public_view, settled
 from bridge.store import Store
@@ -42,6 +43,9 @@ from bridge.store import Store
 log = logging.getLogger("bridge.inbound")
 MAX_WAIT = 60.0
 MAX_WAITERS = 256  # requests held open by ?wait= at once; past it, answered without waiting
+# A batch's deliveries are rendered again when a concurrent batch sharing items landed first;
+# past this many tries the sender gets a 503 and retries (their items keep changing under it).
+RENDER_TRIES = 5
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -307,11 +311,16 @@ class Inbound:
         if filtered:
             event = dataclasses.replace(event, filtered=filtered)
 
-        def deliveries(seen: frozenset[str]) -> list[NewDelivery]:
-            return [outbox.render(event, route, max_key, seen, built) for route, built in taken]
-
-        accepted = await self.store.accept(event, deliveries if event.items else deliveries(
-            frozenset()))
+        seen: frozenset[str] = frozenset()
+        for _ in range(RENDER_TRIES):
+            rendered = [outbox.render(event, route, max_key, seen, built)
+                        for route, built in taken]
+            accepted = await self.store.accept(event, rendered, seen)
+            if accepted.seen_items is None:
+                break
+            seen = accepted.seen_items  # a batch sharing items landed first: say which
+        else:
+            raise StoreUnavailable("the batch's items keep changing under concurrent requests")
         if accepted.replayed_token:
             raise ReplayedToken("this signature token was already used")
         if accepted.duplicate:

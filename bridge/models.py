@@ -119,6 +119,9 @@ class Accepted:
     event_id: str
     duplicate: bool
     replayed_token: bool = False  # refused: its single-use token (`nonce`) was seen before
+    # Not stored: a batch's deliveries were rendered for other items already seen than these,
+    # which the store found. Render them again for these and accept again.
+    seen_items: frozenset[str] | None = None
 
 
 # Outcomes of one delivery attempt, produced by platform.classify().
@@ -212,13 +215,31 @@ class ExecutionResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Completion:
+    """What a callback tells: an event's execution that ended, and when the bridge learned it
+    (`at`). Everything here is stored once the execution ends, so every attempt renders the
+    same bytes (`completion.callback_body`)."""
+
+    event_id: str
+    source: str
+    provider: str
+    event_type: str
+    idempotency_key: str
+    received_at: float
+    trigger: str
+    execution_id: str
+    result: ExecutionResult
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedCallback:
     id: str  # also the webhook-id: the same on every attempt
     execution_id: str
     event_id: str
     url: str
     sender_supplied: bool
-    body: bytes
+    completion: Completion
     attempts: int
     failures: int
     created_at: float

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from aiohttp.helpers import proxies_from_env
 
 from bridge import __version__
+from bridge.completion import callback_body
 from bridge.config import Config
 from bridge.errors import CallbackNotAllowed
 from bridge.guard import Blocked as GuardBlocked
@@ -120,10 +121,11 @@ class Relay(ClaimLoop[ClaimedCallback]):
             guarded = item.sender_supplied and not self.settings.allow_private
             if guarded:
                 await self.check(item.url)
+            body = callback_body(item.completion)
             headers = {}
             if self.key is not None:
-                headers = signature_headers(self.key, item.id, int(time.time()), item.body)
-            reply = await self.client(guarded).request("POST", item.url, body=item.body,
+                headers = signature_headers(self.key, item.id, int(time.time()), body)
+            reply = await self.client(guarded).request("POST", item.url, body=body,
                                                        headers=headers)
             outcome = self.classify(reply)
         except (Blocked, InvalidTarget) as exc:

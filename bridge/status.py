@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
@@ -16,6 +17,7 @@ from bridge.errors import BridgeError, NotFound
 from bridge.models import iso
 from bridge.providers.base import sign
 from bridge.store import Store
+from bridge.store.records import DeliveryRecord, EventRecord, ExecutionRecord, RouteRecord
 
 
 class InvalidToken(BridgeError):
@@ -59,29 +61,31 @@ class StatusTokens:
         return value.decode("ascii", "replace")
 
 
-def public_view(event: dict[str, Any]) -> dict[str, Any]:
-    """What a sender may see: states and outcomes, never headers or bodies."""
-    executions = {x["delivery_id"]: x for x in event.get("executions", [])}
+def public_view(event: EventRecord, waiting: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What a sender may see: states and outcomes, never headers or bodies. `waiting` is
+    `waiting()`'s reasons, by delivery id."""
+    executions = {x.delivery_id: x for x in event.executions}
+    reasons = waiting or {}
     return {
-        "id": event["id"],
-        "source": event["source"],
-        "event_type": event["event_type"],
-        "idempotency_key": event["idempotency_key"],
-        "received_at": event["received_at"],
-        "state": event["state"],
+        "id": event.id,
+        "source": event.source,
+        "event_type": event.event_type,
+        "idempotency_key": event.idempotency_key,
+        "received_at": event.received_at,
+        "state": event.state,
         "deliveries": [
-            {"trigger": d["trigger"], "status": d["status"], "attempts": d["attempts"],
-             "execution_id": d["execution_id"], "last_error": d["last_error"],
-             "waiting": d.get("waiting"), "next_attempt_at": d.get("next_attempt_at")
-             if d["status"] == "pending" else None,
-             "execution": _execution(executions.get(d["id"]))}
-            for d in event["deliveries"]
+            {"trigger": d.trigger, "status": d.status, "attempts": d.attempts,
+             "execution_id": d.execution_id, "last_error": d.last_error,
+             "waiting": reasons.get(d.id),
+             "next_attempt_at": d.next_attempt_at if d.status == "pending" else None,
+             "execution": _execution(executions.get(d.id))}
+            for d in event.deliveries
         ],
-        "filtered": event.get("filtered") or [],
+        "filtered": [{"route": f.route, "reason": f.reason} for f in event.filtered],
         "callbacks": [
-            {"id": c["id"], "status": c["status"], "attempts": c["attempts"],
-             "last_error": guard.public_reason(c["last_error"])}
-            for c in event.get("callbacks", [])
+            {"id": c.id, "status": c.status, "attempts": c.attempts,
+             "last_error": guard.public_reason(c.last_error)}
+            for c in event.callbacks
         ],
     }
 
@@ -92,58 +96,53 @@ _HINTS = {"401": "check `[platform] trigger_key`",
           "404": "check the route's `trigger` name on the platform"}
 
 
-def explain(event: dict[str, Any], routes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Say, on each delivery still on its way, why it waits and until when (`waiting`): the
-    route paused and why, with what to check; the retry and its last error, with the time of the
+def waiting(event: EventRecord, routes: Mapping[str, RouteRecord]) -> dict[str, str]:
+    """Why each delivery still on its way waits, and until when, by delivery id: the route
+    paused and why, with what to check; the retry and its last error, with the time of the
     next attempt. `routes` is `Store.route_states()`."""
-    for delivery in event["deliveries"]:
-        if delivery["status"] == "handed_off":
-            delivery["waiting"] = ("held by an agent of its channel, which sends it on-premises "
-                                   "and reports the outcome here")
-            continue
-        if delivery["status"] not in ("pending", "leased"):
-            continue
-        if delivery.get("channel"):
-            delivery["waiting"] = (
-                f"sent to an agent of channel {delivery['channel']}, not yet acknowledged"
-                if delivery["status"] == "leased" else
-                f"waiting for an agent of channel {delivery['channel']} (bridge channels list)")
-            continue
-        route = routes.get(delivery["route"]) or {}
-        error = delivery.get("last_error")
-        if route.get("state") == "paused":
-            reason = str(route.get("reason") or "paused")
-            hint = _HINTS.get(reason[:3])
-            text = f"route paused: platform answered {reason}" if hint else \
-                f"route paused: {reason}"
-            text += f" ({hint})" if hint else " (bridge routes resume, or deliveries retry)"
-        elif delivery["status"] == "leased":
-            text = "being sent now"
-        elif error:
-            text = f"retrying at {iso(delivery['next_attempt_at'])}: {error}"
-        else:
-            text = f"queued, due {iso(delivery['next_attempt_at'])}"
-        delivery["waiting"] = text
-    return event
+    reasons: dict[str, str] = {}
+    for delivery in event.deliveries:
+        reason = _waiting(delivery, routes.get(delivery.route))
+        if reason is not None:
+            reasons[delivery.id] = reason
+    return reasons
 
 
-def _execution(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    if row is None:
+def _waiting(delivery: DeliveryRecord, route: RouteRecord | None) -> str | None:
+    if delivery.status == "handed_off":
+        return ("held by an agent of its channel, which sends it on-premises "
+                "and reports the outcome here")
+    if delivery.status not in ("pending", "leased"):
         return None
-    return {key: row[key] for key in ("id", "status", "output", "node_results", "error",
-                                      "started_at", "completed_at")}
+    if delivery.channel:
+        return (f"sent to an agent of channel {delivery.channel}, not yet acknowledged"
+                if delivery.status == "leased" else
+                f"waiting for an agent of channel {delivery.channel} (bridge channels list)")
+    if route is not None and route.paused:
+        reason = route.reason or "paused"
+        hint = _HINTS.get(reason[:3])
+        text = f"route paused: platform answered {reason}" if hint else \
+            f"route paused: {reason}"
+        return text + (f" ({hint})" if hint else " (bridge routes resume, or deliveries retry)")
+    if delivery.status == "leased":
+        return "being sent now"
+    if delivery.last_error:
+        return f"retrying at {iso(delivery.next_attempt_at)}: {delivery.last_error}"
+    return f"queued, due {iso(delivery.next_attempt_at)}"
 
 
-def settled(event: dict[str, Any]) -> bool:
+def _execution(execution: ExecutionRecord | None) -> dict[str, Any] | None:
+    if execution is None:
+        return None
+    return {"id": execution.id, "status": execution.status, "output": execution.output,
+            "node_results": execution.node_results, "error": execution.error,
+            "started_at": execution.started_at, "completed_at": execution.completed_at}
+
+
+def settled(event: EventRecord) -> bool:
     """Nothing more will happen to the event's deliveries and executions."""
-    executions = {x["delivery_id"]: x for x in event.get("executions", [])}
-    for delivery in event["deliveries"]:
-        if delivery["status"] in ("pending", "leased", "handed_off"):
-            return False
-        execution = executions.get(delivery["id"])
-        if execution is not None and execution["status"] in ("pending", "running"):
-            return False
-    return True
+    return (not any(d.status in ("pending", "leased", "handed_off") for d in event.deliveries)
+            and not any(x.running for x in event.executions))
 
 
 async def show(request: Request) -> JSONResponse:
@@ -153,4 +152,4 @@ async def show(request: Request) -> JSONResponse:
     event = await store.get_event(event_id)
     if event is None:
         raise NotFound("this event is no longer stored")
-    return JSONResponse(public_view(explain(event, await store.route_states())))
+    return JSONResponse(public_view(event, waiting(event, await store.route_states())))

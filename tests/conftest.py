@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ STRIPE_SECRET = "whsec_test_stripe_secret_5c2a"
 STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TRIGGER_KEY = "tk-test-trigger-key-77f1"
 API_KEY = "ak-test-api-key-19c3"
-ALL_SECRETS = [GITHUB_SECRET, STRIPE_SECRET, STANDARD_SECRET, TRIGGER_KEY, API_KEY,
+ADMIN_TOKEN = "adm-test-reads-5d2e"  # what tests read the bridge's state through
+ALL_SECRETS = [GITHUB_SECRET, STRIPE_SECRET, STANDARD_SECRET, TRIGGER_KEY, API_KEY, ADMIN_TOKEN,
                "adm-token-5f0e9c1b2a7d", "whsec_cGxhdGZvcm0tY2FsbGJhY2stc2VjcmV0LTAx"]
 
 
@@ -159,9 +161,69 @@ class Bridge:
         return httpx.post(f"{self.url}{path}", content=body, headers=headers or {}, timeout=30,
                           **kwargs)
 
+    # What the bridge holds, read as an operator reads it: through the admin API, whichever
+    # store it runs on.
+
+    def admin(self, path: str, **params: Any) -> Any:
+        """GET an admin endpoint with the first admin token in the bridge's config."""
+        tokens = tomllib.loads(self.config_path.read_text()).get("admin", {}).get("tokens")
+        assert tokens, "this bridge has no [admin] tokens to read its state with"
+        answer = httpx.get(f"{self.url}{path}", params=params, timeout=30,
+                           headers={"authorization": f"Bearer {tokens[0]}"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def events(self, **filters: Any) -> list[dict[str, Any]]:
+        """Every stored event (the list's lines), oldest first."""
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self.admin("/admin/events", limit=500, **filters,
+                              **({"cursor": cursor} if cursor else {}))
+            out += page["events"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return out[::-1]
+
+    def event(self, event_id: str) -> dict[str, Any]:
+        """One event with its deliveries (and their attempts), executions and callbacks."""
+        return dict(self.admin(f"/admin/events/{event_id}"))
+
+    def details(self) -> list[dict[str, Any]]:
+        return [self.event(line["id"]) for line in self.events()]
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        """Every delivery of every event, each with its `event_id`, oldest event first."""
+        return [{**d, "event_id": e["id"]} for e in self.details() for d in e["deliveries"]]
+
+    def statuses(self) -> list[str]:
+        return [d["status"] for d in self.deliveries()]
+
+    def attempts(self) -> list[dict[str, Any]]:
+        return [a for d in self.deliveries() for a in d["attempt_log"]]
+
+    def executions(self) -> list[dict[str, Any]]:
+        return [x for e in self.details() for x in e["executions"]]
+
+    def callbacks(self) -> list[dict[str, Any]]:
+        return [c for e in self.details() for c in e["callbacks"]]
+
+    def outbox(self) -> dict[str, int]:
+        """Deliveries by status, from /metrics: one cheap request, for waits over many events."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        return {sample.labels["status"]: int(sample.value)
+                for family in text_string_to_metric_families(text)
+                if family.name == "bridge_outbox_deliveries" for sample in family.samples}
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        return {r["name"]: r for r in self.admin("/admin/routes")["routes"]}
+
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read the bridge's real store directly: its SQLite file, or its PostgreSQL schema
-        when the suite runs on PostgreSQL (BRIDGE_TEST_STORE=postgres)."""
+        when the suite runs on PostgreSQL (BRIDGE_TEST_STORE=postgres). Only for what the
+        admin API does not show (bytes as stored, internal columns)."""
         if self.store_url:
             import psycopg
 
@@ -193,12 +255,15 @@ def make_bridge(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Callable[.
     stack = contextlib.ExitStack()
 
     def make(extra: str = "", *, start: bool = True, base: str = BASE_CONFIG,
-             env: dict[str, str] | None = None, name: str = "bridge") -> Bridge:
+             env: dict[str, str] | None = None, name: str = "bridge",
+             admin: bool = True) -> Bridge:
         port = free_port()
         db = tmp_path / f"{name}.db"
         text = base.format(port=port, db=db, platform=emulator.base_url, trigger_key=TRIGGER_KEY,
                            api_key=API_KEY, github=GITHUB_SECRET, stripe=STRIPE_SECRET,
                            standard=STANDARD_SECRET) + extra
+        if admin and "[admin]" not in text:
+            text += f'\n[admin]\ntokens = ["{ADMIN_TOKEN}"]\n'
         store_url = None
         if ON_POSTGRES and f'path = "{db}"' in text:  # the whole suite, on PostgreSQL
             store_url = stack.enter_context(pg.schema())
@@ -231,3 +296,25 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {row["id"]: row for row in rows}
+
+
+def barrier(bridge: Bridge, emulator: EmulatorServer) -> None:
+    """Wait until the bridge has provably moved on, instead of sleeping and hoping: a fresh
+    Stripe event, sent now, reaches the platform (trigger `stripe-events`). The forwarder takes
+    due deliveries oldest first, across routes, so whatever was due before it has been taken.
+    Tests that use it count calls of other triggers."""
+    import json
+    import secrets
+
+    from tests.test_providers import stripe_headers
+
+    name = f"evt_barrier_{secrets.token_hex(4)}"
+    body = json.dumps({"id": name, "type": "barrier.passed"}).encode()
+    answer = bridge.post("/hooks/stripe", body, stripe_headers(body))
+    assert answer.status_code == 202, answer.text
+    wait_for(lambda: any(str(c["key"]).startswith(f"stripe:{name}")
+                         for c in list(emulator.emulator.calls)))

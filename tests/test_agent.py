@@ -564,8 +564,8 @@ def test_channel_deliveries_no_agent_took_become_redrivable_dead_letters(tmp_pat
             assert await store.expire_channels(now - 60, now) == 0  # still young
             assert await store.expire_channels(now, now) == 1
             [dead] = await store.dead_letters()
-            assert dead["last_error"] == "no agent took it within the dedupe window"
-            assert await store.redrive([dead["id"]], now + 1) == 1
+            assert dead.last_error == "no agent took it within the dedupe window"
+            assert await store.redrive([dead.id], now + 1) == 1
             [again] = await store.pull_channel("plant-a", "b", None, [], now + 1, 30, 10, 1 << 20)
             assert again.delivery_id == item.delivery_id
             assert again.generation != item.generation  # a new generation: sent again

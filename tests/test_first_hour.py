@@ -55,7 +55,7 @@ def test_a_paused_route_with_work_waiting_costs_nothing(
     bridge.config_path.write_text(text)  # only an operator's retry sends it again
     bridge.start()
     ack = push(bridge, "paused-1")
-    wait_for(lambda: bridge.query("SELECT state FROM routes") == [("paused",)])
+    wait_for(lambda: bridge.routes()["github->github-push"]["state"] == "paused")
     time.sleep(0.5)
     before, cpu = commits(bridge), cpu_seconds(bridge)
     time.sleep(3.0)
@@ -80,8 +80,7 @@ def test_a_paused_route_with_work_waiting_costs_nothing(
     delivery = shown["deliveries"][0]["id"]
     retried = cli(bridge, "deliveries", "retry", delivery)
     assert retried.returncode == 0, retried.stderr
-    wait_for(lambda: bridge.query("SELECT status FROM deliveries") == [("delivered",)],
-             timeout=5)
+    wait_for(lambda: bridge.statuses() == ["delivered"], timeout=5)
     assert cli(bridge, "deliveries", "retry", delivery).returncode == 1  # nothing pending
 
 
@@ -115,10 +114,10 @@ def test_commands_that_would_do_nothing_say_so(make_bridge: Callable[..., Bridge
     emulator.emulator.add_fault(trigger="github-push", count=1, status=422)
     bridge = make_bridge(ADMIN)
     ack = push(bridge, "dead-1")
-    wait_for(lambda: bridge.query("SELECT status FROM deliveries") == [("dead",)])
+    wait_for(lambda: bridge.statuses() == ["dead"])
     redriven = cli(bridge, "dead-letters", "redrive", str(ack["id"]), "--json")
     assert redriven.returncode == 0 and json.loads(redriven.stdout)["redriven"] == 1
-    wait_for(lambda: bridge.query("SELECT status FROM deliveries") == [("delivered",)])
+    wait_for(lambda: bridge.statuses() == ["delivered"])
     nothing = cli(bridge, "dead-letters", "redrive", str(ack["id"]))
     assert nothing.returncode == 1 and "no dead delivery" in nothing.stderr
     bogus = cli(bridge, "events", "list", "--state", "bogus")
@@ -280,7 +279,7 @@ def test_a_delivered_event_whose_workflow_failed_shows_it_in_the_table(
     emulator.emulator.configure(failing_triggers=["github-push"], execution_delay=0.1)
     bridge = make_bridge(ADMIN)
     push(bridge, "fails-1")
-    wait_for(lambda: bridge.query("SELECT status FROM executions") == [("failed",)])
+    wait_for(lambda: [x["status"] for x in bridge.executions()] == ["failed"])
     listed = cli(bridge, "events", "list")
     row = listed.stdout.splitlines()[2]
     assert "delivered" in row and "failed" in row

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 
 from bridge.emulator import EmulatorServer
-from tests.conftest import Bridge, github_headers, wait_for
+from tests.conftest import Bridge, barrier, github_headers, wait_for
 from tests.test_durability import send_many
 from tests.test_providers import stripe_headers
 
@@ -22,8 +22,8 @@ def calls(emulator: EmulatorServer, trigger: str | None = None) -> list[dict[str
 
 
 def delivery_status(bridge: Bridge, key: str) -> list[tuple[str, str | None]]:
-    return bridge.query("SELECT d.status, d.last_error FROM deliveries d JOIN events e"
-                        " ON e.id = d.event_id WHERE e.idempotency_key = ?", (key,))
+    [line] = bridge.events(key=key)
+    return [(d["status"], d["last_error"]) for d in bridge.event(line["id"])["deliveries"]]
 
 
 def test_an_sdk_signed_event_reaches_the_platform_once_and_intact(
@@ -46,13 +46,14 @@ def test_an_sdk_signed_event_reaches_the_platform_once_and_intact(
     [call] = calls(emulator)
     assert call["key"] == "stripe:evt_intact:stripe-events"
     wait_for(lambda: delivery_status(bridge, "stripe:evt_intact") == [("delivered", None)])
-    [(execution_id,)] = bridge.query("SELECT execution_id FROM deliveries")
-    assert execution_id == execution.id
+    [delivery] = bridge.deliveries()
+    assert delivery["execution_id"] == execution.id
     # A redelivery by Stripe is a duplicate: still one execution.
     again = bridge.post("/hooks/stripe", body, stripe_headers(body))
     assert again.status_code == 200 and again.json()["duplicate"] is True
-    time.sleep(0.5)
-    assert len(emulator.emulator.executions_for()) == 1 and len(calls(emulator)) == 1
+    barrier(bridge, emulator)
+    assert [c["key"] for c in calls(emulator) if "barrier" not in str(c["key"])] == [
+        "stripe:evt_intact:stripe-events"]
 
 
 def test_raw_envelope_sends_the_original_bytes(make_bridge: Callable[..., Bridge],
@@ -78,7 +79,7 @@ def test_retries_after_500s_reuse_key_and_bytes(make_bridge: Callable[..., Bridg
     assert len({c["key"] for c in attempts}) == 1
     assert len({c["sha256"] for c in attempts}) == 1
     assert len(emulator.emulator.executions_for()) == 1
-    rows = bridge.query("SELECT outcome, status_code FROM attempts ORDER BY id")
+    rows = [(a["outcome"], a["status_code"]) for a in bridge.attempts()]
     assert rows == [("retrylater", 500), ("retrylater", 500), ("delivered", 202)]
 
 
@@ -92,8 +93,8 @@ def test_429_waits_for_retry_after(make_bridge: Callable[..., Bridge],
     first, second = calls(emulator, "github-push")
     assert first["status"] == 429 and second["status"] == 202
     assert float(second["at"]) - float(first["at"]) >= 1.0  # type: ignore[arg-type]
-    [(failures,)] = bridge.query("SELECT failures FROM deliveries")
-    assert failures == 0  # pacing is not a failure
+    [delivery] = bridge.deliveries()
+    assert delivery["failures"] == 0  # pacing is not a failure
 
 
 def test_400_is_dead_with_its_reason(make_bridge: Callable[..., Bridge],
@@ -106,7 +107,7 @@ def test_400_is_dead_with_its_reason(make_bridge: Callable[..., Bridge],
     [(status, reason)] = delivery_status(bridge, "github:r400")
     assert "400 injected_fault" in (reason or "")
     assert httpx.get(ack["status_url"]).json()["state"] == "dead"
-    time.sleep(0.4)
+    barrier(bridge, emulator)
     assert len(calls(emulator, "github-push")) == 1  # never retried
 
 
@@ -118,17 +119,15 @@ def test_401_pauses_the_route_until_the_key_works_again(make_bridge: Callable[..
     for i in range(3):
         body = f'{{"n":{i}}}'.encode()
         bridge.post("/hooks/github", body, github_headers(body, delivery=f"p{i}"))
-    wait_for(lambda: bridge.query("SELECT state FROM routes") == [("paused",)])
-    [(reason,)] = bridge.query("SELECT reason FROM routes")
-    assert reason.startswith("401")
+    wait_for(lambda: bridge.routes()["github->github-push"]["state"] == "paused")
+    assert bridge.routes()["github->github-push"]["reason"].startswith("401")
     time.sleep(1.0)  # paused: only periodic probes reach the platform, not every delivery
     probes = len(calls(emulator, "github-push"))
     assert 1 <= probes <= 6
-    assert bridge.query("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'") == [(3,)]
+    assert bridge.statuses() == ["pending"] * 3
     emulator.emulator.configure(trigger_key=good_key)
-    wait_for(lambda: bridge.query("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'")
-             == [(3,)])
-    assert bridge.query("SELECT state FROM routes") == [("active",)]
+    wait_for(lambda: bridge.statuses() == ["delivered"] * 3)
+    assert bridge.routes()["github->github-push"]["state"] == "active"
     assert len(emulator.emulator.executions_for()) == 3
 
 
@@ -159,8 +158,8 @@ def test_a_lost_answer_is_retried_without_a_second_execution(
     wait_for(lambda: delivery_status(bridge, "github:lost") == [("delivered", None)])
     assert len(calls(emulator, "github-push")) == 2
     assert len(emulator.emulator.executions_for()) == 1
-    [(outcome, error)] = bridge.query("SELECT outcome, error FROM attempts ORDER BY id LIMIT 1")
-    assert outcome == "retrylater" and "connection error" in error
+    first = bridge.attempts()[0]
+    assert first["outcome"] == "retrylater" and "connection error" in first["error"]
 
 
 def test_unrouted_events_are_stored_and_never_sent(make_bridge: Callable[..., Bridge],
@@ -173,10 +172,11 @@ def test_unrouted_events_are_stored_and_never_sent(make_bridge: Callable[..., Br
     from tests.test_providers import standard_headers
 
     assert bridge.post("/hooks/standard", body, standard_headers(body)).status_code == 202
-    time.sleep(0.5)
-    assert calls(emulator) == []
-    assert sorted(bridge.query("SELECT state FROM events")) == [("unrouted",), ("unrouted",)]
-    assert bridge.query("SELECT COUNT(*) FROM deliveries") == [(0,)]
+    barrier(bridge, emulator)
+    assert [c for c in calls(emulator) if "barrier" not in str(c["key"])] == []
+    unrouted = [e for e in bridge.events() if "barrier" not in e["idempotency_key"]]
+    assert [e["state"] for e in unrouted] == ["unrouted", "unrouted"]
+    assert all(bridge.event(e["id"])["deliveries"] == [] for e in unrouted)
 
 
 def test_kill_9_with_deliveries_in_flight_executes_each_exactly_once(
@@ -189,8 +189,7 @@ def test_kill_9_with_deliveries_in_flight_executes_each_exactly_once(
     bridge.kill()  # with attempts in flight against a slow platform
     emulator.emulator.configure(latency=0.0)
     bridge.start()
-    wait_for(lambda: bridge.query("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'")
-             == [(200,)], timeout=60)
+    wait_for(lambda: bridge.statuses() == ["delivered"] * 200, timeout=60)
     executions = emulator.emulator.executions_for("github-push")
     assert len(executions) == 200
     executed = sorted(e.input["idempotency_key"] for e in executions)
@@ -217,6 +216,6 @@ def test_platform_rate_limit_headers_slow_the_forwarder(
     assert 429 not in statuses, statuses
     assert 15 <= len(statuses) <= 20
     # Waiting deliveries are not claimed while the forwarder holds back: no lease ages.
-    pending = bridge.query("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")[0][0]
-    assert pending == 30 - len(statuses)
-    assert bridge.query("SELECT COUNT(*) FROM deliveries WHERE status = 'dead'") == [(0,)]
+    held = bridge.statuses()
+    assert held.count("pending") == 30 - len(statuses)
+    assert "dead" not in held

@@ -219,7 +219,7 @@ def test_idempotency_keys_and_event_types(bridge: Bridge) -> None:
     sw = bridge.post("/hooks/standard", b'{"type":"x"}', standard_headers(b'{"type":"x"}',
                                                                           msg_id="msg_Z"))
     assert sw.json()["idempotency_key"] == "standard:msg_Z"
-    rows = dict(bridge.query("SELECT idempotency_key, event_type FROM events"))
+    rows = {e["idempotency_key"]: e["event_type"] for e in bridge.events()}
     assert rows == {"github:abc-123": "pull_request.opened", "stripe:evt_K": "invoice.paid",
                     "standard:msg_Z": "x"}
     no_id = b'{"no":"delivery header"}'

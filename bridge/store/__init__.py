@@ -8,10 +8,10 @@
 
 from typing import Any
 
-from bridge.store.base import Render, Store
+from bridge.store.base import Store
 from bridge.store.sqlite import MIGRATIONS, SQLiteStore, outage
 
-__all__ = ["MIGRATIONS", "Render", "SQLiteStore", "Store", "open_store", "outage"]
+__all__ = ["MIGRATIONS", "SQLiteStore", "Store", "open_store", "outage"]
 
 
 def open_store(settings: Any) -> Store:

@@ -16,6 +16,7 @@ Every sqlite3 error is translated here: a failure to write or commit becomes `St
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -28,7 +29,6 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from bridge import codec
-from bridge.completion import callback_body
 from bridge.errors import BridgeError, InternalError, StoreUnavailable
 from bridge.models import (
     IN_FLIGHT,
@@ -41,6 +41,7 @@ from bridge.models import (
     ChannelItem,
     ClaimedCallback,
     ClaimedDelivery,
+    Completion,
     Dead,
     Delivered,
     DeliveryStatus,
@@ -57,7 +58,23 @@ from bridge.models import (
     VerifiedEvent,
     new_id,
 )
-from bridge.store.base import Render
+from bridge.store.records import (
+    AgentSeen,
+    AttemptRecord,
+    CallbackRecord,
+    ChannelBacklog,
+    DeadLetter,
+    DeliveryRecord,
+    EventRecord,
+    EventSummary,
+    ExecutionRecord,
+    FilteredRoute,
+    JournalEntry,
+    Retried,
+    RouteRecord,
+    SourceCount,
+    decode_json,
+)
 from bridge.store.writer import Writer
 
 log = logging.getLogger("bridge.store")
@@ -454,23 +471,24 @@ class SQLiteStore:
 
     # events
 
-    async def accept(self, event: VerifiedEvent,
-                     deliveries: Sequence[NewDelivery] | Render) -> Accepted:
+    async def accept(self, event: VerifiedEvent, deliveries: Sequence[NewDelivery],
+                     seen_items: frozenset[str] = frozenset()) -> Accepted:
         """Store the event and its deliveries atomically, or name the event already stored
         under the same idempotency key. Returns only once the transaction is durable.
 
         For a batch (`event.items`), a request whose items were all seen before is a duplicate
-        of the event that first carried one of them; otherwise it is stored, and `deliveries`
-        (then a callable) is given the set of items already seen. A `nonce` seen before with
-        another event stores nothing and answers `replayed_token` (the caller refuses the
-        request: an HTTP concern, not the store's)."""
+        of the event that first carried one of them. Its deliveries were rendered for
+        `seen_items` already seen (their bodies say which items are duplicates); when the store
+        finds others, it stores nothing and answers `seen_items` with the ones it found, for
+        the caller to render again. A `nonce` seen before with another event stores nothing and
+        answers `replayed_token` (the caller refuses the request: an HTTP concern, not the
+        store's)."""
         headers = codec.dumps(event.headers).decode()
-        if not (event.items or event.nonce or callable(deliveries)):
+        if not (event.items or event.nonce):
             return await self._write(_Accept(event, headers, deliveries), False)
         source_key = f"{event.source}:"
 
         def job(conn: sqlite3.Connection) -> Accepted:
-            seen: frozenset[str] = frozenset()
             if event.items or event.nonce:  # checks first: nothing is written before them
                 row = conn.execute("SELECT id FROM events WHERE idempotency_key = ?",
                                    (event.idempotency_key,)).fetchone()
@@ -490,7 +508,9 @@ class SQLiteStore:
                     seen = frozenset(key for key, _ in found)
                     if len(seen) == len(set(event.items)):
                         return Accepted(found[0][1], duplicate=True)
-            rendered = deliveries(seen) if callable(deliveries) else deliveries
+                    if seen != seen_items:
+                        return Accepted("", duplicate=False, seen_items=seen)
+            rendered = deliveries
             state = EventState.QUEUED if rendered else EventState.UNROUTED
             cur = conn.execute(
                 "INSERT INTO events (id, source, provider, event_type, idempotency_key,"
@@ -526,32 +546,47 @@ class SQLiteStore:
 
         return await self._write(job, savepoint=False)
 
-    async def get_event(self, event_id: str) -> dict[str, Any] | None:
-        event = await self._one("SELECT * FROM events WHERE id = ?", (event_id,))
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        event = await self._one(
+            "SELECT id, source, provider, event_type, idempotency_key, received_at, state,"
+            " headers, body, callback_url, filtered FROM events WHERE id = ?", (event_id,))
         if event is None:
             return None
-        event.pop("fingerprint", None)  # a binary digest: for dedupe, not for people
-        event["headers"] = json.loads(event["headers"])
-        event["filtered"] = [{"route": route, "reason": reason} for route, reason in
-                             json.loads(event["filtered"] or "[]")]
         deliveries = await self._all(
             "SELECT id, route, trigger, idempotency_key, status, attempts, failures,"
             " next_attempt_at, execution_id, last_error, replay_of, created_at, updated_at,"
-            " channel FROM deliveries WHERE event_id = ? ORDER BY created_at, id", (event_id,))
-        for delivery in deliveries:
-            delivery["attempt_log"] = await self._all(
-                "SELECT started_at, latency_ms, outcome, status_code, error, response_excerpt"
-                " FROM attempts WHERE delivery_id = ? ORDER BY id", (delivery["id"],))
-        event["deliveries"] = deliveries
-        event["executions"] = [_decode_execution(row) for row in await self._all(
+            " channel, reached_at FROM deliveries WHERE event_id = ? ORDER BY created_at, id",
+            (event_id,))
+        executions = await self._all(
             "SELECT id, delivery_id, route, trigger, status, output, node_results, error,"
             " started_at, completed_at, checks FROM executions WHERE event_id = ?"
-            " ORDER BY created_at", (event_id,))]
-        event["callbacks"] = await self._all(
+            " ORDER BY created_at", (event_id,))
+        callbacks = await self._all(
             "SELECT id, execution_id, url, sender_supplied, status, attempts, last_error,"
             " created_at, updated_at FROM callbacks WHERE event_id = ? ORDER BY created_at, id",
             (event_id,))
-        return event
+        attempts: dict[str, list[AttemptRecord]] = {}  # of deliveries and of callbacks
+        if owners := [row["id"] for row in deliveries + callbacks]:
+            marks = ",".join("?" * len(owners))
+            for row in await self._all(
+                    "SELECT delivery_id, started_at, latency_ms, outcome, status_code, error,"
+                    f" response_excerpt FROM attempts WHERE delivery_id IN ({marks})"
+                    " ORDER BY id", owners):
+                attempts.setdefault(row.pop("delivery_id"), []).append(AttemptRecord(**row))
+        return EventRecord(
+            id=event["id"], source=event["source"], provider=event["provider"],
+            event_type=event["event_type"], idempotency_key=event["idempotency_key"],
+            received_at=event["received_at"], state=event["state"],
+            headers=json.loads(event["headers"]), body=bytes(event["body"]),
+            callback_url=event["callback_url"],
+            filtered=tuple(FilteredRoute(route, reason) for route, reason in
+                           json.loads(event["filtered"] or "[]")),
+            deliveries=tuple(DeliveryRecord(**d, attempt_log=tuple(attempts.get(d["id"], ())))
+                             for d in deliveries),
+            executions=tuple(_execution(x) for x in executions),
+            callbacks=tuple(CallbackRecord(**{**c, "sender_supplied": bool(c["sender_supplied"])},
+                                           attempt_log=tuple(attempts.get(c["id"], ())))
+                            for c in callbacks))
 
     async def changed(self, timeout: float) -> None:
         """Return after this process's next commit, or after `timeout` seconds (which covers
@@ -573,9 +608,11 @@ class SQLiteStore:
             "  AND status IN ('pending', 'running')) AS busy", (event_id, event_id))
         return row is not None and not row["busy"]
 
-    async def get_execution(self, execution_id: str) -> dict[str, Any] | None:
-        row = await self._one("SELECT * FROM executions WHERE id = ?", (execution_id,))
-        return None if row is None else _decode_execution(row)
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        row = await self._one(
+            "SELECT id, delivery_id, route, trigger, status, output, node_results, error,"
+            " started_at, completed_at, checks FROM executions WHERE id = ?", (execution_id,))
+        return None if row is None else _execution(row)
 
     # the outbox
 
@@ -780,9 +817,10 @@ class SQLiteStore:
             due = max(due, pacing["updated_at"] + (1 - pacing["tokens"]) / pacing["rate"])
         return float(due)
 
-    async def route_states(self) -> dict[str, dict[str, Any]]:
-        rows = await self._all("SELECT * FROM routes", ())
-        return {row["name"]: row for row in rows}
+    async def route_states(self) -> dict[str, RouteRecord]:
+        rows = await self._all(
+            "SELECT name, state, reason, changed_at, next_probe_at FROM routes", ())
+        return {row["name"]: RouteRecord(**row) for row in rows}
 
     async def set_route_state(self, route: str, state: RouteState, reason: str | None,
                               now: float, probe_every: float) -> None:
@@ -855,22 +893,18 @@ class SQLiteStore:
              result.started_at, result.completed_at, now, execution_id)).fetchone()
         if changed is None:
             return False
-        event_id, route, trigger = changed
-        cursor = conn.execute(
-            "SELECT id, source, provider, event_type, idempotency_key, received_at,"
-            " callback_url FROM events WHERE id = ?", (event_id,))
-        names = [d[0] for d in cursor.description]
-        event = dict(zip(names, cursor.fetchone(), strict=True))
+        event_id, route, _ = changed
+        sender_url = conn.execute("SELECT callback_url FROM events WHERE id = ?",
+                                  (event_id,)).fetchone()[0]
         urls = [(url, 0) for url in targets.for_route(route)]
-        if event["callback_url"]:
-            urls.append((event["callback_url"], 1))
-        if urls:
-            body = callback_body(event, trigger, execution_id, result, now)
+        if sender_url:
+            urls.append((sender_url, 1))
+        if urls:  # their body is rendered from the event and execution rows, when sent
             conn.executemany(
                 "INSERT INTO callbacks (id, execution_id, event_id, url, sender_supplied,"
                 " body, status, next_attempt_at, created_at, updated_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [(new_id(), execution_id, event_id, url, supplied, body,
+                [(new_id(), execution_id, event_id, url, supplied, b"",
                   CallbackStatus.PENDING, now, now, now) for url, supplied in urls])
             self._new_work = True
         if self.journaling:
@@ -904,15 +938,23 @@ class SQLiteStore:
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
-            rows = conn.execute(
+            leased = [r[0] for r in conn.execute(
                 f"UPDATE callbacks SET status = ?, lease_owner = ?, lease_until = ?"
                 f" WHERE id IN ({marks}) AND (status = ? OR (status = ? AND lease_until <= ?))"
-                f" RETURNING id, execution_id, event_id, url,"
-                f" sender_supplied, body, attempts, failures, created_at",
+                f" RETURNING id",
                 (CallbackStatus.LEASED, owner, now + lease, *ids, CallbackStatus.PENDING,
-                 CallbackStatus.LEASED, now)).fetchall()
-            return [ClaimedCallback(r[0], r[1], r[2], r[3], bool(r[4]), bytes(r[5]), r[6], r[7],
-                                    r[8]) for r in rows]
+                 CallbackStatus.LEASED, now)).fetchall()]
+            if not leased:
+                return []
+            marks = ",".join("?" * len(leased))
+            cursor = conn.execute(
+                "SELECT c.id, c.execution_id, c.event_id, c.url, c.sender_supplied, c.attempts,"
+                " c.failures, c.created_at, e.source, e.provider, e.event_type,"
+                " e.idempotency_key, e.received_at, x.trigger, x.status, x.output,"
+                " x.node_results, x.error, x.started_at, x.completed_at FROM callbacks c"
+                " JOIN events e ON e.id = c.event_id JOIN executions x ON x.id = c.execution_id"
+                f" WHERE c.id IN ({marks}) ORDER BY c.next_attempt_at", leased)
+            return [_claimed_callback(row) for row in cursor.fetchall()]
 
         return await self._write(job)
 
@@ -1117,26 +1159,26 @@ class SQLiteStore:
 
         return await self._write(job)
 
-    async def channel_stats(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    async def channel_stats(self) -> tuple[dict[str, ChannelBacklog], list[AgentSeen]]:
         """Per channel: deliveries waiting for an agent (count, oldest) and held by agents;
         and every agent seen."""
         rows = await self._all(
             "SELECT channel, status, COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries"
             " WHERE channel IS NOT NULL AND status IN ('pending', 'leased', 'handed_off')"
             " GROUP BY channel, status", ())
-        stats: dict[str, dict[str, Any]] = {}
+        stats: dict[str, ChannelBacklog] = {}
         for row in rows:
-            entry = stats.setdefault(row["channel"], {"waiting": 0, "oldest": None,
-                                                      "handed_off": 0})
+            entry = stats.get(row["channel"], ChannelBacklog())
             if row["status"] == "handed_off":
-                entry["handed_off"] += row["n"]
+                entry = dataclasses.replace(entry, handed_off=entry.handed_off + row["n"])
             else:
-                entry["waiting"] += row["n"]
-                oldest = entry["oldest"]
-                entry["oldest"] = row["oldest"] if oldest is None else min(oldest, row["oldest"])
+                oldest = row["oldest"] if entry.oldest is None else min(entry.oldest,
+                                                                        row["oldest"])
+                entry = ChannelBacklog(entry.waiting + row["n"], oldest, entry.handed_off)
+            stats[row["channel"]] = entry
         agents = await self._all("SELECT channel, agent, address, first_seen, last_seen,"
                                  " cursor, acked FROM agents ORDER BY channel, agent", ())
-        return stats, agents
+        return stats, [AgentSeen(**a) for a in agents]
 
     # an agent's journal of outcomes, for its edge
 
@@ -1149,11 +1191,11 @@ class SQLiteStore:
                      (json.dumps(body, ensure_ascii=False), now))
         self._new_work = True
 
-    async def read_journal(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+    async def read_journal(self, limit: int) -> list[JournalEntry]:
         """The oldest entries. Ids are never reused (AUTOINCREMENT), so dropping what was read
         can never drop an entry written since."""
         rows = await self._all("SELECT id, body FROM journal ORDER BY id LIMIT ?", (limit,))
-        return [(row["id"], json.loads(row["body"])) for row in rows]
+        return [JournalEntry(row["id"], json.loads(row["body"])) for row in rows]
 
     async def drop_journal(self, ids: Sequence[int]) -> None:
         def job(conn: sqlite3.Connection) -> None:
@@ -1181,7 +1223,7 @@ class SQLiteStore:
     async def list_events(self, *, source: str | None = None, event_type: str | None = None,
                           state: str | None = None, since: float | None = None,
                           until: float | None = None, key_contains: str | None = None,
-                          before_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+                          before_id: str | None = None, limit: int = 50) -> list[EventSummary]:
         """Newest first. `before_id` is the cursor: ids are time-ordered, so the page after one
         ending at X is everything with an id below X."""
         where: list[str] = []
@@ -1205,10 +1247,13 @@ class SQLiteStore:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         # `workflows`: the executions' states, so a delivered event whose workflow failed
         # shows as such in a table.
-        return await self._all(
+        rows = await self._all(
             f"SELECT id, source, provider, event_type, idempotency_key, received_at, state,"
             f" (SELECT group_concat(status, ',') FROM executions x WHERE x.event_id = events.id)"
             f" AS workflows FROM events {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [EventSummary(**{**row, "workflows": tuple((row["workflows"] or "").split(",")
+                                                          if row["workflows"] else ())})
+                for row in rows]
 
     async def event_body(self, event_id: str) -> bytes | None:
         row = await self._one("SELECT body FROM events WHERE id = ?", (event_id,))
@@ -1233,7 +1278,7 @@ class SQLiteStore:
         return await self._write(job)
 
     async def dead_letters(self, *, route: str | None = None, source: str | None = None,
-                           after_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+                           after_id: str | None = None, limit: int = 50) -> list[DeadLetter]:
         where, params = ["d.status = 'dead'"], []
         if route:
             where.append("d.route = ?")
@@ -1244,11 +1289,12 @@ class SQLiteStore:
         if after_id:
             where.append("d.id > ?")
             params.append(after_id)
-        return await self._all(
+        rows = await self._all(
             "SELECT d.id, d.event_id, e.source, e.event_type, d.route, d.trigger,"
             " d.idempotency_key, d.attempts, d.last_error, d.updated_at FROM deliveries d"
             f" JOIN events e ON e.id = d.event_id WHERE {' AND '.join(where)}"
             " ORDER BY d.id LIMIT ?", (*params, limit))
+        return [DeadLetter(**row) for row in rows]
 
     async def redrive(self, delivery_ids: Sequence[str], now: float,
                       unsafe_before: float | None = None) -> int:
@@ -1279,12 +1325,12 @@ class SQLiteStore:
 
         return await self._write(job)
 
-    async def retry_now(self, delivery_id: str, now: float) -> dict[str, Any] | None:
+    async def retry_now(self, delivery_id: str, now: float) -> Retried | None:
         """A pending delivery due now instead of at its backoff's end; its route, if paused,
         resumed (an operator asking for it to be sent). None when no pending delivery has
         that id."""
 
-        def job(conn: sqlite3.Connection) -> dict[str, Any] | None:
+        def job(conn: sqlite3.Connection) -> Retried | None:
             row = conn.execute(
                 "UPDATE deliveries SET next_attempt_at = ?, updated_at = ? WHERE id = ?"
                 " AND status IN ('pending', 'leased') RETURNING route",  # leased: being sent
@@ -1296,7 +1342,7 @@ class SQLiteStore:
             if paused is not None:
                 _set_route(conn, row[0], RouteState.ACTIVE, None, now, None)
             self._new_work = True
-            return {"id": delivery_id, "route": row[0], "resumed": paused is not None}
+            return Retried(delivery_id, row[0], resumed=paused is not None)
 
         return await self._write(job)
 
@@ -1346,10 +1392,10 @@ class SQLiteStore:
                                " GROUP BY route", ())
         return {row["route"]: row["n"] for row in rows}
 
-    async def source_counts(self) -> dict[str, dict[str, Any]]:
+    async def source_counts(self) -> dict[str, SourceCount]:
         rows = await self._all("SELECT source, COUNT(*) AS events, MAX(received_at) AS last"
                                " FROM events GROUP BY source", ())
-        return {row["source"]: row for row in rows}
+        return {row["source"]: SourceCount(row["events"], row["last"]) for row in rows}
 
     # housekeeping
 
@@ -1543,11 +1589,21 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
-def _decode_execution(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("output", "node_results"):
-        if row.get(key) is not None:
-            row[key] = json.loads(row[key])
-    return row
+def _claimed_callback(row: tuple[Any, ...]) -> ClaimedCallback:
+    (id_, execution_id, event_id, url, supplied, attempts, failures, created_at, source,
+     provider, event_type, key, received_at, trigger, status, output, node_results, error,
+     started_at, completed_at) = row
+    result = ExecutionResult(status, decode_json(output), decode_json(node_results), error,
+                             started_at, completed_at)
+    completion = Completion(event_id, source, provider, event_type, key, received_at, trigger,
+                            execution_id, result, at=created_at)
+    return ClaimedCallback(id_, execution_id, event_id, url, bool(supplied), completion,
+                           attempts, failures, created_at)
+
+
+def _execution(row: dict[str, Any]) -> ExecutionRecord:
+    return ExecutionRecord(**{**row, "output": decode_json(row["output"]),
+                              "node_results": decode_json(row["node_results"])})
 
 
 # SQLite's primary result codes that mean the store cannot be used right now (busy, locked, out of

@@ -59,18 +59,17 @@ def test_fingerprints_batch_items_and_single_use_tokens(kind: str, tmp_path: Pat
         replay = await store.accept(event("s:b", now, fingerprint=b"\x01" * 16),
                                     delivery("s:b"))
         assert not first.duplicate and replay.duplicate and replay.event_id == first.event_id
-        seen: list[frozenset[str]] = []
-
-        def render(items: frozenset[str]) -> list[NewDelivery]:
-            seen.append(items)
-            return delivery("batch")
-
-        one = await store.accept(event("s:batch1", now, items=("i1", "i2")), render)
-        two = await store.accept(event("s:batch2", now, items=("i2", "i3")), render)
-        three = await store.accept(event("s:batch3", now, items=("i1", "i3")), render)
-        assert not one.duplicate and not two.duplicate
+        one = await store.accept(event("s:batch1", now, items=("i1", "i2")), delivery("b1"))
+        # Rendered as if no item had been seen: the store says which were, and stores nothing.
+        stale = await store.accept(event("s:batch2", now, items=("i2", "i3")), delivery("b2"))
+        assert stale.seen_items == frozenset({"i2"}) and not stale.duplicate
+        assert await store.list_events(key_contains="s:batch2") == []
+        two = await store.accept(event("s:batch2", now, items=("i2", "i3")), delivery("b2"),
+                                 frozenset({"i2"}))
+        three = await store.accept(event("s:batch3", now, items=("i1", "i3")), delivery("b3"))
+        assert not one.duplicate and one.seen_items is None
+        assert not two.duplicate and two.seen_items is None
         assert three.duplicate  # every item seen before
-        assert seen == [frozenset(), frozenset({"i2"})]
         token = await store.accept(event("s:t1", now, nonce="n1"), delivery("s:t1"))
         again = await store.accept(event("s:t2", now, nonce="n1"), delivery("s:t2"))
         assert not token.replayed_token and again.replayed_token
@@ -99,8 +98,15 @@ def test_an_execution_completes_once_with_its_callbacks(kind: str, tmp_path: Pat
         assert sorted(c.url for c in callbacks) == ["https://cb.example/route",
                                                     "https://cb.example/x"]
         assert {c.sender_supplied for c in callbacks} == {True, False}
+        # Each callback names the event and the execution's end, as stored.
+        for callback in callbacks:
+            done = callback.completion
+            assert (done.event_id, done.source, done.trigger) == (accepted.event_id, "s", "t")
+            assert done.result == ExecutionResult("completed", output={"ok": True})
+            assert done.at == now
         shown = await store.get_event(accepted.event_id)
-        assert shown is not None and shown["executions"][0]["output"] == {"ok": True}
+        assert shown is not None and shown.executions[0].output == {"ok": True}
+        assert shown.callbacks[0].sender_supplied in (True, False)
         assert await store.event_settled(accepted.event_id)
 
     run(scenario, kind, tmp_path)

@@ -58,14 +58,14 @@ def test_a_lost_lease_writes_nothing(kind: str, tmp_path: Path) -> None:
         assert not await store.record(mine, "a", _attempt(mine.id, now), Delivered("x-a", 202),
                                       None, now + 3, 30.0)
         event = await store.get_event(mine.event_id)
-        assert event is not None and event["deliveries"][0]["attempt_log"] == []
-        assert event["deliveries"][0]["status"] == "leased"
+        assert event is not None and event.deliveries[0].attempt_log == ()
+        assert event.deliveries[0].status == "leased"
         assert await store.record(theirs, "b", _attempt(theirs.id, now), Delivered("x-b", 202),
                                   None, now + 3, 30.0)
         event = await store.get_event(mine.event_id)
         assert event is not None
-        [delivery] = event["deliveries"]
-        assert delivery["execution_id"] == "x-b" and len(delivery["attempt_log"]) == 1
+        [delivery] = event.deliveries
+        assert delivery.execution_id == "x-b" and len(delivery.attempt_log) == 1
         # Recording again on a settled delivery changes nothing either.
         assert not await store.record(theirs, "b", _attempt(theirs.id, now),
                                       RetryLater("late"), now + 10, now + 4, 30.0)
