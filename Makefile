@@ -41,8 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/agent.py
 	$(BIN)/python bench/glue.py
 	$(BIN)/python bench/replicas.py
-	$(BIN)/pip install --quiet matplotlib
-	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/growth.py
 
 chaos: $(STAMP)
 	CHAOS_SCALE=10 $(BIN)/python -m pytest tests/chaos -q --timeout 900

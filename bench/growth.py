@@ -5,7 +5,7 @@
 
 Each store is filled with stored GitHub events (setup, not measured: SQLite through `sqlite3`,
 PostgreSQL through `COPY`), written the way the bridge writes them: time-ordered ids, an
-idempotency key per event, ~1 KB of headers and body, and a delivery for every event. Then the
+idempotency key per event, ~0.6 KB of headers and body, and a delivery for every event. Then the
 bridge (one worker, forwarder off, pinned to the last core) is started on it and `wrk` (core 0,
 one thread, 32 connections) replays pre-signed 1.2 KB pushes with distinct delivery ids for
 `--seconds`. Printed per size: events/s, p50/p99 ack latency, the store's size, and the ratio to
@@ -32,7 +32,7 @@ import loadgen  # noqa: E402
 
 HEADERS = json.dumps({"x-github-event": "push", "content-type": "application/json",
                       "user-agent": "GitHub-Hookshot/abc", "x-github-hook-id": "1"})
-BODY = b'{"ref":"refs/heads/main","prefill":true,"pad":"' + b"p" * 900 + b'"}'
+BODY = b'{"ref":"refs/heads/main","prefill":true,"pad":"' + b"p" * 400 + b'"}'
 CHUNK = 20_000
 
 

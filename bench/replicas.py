@@ -1,18 +1,21 @@
 """Ingest on PostgreSQL with 1, 2 and 3 replicas, beside one process on SQLite, in one run.
 
-Each bridge is one worker (forwarder off: the accept path only). One `wrk` per replica (one
-thread, 16 connections, on core 0) replays pre-signed 1.2 KB GitHub pushes with distinct ids
-for `--seconds`. Printed per setup: events/s, p50/p99 ack latency (the worst replica's), and
-CPU ms per event spent by the bridges and by PostgreSQL (every process of the database's user),
-so the cost per event shows what more cores would carry when this machine has too few to show
-it.
+Each bridge is one worker (forwarder off: the accept path only); a lone bridge (SQLite, or one
+replica) is pinned to the last core, several replicas share both. One `wrk` per replica (one
+thread, `--connections` each, 16 by default, on core 0) replays pre-signed 1.2 KB GitHub pushes
+with distinct ids for `--seconds`. Printed per setup: events/s, p50/p99 ack latency (the worst
+replica's), and CPU ms per event spent by the bridges and by PostgreSQL (every process of the
+database's user), so the cost per event shows what more cores would carry when this machine
+has too few to show it.
 
-    python bench/replicas.py [--seconds 10] [--url postgresql://postgres@127.0.0.1:5432/test]
+    python bench/replicas.py [--seconds 10] [--connections 16]
+                             [--url postgresql://postgres@127.0.0.1:5432/test]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pwd
 import secrets
 import shutil
@@ -62,9 +65,14 @@ def user_cpu(user: str) -> float:
     return total
 
 
-def run(directory: Path, stores: list[str], seconds: int, label: str) -> None:
+def run(directory: Path, stores: list[str], seconds: int, label: str,
+        connections: int = 16) -> None:
     ports = [loadgen.free_port() for _ in stores]
-    procs = [loadgen.spawn([loadgen.python(), "-m", "bridge", "serve", "--config",
+    # One bridge is pinned to the last core, as in the other benches, so SQLite and one
+    # PostgreSQL replica are compared on the same footing; several replicas are left to the
+    # scheduler, to use both cores between them.
+    pin = ["taskset", "-c", str((os.cpu_count() or 1) - 1)] if len(stores) == 1 else []
+    procs = [loadgen.spawn([*pin, loadgen.python(), "-m", "bridge", "serve", "--config",
                             str(config(directory, f"{label}{i}", port, store))])
              for i, (port, store) in enumerate(zip(ports, stores, strict=True))]
     try:
@@ -81,7 +89,7 @@ def run(directory: Path, stores: list[str], seconds: int, label: str) -> None:
         lua.write_text(glue.LUA)
         cpu0 = [loadgen.cpu_seconds(p.pid) for p in procs]
         pg0 = user_cpu("postgres")
-        wrks = [subprocess.Popen(["taskset", "-c", "0", "wrk", "-t1", "-c16", f"-d{seconds}s",
+        wrks = [subprocess.Popen(["taskset", "-c", "0", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
                                   "--latency", "-s", str(lua), f"http://127.0.0.1:{port}/",
                                   "--", str(data)], stdout=subprocess.PIPE, text=True)
                 for port, data in zip(ports, scripts, strict=True)]
@@ -116,13 +124,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--connections", type=int, default=16, help="per replica")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("needs wrk (Debian: apt-get install wrk)")
     print(f"machine: {loadgen.machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        run(directory, [f'path = "{directory / "sqlite.db"}"'], args.seconds, "sqlite, 1 process")
+        run(directory, [f'path = "{directory / "sqlite.db"}"'], args.seconds, "sqlite, 1 process",
+            args.connections)
         for count in (1, 2, 3):
             schema = f"bench_{secrets.token_hex(4)}"
             with psycopg.connect(args.url, autocommit=True) as admin:
@@ -130,7 +140,7 @@ def main() -> None:
             url = f"{args.url}?options=-csearch_path%3D{schema}"
             try:
                 run(directory, [f'url = "{url}"'] * count, args.seconds,
-                    f"postgres, {count} replica{'s' if count > 1 else ''}")
+                    f"postgres, {count} replica{'s' if count > 1 else ''}", args.connections)
             finally:
                 with psycopg.connect(args.url, autocommit=True) as admin:
                     admin.execute(f"DROP SCHEMA {schema} CASCADE")

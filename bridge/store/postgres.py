@@ -40,12 +40,15 @@ from typing import Any
 import psycopg
 
 from bridge.errors import InternalError, StoreUnavailable
+from bridge.models import Accepted, DeliveryStatus, EventState, new_id
 from bridge.store.sqlite import (
     FOR_UPDATE,
     MIGRATIONS,
     SKIP_LOCKED,
     SQLiteStore,
+    _Accept,
     _describe,
+    _filtered,
     _query,
 )
 from bridge.store.writer import Writer
@@ -88,6 +91,8 @@ class Connection:
         self.settings = (f"SET statement_timeout = {int(statement_timeout * 1000)}",
                          "SET synchronous_commit = on")
         self.raw: Any = None  # a psycopg.Connection, made (again) when a transaction begins
+        self.pipeline: Any = None  # a psycopg.Pipeline while a batch is sent pipelined
+        self.pid = 0  # the server process serving it: its own NOTIFYs come from this pid
 
     def connect(self) -> Any:
         if self.raw is None or self.raw.closed or self.raw.broken:
@@ -99,6 +104,7 @@ class Connection:
             for setting in self.settings:  # set here, so the URL's own `options` still apply
                 raw.execute(setting)
             self.raw = raw
+            self.pid = raw.info.backend_pid
         return self.raw
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -106,6 +112,8 @@ class Connection:
         if raw is None:
             raise psycopg.OperationalError("not connected")
         cursor = raw.execute(translate(sql), list(params) or None)
+        if sql == "COMMIT" and self.pipeline is not None:
+            self.pipeline.sync()  # the batch's last round trip: its answers, the commit's too
         if sql == "COMMIT" and cursor.statusmessage != "COMMIT":
             raise psycopg.OperationalError("the transaction was rolled back at commit")
         return cursor
@@ -137,6 +145,7 @@ class PostgresStore(SQLiteStore):
         self.pool_size = pool_size  # read connections; writes go through the one writer
         self._readers: queue.Queue[Connection] | None = None
         self._listener: threading.Thread | None = None
+        self._writer_conn = self._connection("writer")  # replaced by the opened one
         self._listening = False
 
     def _connection(self, role: str) -> Connection:
@@ -152,6 +161,7 @@ class PostgresStore(SQLiteStore):
             raise StoreUnavailable("the store cannot be reached") from None
         writer_conn: Any = conn
         self._writer = Writer(writer_conn, self._apply, self._finish)
+        self._writer_conn = conn
         self._readers = queue.Queue()
         for _ in range(self.pool_size):  # connected on first use, and again after a failure
             self._readers.put(self._connection("reader"))
@@ -179,14 +189,16 @@ class PostgresStore(SQLiteStore):
                 log.info("store migrated", extra={"schema_version": number})
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Other replicas' commits that made work due wake this one's loops."""
+        """Other replicas' commits that made work due wake this one's loops. (This replica's
+        own commits wake them as they are answered: its own NOTIFYs are skipped.)"""
         while self._listening:
             try:
                 conn: Any = psycopg.connect(self.url, autocommit=True)
                 conn.execute(f"LISTEN {NOTIFY}")
                 while self._listening:
-                    for _ in conn.notifies(timeout=1.0):
-                        loop.call_soon_threadsafe(self._woken)
+                    for notice in conn.notifies(timeout=1.0):
+                        if notice.pid != self._writer_conn.pid:
+                            loop.call_soon_threadsafe(self._woken)
                 conn.close()
             except psycopg.Error:
                 threading.Event().wait(1.0)  # the database is away: try again shortly
@@ -204,8 +216,77 @@ class PostgresStore(SQLiteStore):
     def _apply(self, conn: Any, jobs: list[Callable[[Any], Any]]
                ) -> tuple[list[tuple[bool, Any]], bool]:
         notifying: Any = _Notifying(conn, self)
-        out, new_work = super()._apply(notifying, jobs)
-        return out, new_work
+        accepts = [job for job in jobs if isinstance(job, _Accept)]
+        if len(accepts) < len(jobs):
+            return super()._apply(notifying, jobs)
+        return self._ingest(conn, accepts), self._new_work
+
+    def _ingest(self, conn: Connection, jobs: list[_Accept]) -> list[tuple[bool, Any]]:
+        """A batch of plain accepts (the ingest path) in one round trip: BEGIN, one statement
+        that inserts the new events, then the deliveries of those it inserted and a NOTIFY when
+        there are any, and COMMIT, sent as a pipeline. The same outcome as `_accept_all`'s
+        three statements and their round trips: a key stored before (or twice in the batch) is
+        a duplicate of the event stored under it, looked up once the batch is committed."""
+        self._new_work = False
+        first: dict[str, str] = {}  # idempotency key -> the id stored (or to be) under it
+        fresh: list[_Accept] = []
+        for job in jobs:
+            if first.setdefault(job.event.idempotency_key, job.event.id) == job.event.id:
+                fresh.append(job)
+        events = [(e.id, e.source, e.provider, e.event_type, e.idempotency_key, e.received_at,
+                   job.headers, e.body, EventState.QUEUED if job.deliveries else
+                   EventState.UNROUTED, e.callback_url, e.fingerprint, _filtered(e))
+                  for job in fresh for e in (job.event,)]
+        deliveries = [(new_id(), e.id, d.route, d.trigger, d.idempotency_key, d.body,
+                       d.content_type, DeliveryStatus.PENDING, e.received_at, e.received_at,
+                       e.received_at, d.channel) for job in fresh for e in (job.event,)
+                      for d in job.deliveries]
+        # One statement text per table, sent once per row in the pipeline: psycopg parses each
+        # text once and PostgreSQL plans it once, whatever the batch's size (a multi-row VALUES
+        # list is a new text per size, parsed again in Python every time).
+        raw = conn.connect()
+        try:
+            with raw.pipeline() as pipeline:
+                raw.execute("BEGIN")
+                cursor = raw.cursor()
+                cursor.executemany(INSERT_EVENT, events, returning=True)
+                if deliveries:
+                    raw.cursor().executemany(INSERT_DELIVERY, [(*d, d[1]) for d in deliveries])
+                    raw.execute(f"NOTIFY {NOTIFY}")
+                    self._new_work = True
+                done = raw.execute("COMMIT")
+                pipeline.sync()
+            if done.statusmessage != "COMMIT":
+                raise psycopg.OperationalError("the transaction was rolled back at commit")
+            inserted: set[str] = set()
+            while True:
+                inserted.update(row[0] for row in cursor.fetchall())
+                if not cursor.nextset():
+                    break
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(psycopg.Error):
+                    raw.execute("ROLLBACK")
+            raise
+        skipped = [job for job in fresh if job.event.id not in inserted]
+        if skipped:  # stored before: by its key, or by the fingerprint of its signed content
+            keys = [job.event.idempotency_key for job in skipped]
+            found = dict(raw.execute("SELECT idempotency_key, id FROM events"
+                                     " WHERE idempotency_key = ANY(%s)", (keys,)).fetchall())
+            prints = [job.event.fingerprint for job in skipped
+                      if job.event.idempotency_key not in found and job.event.fingerprint]
+            by_print = dict(raw.execute("SELECT fingerprint, id FROM events"
+                                        " WHERE fingerprint = ANY(%s)", (prints,)).fetchall()
+                            ) if prints else {}
+            for job in skipped:
+                key, event = job.event.idempotency_key, job.event
+                kept = found.get(key) or by_print.get(event.fingerprint or b"")
+                if kept is None:  # never answer "stored" for what was not: the sender retries
+                    raise psycopg.OperationalError("an event skipped as stored was not found")
+                first[key] = kept
+        return [(True, Accepted(first[job.event.idempotency_key],
+                                duplicate=first[job.event.idempotency_key] != job.event.id))
+                for job in jobs]
 
     async def close(self) -> None:
         self._listening = False
@@ -239,6 +320,19 @@ class PostgresStore(SQLiteStore):
             return _query(conn, sql, params)
         finally:
             readers.put(conn)
+
+
+INSERT_EVENT = (
+    "INSERT INTO events (id, source, provider, event_type, idempotency_key, received_at,"
+    " headers, body, state, callback_url, fingerprint, filtered)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id")
+# A delivery of an event this batch inserted: ids are fresh, so an event with its id exists only
+# when the insert above stored it (not when its key was a duplicate).
+INSERT_DELIVERY = (
+    "INSERT INTO deliveries (id, event_id, route, trigger, idempotency_key, body, content_type,"
+    " status, next_attempt_at, created_at, updated_at, channel)"
+    " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+    " WHERE EXISTS (SELECT 1 FROM events WHERE id = %s)")
 
 
 class _Notifying:
