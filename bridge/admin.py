@@ -8,6 +8,7 @@ Enabled only when `[admin] tokens` lists at least one token; otherwise every /ad
                                        cursor pagination (cursor, limit)
     GET  /admin/events/{id}            headers, body, deliveries with attempts, executions,
                                        callbacks
+    GET  /admin/events/{id}/body       the body, byte for byte (to resend it signed)
     POST /admin/events/{id}/replay     new deliveries to the event's routes, new keys
     POST /admin/events/replay          the same for every event matching a filter (JSON body)
     GET  /admin/dead-letters           filters: route, source; cursor pagination
@@ -106,6 +107,7 @@ class Admin:
             ("/admin/events", self.list_events, "GET"),
             ("/admin/events/replay", self.replay_matching, "POST"),
             ("/admin/events/{id}", self.show_event, "GET"),
+            ("/admin/events/{id}/body", self.event_body, "GET"),
             ("/admin/events/{id}/replay", self.replay_event, "POST"),
             ("/admin/deliveries/{id}/retry", self.retry_delivery, "POST"),
             ("/admin/dead-letters", self.list_dead, "GET"),
@@ -150,6 +152,14 @@ class Admin:
             view["body_encoding"] = "base64"
         return JSONResponse(view)
 
+    async def event_body(self, request: Request) -> Response:
+        body = await self.store.event_body(request.path_params["id"])
+        if body is None:
+            raise NotFound("no such event")
+        return Response(body, media_type="application/octet-stream",
+                        headers={"Content-Disposition": "attachment",
+                                 "X-Content-Type-Options": "nosniff"})
+
     async def replay_event(self, request: Request) -> Response:
         event = await self.store.get_event(request.path_params["id"])
         if event is None:
@@ -176,6 +186,10 @@ class Admin:
                     events += 1
             cursor = page[-1].id
         return JSONResponse({"events": events, "replayed": deliveries})
+
+    async def replay(self, event: EventRecord) -> int:
+        """New deliveries of `event` to today's routes, each with a new key; how many."""
+        return await self._replay(event)
 
     async def _replay(self, event: EventRecord) -> int:
         verified = VerifiedEvent(event.id, event.source, event.provider, event.event_type,
@@ -209,6 +223,9 @@ class Admin:
         return JSONResponse({"dead_letters": [plain(row) for row in rows],
                              "next_cursor": rows[-1].id if len(rows) == limit else None})
 
+    async def selected(self, body: dict[str, Any]) -> list[str]:
+        return await self._selected(body)
+
     async def _selected(self, body: dict[str, Any]) -> list[str]:
         """Dead delivery ids: those named (a delivery id, or an event id for all of that event's
         dead deliveries), or every one matching the filters. Naming nothing dead is a 404, so
@@ -237,8 +254,12 @@ class Admin:
 
     async def redrive(self, request: Request) -> Response:
         body = check_body("redrive", await _json(request))
-        force = bool(body.get("force", False))
         ids = await self._selected(body)
+        return JSONResponse(await self.redrive_ids(ids, bool(body.get("force", False))))
+
+    async def redrive_ids(self, ids: list[str], force: bool) -> dict[str, Any]:
+        """Dead deliveries back to pending; those that may already have run where the platform
+        has forgotten their key are held unless `force` (the answer says how many, and why)."""
         now = self.clock()
         lifetime = self.runtime.config.platform.idempotency_key_lifetime
         # A delivery that may have reached the platform longer ago than it remembers keys
@@ -254,7 +275,7 @@ class Admin:
                                  "which no longer remembers their Idempotency-Key: resending "
                                  "could run the workflow twice. Redrive with force to send "
                                  "them anyway.")
-        return JSONResponse(answer)
+        return answer
 
     async def discard(self, request: Request) -> Response:
         body = check_body("discard", await _json(request))
@@ -265,6 +286,10 @@ class Admin:
     # routes and sources
 
     async def list_routes(self, request: Request) -> Response:
+        return JSONResponse({"routes": await self.route_view()})
+
+    async def route_view(self) -> list[dict[str, Any]]:
+        """Every configured route with its shared state and backlog."""
         states = await self.store.route_states()
         pending = await self.store.pending_by_route()
         out = []
@@ -276,7 +301,7 @@ class Admin:
                         "reason": state.reason if state else None,
                         "changed_at": state.changed_at if state else None,
                         "pending": pending.get(route.name, 0)})
-        return JSONResponse({"routes": out})
+        return out
 
     async def _route(self, request: Request) -> str:
         return self.route_name(str(request.path_params["name"]))
@@ -302,27 +327,38 @@ class Admin:
     async def pause_route(self, request: Request) -> Response:
         name = await self._route(request)
         body = check_body("pause", await _json(request, optional=True))
-        reason = str(body.get("reason") or "paused by an operator")
+        reason = await self.pause(name, body.get("reason"))
+        return JSONResponse({"name": name, "state": "paused", "reason": reason})
+
+    async def pause(self, name: str, reason: str | None) -> str:
+        reason = str(reason or "paused by an operator")
         # An operator's pause is not probed: it lasts until resumed.
         await self.store.set_route_state(name, RouteState.PAUSED, reason, self.clock(),
                                          probe_every=10 * 365 * 86400.0)
-        return JSONResponse({"name": name, "state": "paused", "reason": reason})
+        return reason
 
     async def resume_route(self, request: Request) -> Response:
         name = await self._route(request)
-        await self.store.set_route_state(name, RouteState.ACTIVE, None, self.clock(), 0.0)
+        await self.resume(name)
         return JSONResponse({"name": name, "state": "active"})
 
+    async def resume(self, name: str) -> None:
+        await self.store.set_route_state(name, RouteState.ACTIVE, None, self.clock(), 0.0)
+
     async def list_sources(self, request: Request) -> Response:
+        return JSONResponse({"sources": await self.source_view()})
+
+    async def source_view(self) -> list[dict[str, Any]]:
+        """Every configured source: events stored, the last one's time, the last failure."""
         counts = await self.store.source_counts()
         failures = self.runtime.failures
         none = SourceCount(0, None)
-        return JSONResponse({"sources": [
+        return [
             {"name": s.name, "provider": s.provider,
              "events": counts.get(s.name, none).events,
              "last_received_at": counts.get(s.name, none).last_received_at,
              "last_failure": failures.get(s.name)}
-            for s in self.config.sources]})
+            for s in self.config.sources]
 
     async def list_channels(self, request: Request) -> Response:
         channels = await self.edge.overview(self.clock()) if self.edge is not None else []

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from bridge import logs, status
 from bridge.admin import Admin
 from bridge.config import Config, load, mask_url
+from bridge.console import Console
 from bridge.edge import Edge
 from bridge.errors import BridgeError, ConfigError, StoreUnavailable, error_body
 from bridge.forwarder import Forwarder
@@ -38,6 +39,7 @@ from bridge.relay import Relay
 from bridge.status import StatusTokens
 from bridge.store import Store, open_store
 from bridge.tracker import PushReceiver, Tracker, callback_targets
+from bridge.traffic import TrafficSampler
 
 log = logging.getLogger("bridge.app")
 READY_TIMEOUT = 3.0
@@ -104,6 +106,9 @@ def create_app(config: Config, *, store: Store | None = None,
     relay = Relay(config, store, clock=clock, rng=rng, metrics=metrics)
     edge = Edge(runtime, store, clock, lambda: tracker.targets)
     admin = Admin(runtime, store, metrics, clock, edge)
+    keys: dict[str, str] = {}
+    console = Console(admin, lambda: keys["server"])
+    traffic = TrafficSampler(metrics, store, clock)
     push = PushReceiver(config, tracker)
 
     @contextlib.asynccontextmanager
@@ -112,6 +117,7 @@ def create_app(config: Config, *, store: Store | None = None,
         secret = config.server.secret_key
         key = secret.reveal() if secret else await store.secret_key()
         tokens = StatusTokens(key, max_age=config.store.dedupe_window)
+        keys["server"] = key
         app.state.store = store
         app.state.tokens = tokens
         app.state.forwarder = forwarder
@@ -122,7 +128,8 @@ def create_app(config: Config, *, store: Store | None = None,
                     "route": name, "reason": state.reason, "since": iso(state.changed_at)})
         if config_path is not None:
             _on_sighup(lambda: reload(runtime, tracker, config_path))
-        tasks = [asyncio.create_task(_prune_loop(store, config, clock), name="prune")]
+        tasks = [asyncio.create_task(_prune_loop(store, config, clock), name="prune"),
+                 asyncio.create_task(traffic.run(), name="traffic")]
         loops: list[Forwarder | Tracker | Relay] = [forwarder, tracker, relay]
         if any(route.channel is None for route in config.routes) and config.forwarder.enabled:
             tasks.append(asyncio.create_task(forwarder.run(), name="forwarder"))
@@ -143,6 +150,8 @@ def create_app(config: Config, *, store: Store | None = None,
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(BridgeError):
+                await traffic.flush()  # the last few seconds' counts
             await store.close()
             log.info("bridge stopped")
 
@@ -158,6 +167,7 @@ def create_app(config: Config, *, store: Store | None = None,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *admin.routes(),
+        *console.routes(),
     ]
     hooks = Hooks(Starlette(
         routes=routes,

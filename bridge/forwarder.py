@@ -37,6 +37,7 @@ from bridge.platform import EXCERPT, PlatformClient, classify, pacing, resend_de
 from bridge.retry import schedule
 from bridge.store import Store
 
+OUTCOMES = {Delivered: "delivered", RetryLater: "retried", Dead: "dead", Paused: "paused"}
 log = logging.getLogger("bridge.forwarder")
 
 
@@ -131,6 +132,7 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
                           None if isinstance(outcome, Delivered) else _reason(outcome), excerpt)
         self._log(delivery, attempt, outcome)
         self.metrics.attempts.labels(status_class(status)).inc()
+        self.metrics.deliveries[delivery.route, OUTCOMES.get(type(outcome), "other")] += 1
         if isinstance(outcome, RetryLater):
             self.metrics.retries.inc()
         elif isinstance(outcome, Dead):

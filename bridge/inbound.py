@@ -8,6 +8,7 @@ line without building a LogRecord. Everything else goes through the router as us
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -46,6 +47,7 @@ MAX_WAITERS = 256  # requests held open by ?wait= at once; past it, answered wit
 # A batch's deliveries are rendered again when a concurrent batch sharing items landed first;
 # past this many tries the sender gets a 503 and retries (their items keep changing under it).
 RENDER_TRIES = 5
+REJECTIONS_KEPT = 100  # requests refused at the door, remembered for the console
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -201,11 +203,14 @@ def newline_hint(provider: Provider, request: InboundRequest, now: float,
 
 class Runtime:
     """What a config reload (SIGHUP) swaps at once: the config and the verifiers built from it.
-    `failures` remembers each source's last verification failure (reason only) for operators;
-    it lives in memory, so an attacker's bad signatures never cost a write."""
+    `failures` remembers each source's last verification failure (reason only) for operators,
+    and `rejections` the last requests refused at the door, of any source; both live in memory,
+    so an attacker's bad requests never cost a write (and only push older ones out)."""
 
     def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
         self.failures: dict[str, dict[str, Any]] = {}
+        self.rejections: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=REJECTIONS_KEPT)
         self.swap(config, providers)
 
     def swap(self, config: Config, providers: dict[str, Provider]) -> None:
@@ -255,6 +260,9 @@ class Inbound:
             log.warning("rejected", extra={"source": name, "outcome": "rejected",
                                            "reason": exc.code})
             self.metrics.rejected.labels(name, exc.code).inc()
+            self.runtime.rejections.append({"at": self.clock(), "source": name,
+                                            "status": exc.status_code,
+                                            "reason": f"{exc.code}: {exc.message}"[:300]})
             if isinstance(exc, SignatureError | MalformedSignature):
                 self.runtime.failures[name] = {"reason": f"{exc.code}: {exc.message}",
                                                "at": self.clock()}

@@ -9,6 +9,7 @@ on the event loop's thread only.
 
 from __future__ import annotations
 
+import collections
 from bisect import bisect_left
 from collections.abc import Iterator
 
@@ -24,6 +25,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
+        # Delivery outcomes by route, for the console's traffic (`bridge/traffic.py`).
+        self.deliveries: collections.Counter[tuple[str, str]] = collections.Counter()
         self.inbound = InboundTallies()
         registry.register(self.inbound)
         self.rejected = Counter("bridge_events_rejected", "Requests refused, by reason",

@@ -170,6 +170,13 @@ def _op(summary: str, ok: dict[str, Any], *errors: int, query: tuple[str, ...] =
     return op
 
 
+def _raw(summary: str) -> dict[str, Any]:
+    op = _op(summary, OBJECT, 404)
+    op["responses"]["200"] = {"description": "OK", "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    return op
+
+
 def _path(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -198,6 +205,8 @@ DOCUMENT: dict[str, Any] = {
         "/admin/events/{id}": {"parameters": [_path("id")], "get": _op(
             "One event with its deliveries, attempts, executions and callbacks",
             {"type": "object", "required": ["id", "deliveries"]}, 404)},
+        "/admin/events/{id}/body": {"parameters": [_path("id")], "get": _raw(
+            "The event's body, byte for byte as it arrived (to resend it signed)")},
         "/admin/events/{id}/replay": {"parameters": [_path("id")], "post": _op(
             "Replay one event to its routes, with new idempotency keys",
             {"type": "object", "required": ["event_id", "replayed"]}, 404)},

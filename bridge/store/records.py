@@ -190,6 +190,18 @@ class AgentSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class TrafficCount:
+    """How many of `kind` ("webhook" by source, "delivery" by route) had `outcome` in one
+    minute (epoch seconds // 60)."""
+
+    minute: int
+    kind: str
+    name: str
+    outcome: str
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
 class JournalEntry:
     """An outcome an agent has yet to report to its edge."""
 

@@ -73,6 +73,7 @@ from bridge.store.records import (
     Retried,
     RouteRecord,
     SourceCount,
+    TrafficCount,
     decode_json,
 )
 from bridge.store.writer import Writer
@@ -234,6 +235,19 @@ MIGRATIONS: list[str] = [
         rate REAL,
         updated_at REAL NOT NULL,
         not_before REAL
+    );
+    """,
+    # 8: traffic per minute (webhooks accepted, duplicate, rejected by source; deliveries
+    # delivered, retried, dead by route), for the console's pictures: counted in memory and
+    # added every few seconds, so it costs nothing per event
+    """
+    CREATE TABLE traffic (
+        minute INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (minute, kind, name, outcome)
     );
     """,
 ]
@@ -1223,9 +1237,11 @@ class SQLiteStore:
     async def list_events(self, *, source: str | None = None, event_type: str | None = None,
                           state: str | None = None, since: float | None = None,
                           until: float | None = None, key_contains: str | None = None,
-                          before_id: str | None = None, limit: int = 50) -> list[EventSummary]:
+                          before_id: str | None = None, after_id: str | None = None,
+                          limit: int = 50) -> list[EventSummary]:
         """Newest first. `before_id` is the cursor: ids are time-ordered, so the page after one
-        ending at X is everything with an id below X."""
+        ending at X is everything with an id below X; `after_id` keeps only events newer than
+        X (what arrived since a page was shown)."""
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("source", source), ("event_type", event_type), ("state", state)):
@@ -1244,6 +1260,9 @@ class SQLiteStore:
         if before_id:
             where.append("id < ?")
             params.append(before_id)
+        if after_id:
+            where.append("id > ?")
+            params.append(after_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         # `workflows`: the executions' states, so a delivered event whose workflow failed
         # shows as such in a table.
@@ -1412,6 +1431,7 @@ class SQLiteStore:
                 " SELECT 1 FROM callbacks c WHERE c.event_id = e.id"
                 " AND c.status IN ('pending', 'leased')) ORDER BY received_at LIMIT ?",
                 (before, limit))]
+            conn.execute("DELETE FROM traffic WHERE minute < ?", (int(before // 60),))
             if not ids:
                 return 0
             marks = ",".join("?" * len(ids))
@@ -1448,6 +1468,21 @@ class SQLiteStore:
                 "SELECT value FROM meta WHERE key = 'secret_key'").fetchone()[0])
 
         return await self._write(job)
+
+    async def add_traffic(self, counts: Sequence[TrafficCount]) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO traffic (minute, kind, name, outcome, n) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (minute, kind, name, outcome) DO UPDATE SET n = traffic.n + excluded.n",
+                [(c.minute, c.kind, c.name, c.outcome, c.n) for c in counts])
+
+        if counts:
+            await self._write(job)
+
+    async def traffic(self, since_minute: int) -> list[TrafficCount]:
+        rows = await self._all("SELECT minute, kind, name, outcome, n FROM traffic"
+                               " WHERE minute >= ? ORDER BY minute", (since_minute,))
+        return [TrafficCount(**row) for row in rows]
 
     async def counts(self) -> dict[str, dict[str, int]]:
         events = await self._all("SELECT state, COUNT(*) AS n FROM events GROUP BY state", ())

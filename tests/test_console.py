@@ -1,0 +1,260 @@
+"""The web console, in a real browser: Playwright driving Debian's Chromium.
+
+Skipped where no Chromium is installed (with the reason), unless BRIDGE_REQUIRE_BROWSER=1, as
+in CI, where `.ci/run` installs it: there a missing browser fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.emulator import EmulatorServer
+from tests.conftest import ADMIN_TOKEN, ALL_SECRETS, Bridge, github_headers, wait_for
+
+CHROMIUM = next((p for p in (os.environ.get("BRIDGE_CHROMIUM"), shutil.which("chromium"),
+                             "/usr/bin/chromium") if p and os.path.exists(p)), None)
+CONSOLE_SECRET_SOURCE = """
+[[sources]]
+name = "shop"
+provider = "shopify"
+secret = "shpss_console_secret_9f2a"
+"""
+PAGES = ["/console/events", "/console/sources", "/console/routes", "/console/dead-letters",
+         "/console/activity"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        if os.environ.get("BRIDGE_REQUIRE_BROWSER"):
+            pytest.fail("BRIDGE_REQUIRE_BROWSER is set but no Chromium is installed")
+        pytest.skip("no Chromium here (Debian: apt-get install chromium); CI installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def console(make_bridge: Callable[..., Bridge], browser: Any) -> Iterator[tuple[Bridge, Any]]:
+    bridge = make_bridge(CONSOLE_SECRET_SOURCE)
+    context = browser.new_context(base_url=bridge.url)
+    page = context.new_page()
+    yield bridge, page
+    context.close()
+
+
+def sign_in(page: Any, token: str = ADMIN_TOKEN) -> None:
+    page.goto("/console/events")
+    assert page.url.endswith("/console/login")
+    page.get_by_label("Admin token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def push(bridge: Bridge, delivery: str) -> dict[str, Any]:
+    body = json.dumps({"ref": "refs/heads/main", "after": delivery}).encode()
+    answer = bridge.post("/hooks/github", body, github_headers(body, delivery=delivery))
+    assert answer.status_code == 202, answer.text
+    return dict(answer.json())
+
+
+def admin_get(bridge: Bridge, path: str) -> Any:
+    return httpx.get(f"{bridge.url}{path}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                     timeout=10).json()
+
+
+def test_a_wrong_token_cannot_sign_in_and_a_right_one_can(console: tuple[Bridge, Any]) -> None:
+    bridge, page = console
+    sign_in(page, "not-a-token")
+    assert page.url.endswith("/console/login")
+    assert "not one of the configured admin tokens" in page.get_by_role("alert").inner_text()
+    sign_in(page)
+    page.wait_for_url("**/console/events")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "bridge_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/console"
+    assert ADMIN_TOKEN not in cookie["value"]
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url("**/console/login")
+    page.goto("/console/routes")
+    assert page.url.endswith("/console/login")  # signed out: every page asks again
+
+
+def test_an_operator_finds_why_an_event_failed_and_replays_it(
+        console: tuple[Bridge, Any], emulator: EmulatorServer) -> None:
+    bridge, page = console
+    emulator.emulator.add_fault(trigger="github-push", count=1, status=422)
+    ack = push(bridge, "console-fail")
+    wait_for(lambda: bridge.statuses() == ["dead"])
+    bad = b'{"ref":"forged"}'
+    forged = bridge.post("/hooks/github", bad, {**github_headers(bad, delivery="forged"),
+                                                "X-Hub-Signature-256": "sha256=" + "0" * 64})
+    assert forged.status_code == 401
+    sign_in(page)
+    # Refused at the door: the source's last failure and the request, with the reason.
+    page.get_by_role("link", name="Sources").click()
+    github_row = page.locator("tr", has=page.get_by_role("link", name="github", exact=True))
+    assert "signature" in github_row.inner_text()
+    assert "signature" in page.locator("#rejections").inner_text()
+    # Stored, forwarded and refused: the event's journey says where and why.
+    page.get_by_role("link", name="Events").click()
+    page.locator(f'tr[data-id="{ack["id"]}"] a').click()
+    page.wait_for_url(f"**/console/events/{ack['id']}")
+    journey = page.locator(".timeline").inner_text()
+    assert "signature verified, stored" in journey
+    assert re.search(r"Attempt 1 to github-push: dead, HTTP 422", journey), journey
+    assert "github:console-fail" in page.locator(".facts").inner_text()
+    assert "bridge sign --provider github" in page.locator("pre.command").inner_text()
+    page.get_by_role("button", name="Replay to today's routes").click()
+    assert "replayed to 1 route" in page.get_by_role("status").inner_text()
+
+    def replayed() -> bool:
+        page.reload()
+        return "Replayed for trigger github-push" in page.locator(".timeline").inner_text() \
+            and "delivered, HTTP 202" in page.locator(".timeline").inner_text()
+
+    wait_for(replayed, timeout=20, interval=0.5)
+    # Its dead delivery, redriven from the dead letters.
+    page.get_by_role("link", name="Dead letters").click()
+    page.get_by_role("checkbox", name="Select github:console-fail").check()
+    page.get_by_role("button", name="Redrive").click()
+    assert "redriven: 1" in page.get_by_role("status").inner_text()
+    wait_for(lambda: bridge.statuses().count("delivered") == 2)
+
+
+def test_a_route_is_paused_and_resumed(console: tuple[Bridge, Any],
+                                       emulator: EmulatorServer) -> None:
+    bridge, page = console
+    sign_in(page)
+    page.get_by_role("link", name="Routes").click()
+    row = page.locator('tr[data-route="github->github-push"]')
+    row.get_by_label("Reason").fill("maintenance window")
+    row.get_by_role("button", name="Pause github->github-push").click()
+    assert "paused: maintenance window" in page.get_by_role("status").inner_text()
+    assert bridge.routes()["github->github-push"]["state"] == "paused"
+    page.get_by_role("button", name="Resume github->github-push").click()
+    assert "resumed" in page.get_by_role("status").inner_text()
+    assert bridge.routes()["github->github-push"]["state"] == "active"
+
+
+def test_new_events_appear_in_the_list_as_they_arrive(console: tuple[Bridge, Any]) -> None:
+    bridge, page = console
+    sign_in(page)
+    page.wait_for_url("**/console/events")
+    ack = push(bridge, "console-live")
+    page.wait_for_selector(f'tr[data-id="{ack["id"]}"]', timeout=10_000)
+    assert "github:console-live" in page.locator(f'tr[data-id="{ack["id"]}"]').inner_text()
+
+
+def test_posts_need_the_csrf_token_and_the_same_origin(console: tuple[Bridge, Any]) -> None:
+    bridge, page = console
+    sign_in(page)
+    page.wait_for_url("**/console/events")
+    route = "/console/routes/github-push/pause"
+    without = page.request.post(route, form={"reason": "x"})
+    assert without.status == 403
+    wrong = page.request.post(route, form={"reason": "x", "csrf": "guess"})
+    assert wrong.status == 403
+    page.goto("/console/routes")
+    token = page.locator('input[name="csrf"]').first.get_attribute("value")
+    elsewhere = page.request.post(route, form={"reason": "x", "csrf": token},
+                                  headers={"Origin": "https://evil.example"})
+    assert elsewhere.status == 403
+    assert bridge.routes()["github->github-push"]["state"] == "active"
+    # With no session at all, a POST is sent to sign in, and changes nothing.
+    anonymous = httpx.post(f"{bridge.url}{route}", data={"reason": "x", "csrf": token})
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/console/login"
+    assert bridge.routes()["github->github-push"]["state"] == "active"
+
+
+def test_no_page_holds_a_secret_and_every_page_sends_a_strict_policy(
+        console: tuple[Bridge, Any], emulator: EmulatorServer) -> None:
+    bridge, page = console
+    ack = push(bridge, "console-secrets")
+    wait_for(lambda: bridge.statuses() == ["delivered"])
+    bridge.post("/hooks/shop", b"{}", {"X-Shopify-Hmac-Sha256": "bm90IGl0",
+                                       "X-Shopify-Webhook-Id": "w1"})  # refused
+    secrets = [*ALL_SECRETS, "shpss_console_secret_9f2a"]
+    page.goto("/console/login")
+    assert not any(s in page.content() for s in secrets)
+    sign_in(page)
+    for path in [*PAGES, f"/console/events/{ack['id']}"]:
+        answer = page.goto(path)
+        assert answer.status == 200, path
+        policy = answer.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+        assert "unsafe-inline" not in policy
+        html = page.content()
+        for secret in secrets:
+            assert secret not in html, f"a configured secret appeared on {path}"
+    body = page.request.get(f"/console/events/{ack['id']}/body")
+    assert body.body() == json.dumps({"ref": "refs/heads/main",
+                                      "after": "console-secrets"}).encode()
+
+
+def test_every_control_has_a_label_and_pages_work_from_the_keyboard(
+        console: tuple[Bridge, Any], emulator: EmulatorServer) -> None:
+    bridge, page = console
+    emulator.emulator.add_fault(trigger="github-push", count=1, status=422)
+    ack = push(bridge, "console-keys")
+    wait_for(lambda: bridge.statuses() == ["dead"])
+    # Signing in with the keyboard alone: the token field has focus; Enter submits.
+    page.goto("/console/login")
+    page.keyboard.type(ADMIN_TOKEN)
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/console/events")
+    unlabelled = """() => [...document.querySelectorAll(
+        'input:not([type=hidden]), select, textarea, button')].filter(el => {
+          const named = (el.labels && el.labels.length) || el.getAttribute('aria-label')
+            || (el.tagName === 'BUTTON' && el.textContent.trim());
+          return !named;
+        }).map(el => el.outerHTML)"""
+    for path in [*PAGES, f"/console/events/{ack['id']}", "/console/login"]:
+        page.goto(path)
+        assert page.evaluate(unlabelled) == [], path
+    # From the list to the event with Tab and Enter.
+    page.goto("/console/events")
+    link = page.locator(f'tr[data-id="{ack["id"]}"] a')
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if link.evaluate("el => el === document.activeElement"):
+            break
+    else:
+        raise AssertionError("the event's link cannot be reached with Tab")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/console/events/{ack['id']}")
+
+
+def test_the_activity_picture_counts_what_arrived(console: tuple[Bridge, Any]) -> None:
+    bridge, page = console
+    for i in range(3):
+        push(bridge, f"console-activity-{i}")
+    body = json.dumps({"ref": "refs/heads/main", "after": "console-activity-0"}).encode()
+    again = bridge.post("/hooks/github", body, github_headers(body, delivery="console-activity-0"))
+    assert again.json()["duplicate"] is True
+    bridge.post("/hooks/github", b"{}", {"X-Hub-Signature-256": "sha256=00"})  # refused
+    wait_for(lambda: bridge.statuses() == ["delivered"] * 3)
+    sign_in(page)
+
+    def counted() -> bool:  # the sampler adds its counts every few seconds
+        page.goto("/console/activity?range=1h")
+        text = page.locator("main").inner_text()
+        return "Webhooks from github: 5 in all" in text and \
+            "Deliveries to the platform: 3 in all" in text
+
+    wait_for(counted, timeout=20, interval=1.0)
+    svg = page.locator("figure svg").first
+    titles = svg.locator("rect title").evaluate_all("els => els.map(e => e.textContent)")
+    assert any(t.endswith("accepted: 3") for t in titles), titles
+    assert any(t.endswith("duplicate: 1") for t in titles), titles
+    assert any(t.endswith("rejected: 1") for t in titles), titles
+    assert page.locator("script[src^='http']").count() == 0  # nothing from a CDN
