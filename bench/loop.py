@@ -1,0 +1,211 @@
+"""The whole loop, as users run it: ack -> trigger call -> execution followed -> signed callback.
+
+    python bench/loop.py [--rate 300] [--seconds 20] [--burst 3000] [--store sqlite|postgres]
+
+One bridge (one worker, default settings, pinned to the last core) with a route whose callback
+goes to a receiver; the platform emulator in its own process; the load generator and the
+receiver in this process. The emulator and this process share core 0, so the bridge's core is
+its own.
+
+- **Steady:** signed 1.2 KB GitHub pushes at `--rate` events/s for `--seconds`; every event's
+  ack time (at the sender) and its callback's arrival (at the receiver) give ack -> callback
+  p50/p99; the bridge's CPU over the run, divided by the events, gives CPU ms per event.
+- **Saturation:** `--burst` events sent as fast as 32 connections allow; end-to-end events/s is
+  the burst over the time from its first send to its last callback, and CPU ms per event again.
+
+Printed: events/s end to end, bridge CPU ms per event, ack -> callback p50/p99, and the bridge's
+RSS at the end. Every callback's signature is checked (Standard Webhooks, as the relay signs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen  # noqa: E402
+
+SECRET = "bench-secret"
+TRIGGER_KEY = "bench-trigger-key"
+API_KEY = "bench-api-key"
+SIGNING = "whsec_" + base64.b64encode(b"bench-callback-signing-key-32byt").decode()
+arrivals: dict[str, float] = {}
+bad_signatures = 0
+
+
+async def receive(request: Request) -> Response:
+    global bad_signatures
+    body = await request.body()
+    msg_id = request.headers["webhook-id"]
+    stamp = request.headers["webhook-timestamp"]
+    key = base64.b64decode(SIGNING.removeprefix("whsec_"))
+    expected = base64.b64encode(hmac.new(key, f"{msg_id}.{stamp}.".encode() + body,
+                                         hashlib.sha256).digest()).decode()
+    if f"v1,{expected}" not in request.headers["webhook-signature"].split():
+        bad_signatures += 1
+    event = json.loads(body)["data"]["event"]["idempotency_key"]
+    arrivals.setdefault(event, time.time())
+    return Response(status_code=204)
+
+
+def start_receiver(port: int) -> None:
+    app = Starlette(routes=[Route("/done", receive, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, access_log=False,
+                                           lifespan="off"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.01)
+
+
+async def send(port: int, count: int, rate: float | None, prefix: str) -> dict[str, float]:
+    """`count` signed pushes, at `rate` per second or (None) as fast as 32 connections go;
+    the ack time of each accepted one, by its idempotency key."""
+    acks: dict[str, float] = {}
+    requests = loadgen.github_requests(count, 1200, SECRET, "/hooks/github", port, prefix)
+    gate = asyncio.Semaphore(32 if rate is None else 10_000)
+
+    async def one(i: int, request: bytes) -> None:
+        async with gate:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            if await loadgen._read_response(reader) == 202:
+                acks[f"github:{prefix}-{i}"] = time.time()
+            writer.close()
+
+    tasks = []
+    start = time.perf_counter()
+    for i, request in enumerate(requests):
+        if rate is not None:
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, request)))
+    await asyncio.gather(*tasks)
+    return acks
+
+
+def wait_for_callbacks(keys: set[str], timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if keys <= arrivals.keys():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def config(directory: Path, port: int, platform_port: int, receiver_port: int,
+           store: str) -> Path:
+    if store == "postgres":
+        import psycopg
+
+        url = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+        schema = f"loop_{secrets.token_hex(4)}"
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f"CREATE SCHEMA {schema}")
+        line = f'url = "{url}?options=-csearch_path%3D{schema}"'
+    else:
+        line = f'path = "{directory / "loop.db"}"'
+    path = directory / "loop.toml"
+    path.write_text(f"""
+[server]
+port = {port}
+[store]
+{line}
+[platform]
+base_url = "http://127.0.0.1:{platform_port}/api/v1"
+trigger_key = "{TRIGGER_KEY}"
+api_key = "{API_KEY}"
+[callbacks]
+signing_secret = "{SIGNING}"
+allow_private = true
+[[sources]]
+name = "github"
+provider = "github"
+secret = "{SECRET}"
+[[routes]]
+source = "github"
+trigger = "bench"
+callbacks = ["http://127.0.0.1:{receiver_port}/done"]
+""")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--burst", type=int, default=3000)
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    os.sched_setaffinity(0, {0})  # this process (load and receiver) and the emulator: core 0
+    print(f"machine: {loadgen.machine()}; bridge on core {cores - 1}, store {args.store}")
+    receiver_port, platform_port, port = (loadgen.free_port() for _ in range(3))
+    start_receiver(receiver_port)
+    emulator = loadgen.spawn(["taskset", "-c", "0", loadgen.python(), "-m", "bridge", "emulator",
+                              "--port", str(platform_port), "--trigger-key", TRIGGER_KEY,
+                              "--api-key", API_KEY, "--execution-delay", "0.05"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = config(Path(tmp), port, platform_port, receiver_port, args.store)
+        bridge = loadgen.spawn(["taskset", "-c", str(cores - 1), loadgen.python(), "-m",
+                                "bridge", "serve", "--config", str(path)])
+        try:
+            loadgen.wait_healthy(f"http://127.0.0.1:{port}/healthz", bridge)
+            loadgen.wait_healthy(f"http://127.0.0.1:{platform_port}/healthz", emulator)
+            asyncio.run(send(port, 200, 100.0, "warm"))  # connections, caches, first streams
+            wait_for_callbacks({f"github:warm-{i}" for i in range(200)}, 60)
+            count = int(args.rate * args.seconds)
+            cpu0 = loadgen.cpu_seconds(bridge.pid)
+            acks = asyncio.run(send(port, count, args.rate, "steady"))
+            done = wait_for_callbacks(set(acks), 120)
+            cpu = loadgen.cpu_seconds(bridge.pid) - cpu0
+            delays = [arrivals[k] - t for k, t in acks.items() if k in arrivals]
+            print(f"steady {args.rate:.0f}/s for {args.seconds} s: {len(acks)} acked,"
+                  f" {len(delays)} called back{'' if done else ' (timed out)'};"
+                  f" bridge {cpu / max(1, len(delays)) * 1000:.2f} CPU ms/event;"
+                  f" ack -> callback p50 {pct(delays, 0.5) * 1000:.0f} ms,"
+                  f" p99 {pct(delays, 0.99) * 1000:.0f} ms", flush=True)
+            cpu0 = loadgen.cpu_seconds(bridge.pid)
+            started = time.time()
+            acks = asyncio.run(send(port, args.burst, None, "burst"))
+            done = wait_for_callbacks(set(acks), 300)
+            last = max((arrivals[k] for k in acks if k in arrivals), default=time.time())
+            cpu = loadgen.cpu_seconds(bridge.pid) - cpu0
+            called = sum(1 for k in acks if k in arrivals)
+            print(f"saturation: {args.burst} sent, {len(acks)} acked, {called} called back"
+                  f"{'' if done else ' (timed out)'} in {last - started:.1f} s:"
+                  f" {called / (last - started):.0f} events/s end to end;"
+                  f" bridge {cpu / max(1, called) * 1000:.2f} CPU ms/event;"
+                  f" RSS {loadgen.rss_mb(bridge.pid):.0f} MB;"
+                  f" bad callback signatures {bad_signatures}", flush=True)
+        finally:
+            bridge.terminate()
+            bridge.wait(30)
+            emulator.terminate()
+            emulator.wait(10)
+
+
+if __name__ == "__main__":
+    main()
