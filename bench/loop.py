@@ -110,6 +110,13 @@ def wait_for_callbacks(keys: set[str], timeout: float) -> bool:
     return False
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -177,14 +184,18 @@ def main() -> None:
             asyncio.run(send(port, 200, 100.0, "warm"))  # connections, caches, first streams
             wait_for_callbacks({f"github:warm-{i}" for i in range(200)}, 60)
             count = int(args.rate * args.seconds)
-            cpu0 = loadgen.cpu_seconds(bridge.pid)
+            user0, system0 = cpu_split(bridge.pid)
             acks = asyncio.run(send(port, count, args.rate, "steady"))
             done = wait_for_callbacks(set(acks), 120)
-            cpu = loadgen.cpu_seconds(bridge.pid) - cpu0
+            user, system = (b - a for a, b in zip((user0, system0), cpu_split(bridge.pid),
+                                                   strict=True))
+            cpu = user + system
             delays = [arrivals[k] - t for k, t in acks.items() if k in arrivals]
             print(f"steady {args.rate:.0f}/s for {args.seconds} s: {len(acks)} acked,"
                   f" {len(delays)} called back{'' if done else ' (timed out)'};"
-                  f" bridge {cpu / max(1, len(delays)) * 1000:.2f} CPU ms/event;"
+                  f" bridge {cpu / max(1, len(delays)) * 1000:.2f} CPU ms/event"
+                  f" ({user / max(1, len(delays)) * 1000:.2f} user,"
+                  f" {system / max(1, len(delays)) * 1000:.2f} system);"
                   f" ack -> callback p50 {pct(delays, 0.5) * 1000:.0f} ms,"
                   f" p99 {pct(delays, 0.99) * 1000:.0f} ms", flush=True)
             cpu0 = loadgen.cpu_seconds(bridge.pid)

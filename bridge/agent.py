@@ -49,6 +49,7 @@ from bridge.providers import InboundRequest
 from bridge.providers.standard import Standard
 from bridge.relay import Relay
 from bridge.store import Store, open_store
+from bridge.store.base import JOURNAL
 from bridge.tracker import Tracker
 
 log = logging.getLogger("bridge.agent")
@@ -254,7 +255,7 @@ class Reporter(Loop):
         self.metrics = metrics
         self.poll_interval = poll_interval
         self.wake = asyncio.Event()
-        store.watch(self.wake.set)
+        store.watch(self.wake.set, frozenset({JOURNAL}))
 
     async def run(self) -> None:
         while not self.stopping.is_set():

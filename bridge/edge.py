@@ -50,6 +50,7 @@ from bridge.models import (
 from bridge.providers.standard import decode_secret
 from bridge.relay import signature_headers
 from bridge.store import Store
+from bridge.store.base import DELIVERIES
 from bridge.store.records import ChannelBacklog
 
 MAX_PULL_BODY = 1024 * 1024  # a pull is small: an agent id and acknowledged ids
@@ -86,7 +87,7 @@ class Edge:
         self.waiting = 0
         self.changed = asyncio.Event()
         self._keys: tuple[object, dict[str, tuple[list[bytes], bytes]]] = (None, {})
-        store.watch(self._signal)
+        store.watch(self._signal, frozenset({DELIVERIES}))
 
     def _signal(self) -> None:
         self.changed.set()

@@ -36,6 +36,7 @@ from bridge.models import (
 from bridge.platform import EXCERPT, PlatformClient, classify, pacing, resend_deadline
 from bridge.retry import schedule
 from bridge.store import Store
+from bridge.store.base import DELIVERIES
 
 OUTCOMES = {Delivered: "delivered", RetryLater: "retried", Dead: "dead", Paused: "paused"}
 log = logging.getLogger("bridge.forwarder")
@@ -62,7 +63,7 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
         self.client: PlatformClient | None = None
         self.pacing = pacing(config.platform.rate_limit)  # the store's bucket, shared
         self.published_hold = 0.0  # the last hold told to the store (the pacer's clock)
-        store.watch(self.wake.set)
+        store.watch(self.wake.set, frozenset({DELIVERIES}))
 
     def _client(self) -> PlatformClient:
         if self.client is None:
@@ -139,6 +140,8 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
             self.metrics.dead.inc()
         # If this fails (StoreUnavailable), the lease expires and the delivery is tried again;
         # the platform's idempotency key makes that second call harmless.
+        if next_at is not None or isinstance(outcome, Paused):
+            self.recheck()  # due again later: the loop must know when
         track_until = now + self.track_deadline if self.track_deadline is not None else None
         if not await self.store.record(delivery, self.owner, attempt, outcome, next_at, now,
                                        self.settings.pause_probe, track_until, reached_at):

@@ -52,6 +52,18 @@ class ClaimLoop(Generic[T]):
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
+        # Whether a finished item should wake the loop: when the last claim filled every free
+        # slot (more may be due), or when an item scheduled work for later (`recheck`), so the
+        # loop asks again when the next item falls due. Otherwise new work wakes it through the
+        # store's watch hook, and a finished item costs no claim of nothing.
+        self.saturated = False
+        self.rescan = False
+        # When the next item falls due, as the store last said. Asked again only when it may
+        # have changed: an item of ours was scheduled for later, the time has come, or the
+        # loop woke from its poll interval (another process may have scheduled something);
+        # new work from a commit is due at once, and is claimed.
+        self.due: float | None = None
+        self.due_known = False
 
     # to implement
 
@@ -92,11 +104,14 @@ class ClaimLoop(Generic[T]):
             free = self.concurrency - len(self.in_flight)
             items: list[T] = []
             claiming = free >= refill or not self.in_flight
+            self.saturated = not claiming
             if claiming:
                 try:
                     items = await self.claim(min(free, self.batch_size), self.clock())
                 except StoreUnavailable:
                     log.warning("claim failed: store unavailable", extra={"loop": self.name})
+                    self.saturated = True  # try again as items finish
+                self.saturated = self.saturated or len(items) >= min(free, self.batch_size)
             for item in items:
                 task = asyncio.create_task(self._guarded(item))
                 self.in_flight.add(task)
@@ -122,9 +137,17 @@ class ClaimLoop(Generic[T]):
                 log.exception("could not record the failed attempt; the lease will expire",
                               extra={"loop": self.name})
 
+    def recheck(self) -> None:
+        """An item was scheduled for later (a retry, a poll): once it is handled, ask the
+        store again when the next item falls due."""
+        self.rescan = True
+        self.due_known = False
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
-        self.wake.set()
+        if self.saturated or self.rescan or self.stopping.is_set():
+            self.rescan = False
+            self.wake.set()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -132,19 +155,27 @@ class ClaimLoop(Generic[T]):
 
     async def _idle(self, ask_store: bool = True) -> None:
         timeout = self.poll_interval
-        try:
-            due = await self.next_due() if ask_store else None
-        except StoreUnavailable:
-            due = None
+        now = self.clock()
+        due: float | None = None
+        if ask_store:
+            if not self.due_known or (self.due is not None and self.due <= now):
+                try:
+                    self.due, self.due_known = await self.next_due(), True
+                except StoreUnavailable:
+                    self.due, self.due_known = None, False
+            due = self.due
         if due is not None:
-            timeout = max(0.0, min(timeout, due - self.clock()))
+            timeout = max(0.0, min(timeout, due - now))
         wake = asyncio.ensure_future(self.wake.wait())
         stop = asyncio.ensure_future(self.stopping.wait())
         try:
-            await asyncio.wait({wake, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({wake, stop}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
         finally:
             wake.cancel()
             stop.cancel()
+        if not done:  # the poll interval: look again next time
+            self.due_known = False
 
     async def stop(self) -> None:
         self.stopping.set()

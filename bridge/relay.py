@@ -48,6 +48,7 @@ from bridge.platform import EXCERPT
 from bridge.providers.standard import decode_secret
 from bridge.retry import parse_retry_after, schedule
 from bridge.store import Store
+from bridge.store.base import CALLBACKS
 
 log = logging.getLogger("bridge.relay")
 
@@ -81,7 +82,7 @@ class Relay(ClaimLoop[ClaimedCallback]):
         self.owner = owner_id("relay")
         self.clients: dict[bool, Client] = {}  # guarded? -> client
         self.resolver: GuardedResolver | None = None
-        store.watch(self.wake.set)
+        store.watch(self.wake.set, frozenset({CALLBACKS}))
 
     def guarded_resolver(self) -> GuardedResolver:
         if self.resolver is None:  # made on the event loop, where aiohttp's resolvers live
@@ -167,6 +168,8 @@ class Relay(ClaimLoop[ClaimedCallback]):
         attempt = Attempt(item.id, started, (time.perf_counter() - t0) * 1000, label, status,
                           reason, excerpt)
         self.metrics.callbacks.labels(label).inc()
+        if next_at is not None:
+            self.recheck()
         if not await self.store.record_callback(item, self.owner, attempt,
                                                 label == "delivered", next_at, reason,
                                                 self.clock()):

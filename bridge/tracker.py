@@ -33,6 +33,7 @@ from bridge.platform import base_url, platform_headers
 from bridge.providers import InboundRequest
 from bridge.providers.standard import Standard
 from bridge.store import Store
+from bridge.store.base import EXECUTIONS
 
 log = logging.getLogger("bridge.tracker")
 MAX_PUSH_BYTES = 1024 * 1024
@@ -60,7 +61,7 @@ class Tracker(ClaimLoop[TrackedExecution]):
         self.no_stream: set[str] = set()  # executions whose stream failed: poll them
         self.http: Client | None = None
         self.targets = callback_targets(config)
-        store.watch(self.wake.set)
+        store.watch(self.wake.set, frozenset({EXECUTIONS}))
 
     def client(self) -> Client:
         """Streams and polls together may hold max_streams + the loop's concurrency
@@ -115,6 +116,7 @@ class Tracker(ClaimLoop[TrackedExecution]):
         status = result.status if result is not None and result.status in (
             ExecutionStatus.PENDING, ExecutionStatus.RUNNING) else None
         now = self.clock()
+        self.recheck()
         await self.store.reschedule_execution(item.id, self.owner, status,
                                               min(now + delay, item.deadline_at), now)
 

@@ -41,6 +41,13 @@ from bridge.store.records import (
     TrafficCount,
 )
 
+# Kinds of work a commit can make due; each loop watches only its own (`Store.watch`).
+DELIVERIES = "deliveries"  # the forwarder, and an edge's long-polling agents
+EXECUTIONS = "executions"  # the tracker
+CALLBACKS = "callbacks"  # the relay
+JOURNAL = "journal"  # an agent's reporter
+WORK = frozenset({DELIVERIES, EXECUTIONS, CALLBACKS, JOURNAL})
+
 
 class Store(Protocol):
     """Everything the handlers, loops, admin API, edge and agent ask of storage; nothing above
@@ -81,7 +88,7 @@ class Store(Protocol):
     async def prune(self, before: float, limit: int = 1000) -> int: ...
     async def check_writable(self) -> None: ...
     async def secret_key(self) -> str: ...
-    def watch(self, callback: Callable[[], None]) -> None: ...
+    def watch(self, callback: Callable[[], None], kinds: frozenset[str] = WORK) -> None: ...
 
     # operations (the admin API, the CLI) and the channels of an edge and its agents
     journaling: bool

@@ -41,6 +41,7 @@ import psycopg
 
 from bridge.errors import InternalError, StoreUnavailable
 from bridge.models import Accepted, DeliveryStatus, EventState, new_id
+from bridge.store.base import DELIVERIES, WORK
 from bridge.store.sqlite import (
     FOR_UPDATE,
     MIGRATIONS,
@@ -198,28 +199,30 @@ class PostgresStore(SQLiteStore):
                 while self._listening:
                     for notice in conn.notifies(timeout=1.0):
                         if notice.pid != self._writer_conn.pid:
-                            loop.call_soon_threadsafe(self._woken)
+                            kinds = frozenset(notice.payload.split(",")) & WORK or WORK
+                            loop.call_soon_threadsafe(self._woken, kinds)
                 conn.close()
             except psycopg.Error:
                 threading.Event().wait(1.0)  # the database is away: try again shortly
             except RuntimeError:  # the event loop is closed
                 return
 
-    def _woken(self) -> None:
+    def _woken(self, kinds: frozenset[str]) -> None:
         waiters, self._change_waiters = self._change_waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        for callback in self._watchers:
-            callback()
+        for watching, callback in self._watchers:
+            if watching & kinds:
+                callback()
 
     def _apply(self, conn: Any, jobs: list[Callable[[Any], Any]]
-               ) -> tuple[list[tuple[bool, Any]], bool]:
+               ) -> tuple[list[tuple[bool, Any]], frozenset[str]]:
         notifying: Any = _Notifying(conn, self)
         accepts = [job for job in jobs if isinstance(job, _Accept)]
         if len(accepts) < len(jobs):
             return super()._apply(notifying, jobs)
-        return self._ingest(conn, accepts), self._new_work
+        return self._ingest(conn, accepts), frozenset(self._new_work)
 
     def _ingest(self, conn: Connection, jobs: list[_Accept]) -> list[tuple[bool, Any]]:
         """A batch of plain accepts (the ingest path) in one round trip: BEGIN, one statement
@@ -227,7 +230,7 @@ class PostgresStore(SQLiteStore):
         there are any, and COMMIT, sent as a pipeline. The same outcome as `_accept_all`'s
         three statements and their round trips: a key stored before (or twice in the batch) is
         a duplicate of the event stored under it, looked up once the batch is committed."""
-        self._new_work = False
+        self._new_work = set()
         first: dict[str, str] = {}  # idempotency key -> the id stored (or to be) under it
         fresh: list[_Accept] = []
         for job in jobs:
@@ -252,8 +255,8 @@ class PostgresStore(SQLiteStore):
                 cursor.executemany(INSERT_EVENT, events, returning=True)
                 if deliveries:
                     raw.cursor().executemany(INSERT_DELIVERY, [(*d, d[1]) for d in deliveries])
-                    raw.execute(f"NOTIFY {NOTIFY}")
-                    self._new_work = True
+                    raw.execute(f"NOTIFY {NOTIFY}, '{DELIVERIES}'")
+                    self._new_work.add(DELIVERIES)
                 done = raw.execute("COMMIT")
                 pipeline.sync()
             if done.statusmessage != "COMMIT":
@@ -344,8 +347,8 @@ class _Notifying:
         self.store = store
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if sql == "COMMIT" and self.store._new_work:
-            self.conn.execute(f"NOTIFY {NOTIFY}")
+        if sql == "COMMIT" and self.store._new_work:  # which kinds: each replica wakes only those
+            self.conn.execute(f"NOTIFY {NOTIFY}, '{','.join(sorted(self.store._new_work))}'")
         return self.conn.execute(sql, params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:

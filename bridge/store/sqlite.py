@@ -58,6 +58,7 @@ from bridge.models import (
     VerifiedEvent,
     new_id,
 )
+from bridge.store.base import CALLBACKS, DELIVERIES, EXECUTIONS, JOURNAL, WORK
 from bridge.store.records import (
     AgentSeen,
     AttemptRecord,
@@ -261,8 +262,10 @@ class SQLiteStore:
         self.max_size_bytes = max_size_bytes
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._watchers: list[Callable[[], None]] = []
-        self._new_work = False  # set by jobs, on the writer's thread; reset per batch
+        self._watchers: list[tuple[frozenset[str], Callable[[], None]]] = []
+        # The kinds of work (`base.DELIVERIES`...) this batch made due: added to by jobs, on the
+        # writer's thread; emptied per batch.
+        self._new_work: set[str] = set()
         self._change_waiters: list[asyncio.Future[None]] = []  # woken by every commit
         self.on_commit: Callable[[int, float], None] | None = None  # (batch size, seconds)
         # An agent's store journals every outcome (attempts, finished executions) in the same
@@ -323,9 +326,10 @@ class SQLiteStore:
             await self._reader.close()
             self._reader = None
 
-    def watch(self, callback: Callable[[], None]) -> None:
-        """Call `callback` after every commit that made new deliveries due."""
-        self._watchers.append(callback)
+    def watch(self, callback: Callable[[], None], kinds: frozenset[str] = WORK) -> None:
+        """Call `callback` after every commit that made work of one of `kinds` due: each loop
+        is woken by its own work only, not by every commit."""
+        self._watchers.append((kinds, callback))
 
     # the writer
 
@@ -341,7 +345,7 @@ class SQLiteStore:
 
     def _finish(self, batch: list[tuple[Any, asyncio.Future[Any]]],
                 results: list[tuple[bool, Any]] | None, error: BaseException | None,
-                seconds: float, new_work: bool) -> None:
+                seconds: float, new_work: frozenset[str]) -> None:
         """On the event loop, once per batch: answer every caller."""
         if error is not None:  # the whole transaction is lost: nobody gets a 2xx
             failure: BridgeError
@@ -372,16 +376,17 @@ class SQLiteStore:
             else:
                 future.set_exception(value)
         if new_work:
-            for callback in self._watchers:
-                callback()
+            for kinds, callback in self._watchers:
+                if kinds & new_work:
+                    callback()
 
     def _apply(self, conn: sqlite3.Connection, jobs: list[Callable[[sqlite3.Connection], Any]]
-               ) -> tuple[list[tuple[bool, Any]], bool]:
+               ) -> tuple[list[tuple[bool, Any]], frozenset[str]]:
         """Runs on the writer's thread: one transaction, one savepoint per job, except that
         consecutive plain accepts are written together (see `_accept_all`). Returns each job's
         outcome, and whether the batch made new work due (jobs set `_new_work`)."""
         out: list[tuple[bool, Any]] = []
-        self._new_work = False
+        self._new_work = set()
         conn.execute("BEGIN IMMEDIATE")
         try:
             run: list[_Accept] = []
@@ -419,7 +424,7 @@ class SQLiteStore:
                 except sqlite3.Error:
                     pass
             raise
-        return out, self._new_work
+        return out, frozenset(self._new_work)
 
     def _accept_all(self, conn: sqlite3.Connection,
                     jobs: list[_Accept]) -> list[tuple[bool, Accepted]]:
@@ -465,7 +470,7 @@ class SQLiteStore:
             _insert_rows(conn, "deliveries (id, event_id, route, trigger, idempotency_key, body,"
                          " content_type, status, next_attempt_at, created_at, updated_at,"
                          " channel)", deliveries)
-            self._new_work = True
+            self._new_work.add(DELIVERIES)
         out: list[tuple[bool, Accepted]] = []
         for job in jobs:
             kept = first[job.event.idempotency_key]
@@ -555,7 +560,7 @@ class SQLiteStore:
                       d.content_type, DeliveryStatus.PENDING, event.received_at,
                       event.received_at, event.received_at, d.channel) for d in rendered],
                 )
-                self._new_work = True
+                self._new_work.add(DELIVERIES)
             return Accepted(event.id, duplicate=False)
 
         return await self._write(job, savepoint=False)
@@ -773,7 +778,7 @@ class SQLiteStore:
                         " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO NOTHING",
                         (outcome.execution_id, delivery.id, delivery.event_id, delivery.route,
                          delivery.trigger, ExecutionStatus.PENDING, now, now, track_until, now))
-                    self._new_work = True
+                    self._new_work.add(EXECUTIONS)
             elif isinstance(outcome, Paused):
                 _set_route(conn, delivery.route, RouteState.PAUSED, outcome.reason, now,
                            now + probe_every)
@@ -842,7 +847,7 @@ class SQLiteStore:
             next_probe = now + probe_every if state == RouteState.PAUSED else None
             _set_route(conn, route, state, reason, now, next_probe)
             if state == RouteState.ACTIVE:
-                self._new_work = True
+                self._new_work.add(DELIVERIES)
 
         await self._write(job)
 
@@ -920,7 +925,7 @@ class SQLiteStore:
                 " VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [(new_id(), execution_id, event_id, url, supplied, b"",
                   CallbackStatus.PENDING, now, now, now) for url, supplied in urls])
-            self._new_work = True
+            self._new_work.add(CALLBACKS)
         if self.journaling:
             self._journal(conn, event_id, now, {
                 "kind": "execution", "execution_id": execution_id,
@@ -1203,7 +1208,7 @@ class SQLiteStore:
         body["key"] = row[0] if row else None
         conn.execute("INSERT INTO journal (body, created_at) VALUES (?, ?)",
                      (json.dumps(body, ensure_ascii=False), now))
-        self._new_work = True
+        self._new_work.add(JOURNAL)
 
     async def read_journal(self, limit: int) -> list[JournalEntry]:
         """The oldest entries. Ids are never reused (AUTOINCREMENT), so dropping what was read
@@ -1291,7 +1296,7 @@ class SQLiteStore:
                  for d in deliveries])
             if deliveries:
                 _refresh_event(conn, event_id)
-                self._new_work = True
+                self._new_work.add(DELIVERIES)
             return len(deliveries)
 
         return await self._write(job)
@@ -1339,7 +1344,7 @@ class SQLiteStore:
                     changed += 1
                     _refresh_event(conn, row[0])
             if changed:
-                self._new_work = True
+                self._new_work.add(DELIVERIES)
             return changed
 
         return await self._write(job)
@@ -1360,7 +1365,7 @@ class SQLiteStore:
                                   (row[0], RouteState.PAUSED)).fetchone()
             if paused is not None:
                 _set_route(conn, row[0], RouteState.ACTIVE, None, now, None)
-            self._new_work = True
+            self._new_work.add(DELIVERIES)
             return Retried(delivery_id, row[0], resumed=paused is not None)
 
         return await self._write(job)

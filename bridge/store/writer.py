@@ -31,7 +31,7 @@ class Writer:
 
     def __init__(self, conn: sqlite3.Connection,
                  apply: Callable[[sqlite3.Connection, list[Any]],
-                                 tuple[list[tuple[bool, Any]], bool]],
+                                 tuple[list[tuple[bool, Any]], frozenset[str]]],
                  finish: Callable[..., None]) -> None:
         self.conn = conn
         self.apply = apply  # -> (each job's outcome, whether new work fell due)
@@ -79,7 +79,7 @@ class Writer:
         try:
             results, new_work = self.apply(self.conn, [job for job, _ in batch])
         except Exception as exc:  # handed to the callers as a 503
-            self.hand_back(self.finish, batch, None, exc, 0.0, False)
+            self.hand_back(self.finish, batch, None, exc, 0.0, frozenset())
         else:
             self.hand_back(self.finish, batch, results, None, time.perf_counter() - started,
                            new_work)
