@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import glue  # noqa: E402
 import loadgen  # noqa: E402
+import replicas  # noqa: E402
 
 HEADERS = json.dumps({"x-github-event": "push", "content-type": "application/json",
                       "user-agent": "GitHub-Hookshot/abc", "x-github-hook-id": "1"})
@@ -121,22 +122,7 @@ def size_mb(store: str, path: Path, url: str) -> float:
 def measure(directory: Path, store_line: str, seconds: int, tag: str) -> tuple[float, float,
                                                                                float]:
     port = loadgen.free_port()
-    config = directory / f"{tag}.toml"
-    config.write_text(f"""
-[server]
-port = {port}
-[store]
-{store_line}
-[forwarder]
-enabled = false
-[[sources]]
-name = "github"
-provider = "github"
-secret = "{glue.SECRET}"
-[[routes]]
-source = "github"
-trigger = "deploy"
-""")
+    config = replicas.config(directory, tag, port, store_line)  # the accept path only
     core = str((os.cpu_count() or 1) - 1)
     proc = loadgen.spawn(["taskset", "-c", core, loadgen.python(), "-m", "bridge", "serve",
                           "--config", str(config)])
