@@ -243,7 +243,7 @@ def test_store_copy_keeps_the_dedupe_history_and_reruns_double_nothing(
     old = make_bridge(f"""
 [admin]
 tokens = ["{ADMIN}"]
-""", name="sqlite")
+""", name="sqlite", sqlite=True)  # the store copied from is SQLite, whatever the suite runs on
     status_urls = []
     for i in range(300):
         body = json.dumps({"ref": "refs/heads/main", "n": i}).encode()
