@@ -25,6 +25,8 @@ ADMIN = "adm-token-5f0e9c1b2a7d"
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
+    """A schema of the test's own. Tests ask for it before `make_bridge`, so it is dropped after
+    their bridges are killed (a drop while replicas still run can deadlock with them)."""
     pg.require()
     with pg.schema() as url:
         yield url
@@ -37,9 +39,8 @@ tokens = ["{ADMIN}"]
 """
 
 
-def test_a_bridge_on_postgres_accepts_forwards_and_survives_a_kill(make_bridge: Any,
-                                                                   emulator: Any,
-                                                                   pg_url: str) -> None:
+def test_a_bridge_on_postgres_accepts_forwards_and_survives_a_kill(
+        pg_url: str, make_bridge: Any, emulator: Any) -> None:
     bridge = make_bridge(base=on_postgres(pg_url))
     acked = []
     for i in range(20):
@@ -63,8 +64,8 @@ def test_a_bridge_on_postgres_accepts_forwards_and_survives_a_kill(make_bridge: 
     assert httpx.get(f"{bridge.url}/readyz", timeout=10).status_code == 200
 
 
-def test_three_replicas_take_one_delivery_once(make_bridge: Any, emulator: Any,
-                                               pg_url: str) -> None:
+def test_three_replicas_take_one_delivery_once(
+        pg_url: str, make_bridge: Any, emulator: Any) -> None:
     replicas = [make_bridge(base=on_postgres(pg_url), name=f"replica-{i}") for i in range(3)]
     body = json.dumps({"ref": "refs/heads/main", "n": "same"}).encode()
     headers = github_headers(body, delivery="everywhere")
@@ -151,8 +152,8 @@ def test_the_database_going_away_answers_503_and_the_bridge_recovers(
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_a_pause_through_one_replica_holds_on_all(make_bridge: Any, emulator: Any,
-                                                  pg_url: str) -> None:
+def test_a_pause_through_one_replica_holds_on_all(
+        pg_url: str, make_bridge: Any, emulator: Any) -> None:
     from tests.test_providers import stripe_event, stripe_headers
 
     a, b, c = (make_bridge(base=on_postgres(pg_url), name=f"replica-{i}") for i in range(3))
@@ -178,8 +179,8 @@ def test_a_pause_through_one_replica_holds_on_all(make_bridge: Any, emulator: An
 
 
 @pytest.mark.timeout(300)
-def test_replicas_killed_under_load_lose_and_double_nothing(make_bridge: Any, emulator: Any,
-                                                            pg_url: str) -> None:
+def test_replicas_killed_under_load_lose_and_double_nothing(
+        pg_url: str, make_bridge: Any, emulator: Any) -> None:
     replicas = [make_bridge(base=on_postgres(pg_url), name=f"replica-{i}") for i in range(3)]
     acked: list[str] = []
     stop = threading.Event()
@@ -220,9 +221,8 @@ def test_replicas_killed_under_load_lose_and_double_nothing(make_bridge: Any, em
     assert max(executed().values()) == 1
 
 
-def test_an_accept_on_one_replica_wakes_the_forwarder_of_another(make_bridge: Any,
-                                                                 emulator: Any,
-                                                                 pg_url: str) -> None:
+def test_an_accept_on_one_replica_wakes_the_forwarder_of_another(
+        pg_url: str, make_bridge: Any, emulator: Any) -> None:
     """Replica A does not forward; B polls only every 30 s, so only the NOTIFY that A's commit
     sends can make B deliver within seconds."""
     quiet = on_postgres(pg_url).replace('poll_interval = "100ms"', 'poll_interval = "30s"')
@@ -239,7 +239,7 @@ def test_an_accept_on_one_replica_wakes_the_forwarder_of_another(make_bridge: An
 
 @pytest.mark.timeout(300)
 def test_store_copy_keeps_the_dedupe_history_and_reruns_double_nothing(
-        make_bridge: Any, emulator: Any, pg_url: str, tmp_path: Any) -> None:
+        pg_url: str, make_bridge: Any, emulator: Any, tmp_path: Any) -> None:
     old = make_bridge(f"""
 [admin]
 tokens = ["{ADMIN}"]
@@ -289,7 +289,7 @@ tokens = ["{ADMIN}"]
     assert shown["deliveries"][0]["attempt_log"]
 
 
-def test_replicas_share_one_rate_limit(make_bridge: Any, emulator: Any, pg_url: str) -> None:
+def test_replicas_share_one_rate_limit(pg_url: str, make_bridge: Any, emulator: Any) -> None:
     """`rate_limit = 60` (a minute's worth: 1/s, at most 6 at once) holds for all replicas
     together: two replicas with a backlog send what one bucket allows, not twice that."""
     paced = on_postgres(pg_url).replace('[platform]', '[platform]\nrate_limit = 60')
