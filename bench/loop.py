@@ -155,7 +155,7 @@ secret = "{SECRET}"
 source = "github"
 trigger = "bench"
 callbacks = ["http://127.0.0.1:{receiver_port}/done"]
-""")
+""" + os.environ.get("LOOP_EXTRA", "").replace("\\n", "\n"))
     return path
 
 

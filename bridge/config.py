@@ -103,6 +103,9 @@ class StoreConfig:
     prune_interval: float = 3600.0
     max_size_bytes: int | None = None
     busy_timeout: float = 2.0
+    # Group commit: when a change arrives alone, the writer waits this long for the changes on
+    # their way to join its transaction (0: commit at once).
+    commit_delay: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -146,10 +149,14 @@ class TrackingConfig:
     enabled: bool = True
     deadline: float = DAY  # an execution unfinished by then becomes timed_out
     max_streams: int = 100  # open SSE streams at most; beyond that, poll
+    # While executions start faster than one per `list_every`, one list request per trigger
+    # every `list_every` follows them all instead of a stream each (0: never list).
+    list_every: float = 0.1
+    list_limit: int = 500  # executions asked for per list request at most
     poll_initial: float = 1.0
     poll_max: float = 30.0
     lease: float = 300.0  # a stream is reopened (and a dead tracker's claim freed) after this
-    concurrency: int = 200
+    concurrency: int = 1000  # executions held at once (waiting on a list costs a future)
     batch_size: int = 64
     poll_interval: float = 0.5
 
@@ -545,7 +552,10 @@ def _store(s: _Section) -> StoreConfig:
         prune_interval=s.duration("prune_interval", 3600.0),
         max_size_bytes=s.integer("max_size_bytes", None, minimum=65536),
         busy_timeout=s.duration("busy_timeout", 2.0),
+        commit_delay=s.duration("commit_delay", 0.005),
     )
+    if not 0 <= cfg.commit_delay <= 0.1:
+        s.fail("commit_delay", "must be between 0 and 100ms")
     if cfg.url is not None and urlsplit(cfg.url).scheme not in ("postgresql", "postgres"):
         s.fail("url", "expected a postgresql:// URL")
     if cfg.dedupe_window < MIN_DEDUPE_WINDOW:
@@ -696,13 +706,17 @@ def _tracking(s: _Section) -> TrackingConfig:
         enabled=s.boolean("enabled", True),
         deadline=s.duration("deadline", DAY),
         max_streams=s.integer("max_streams", 100, minimum=0),
+        list_every=s.duration("list_every", 0.1),
+        list_limit=s.integer("list_limit", 500, minimum=10),
         poll_initial=s.duration("poll_initial", 1.0),
         poll_max=s.duration("poll_max", 30.0),
         lease=s.duration("lease", 300.0),
-        concurrency=s.integer("concurrency", 200, minimum=1),
+        concurrency=s.integer("concurrency", 1000, minimum=1),
         batch_size=s.integer("batch_size", 64, minimum=1),
         poll_interval=s.duration("poll_interval", 0.5),
     )
+    if cfg.list_every and not 0.05 <= cfg.list_every <= 60:
+        s.fail("list_every", "must be 0 (never list) or between 50ms and 60s")
     s.finish()
     return cfg
 

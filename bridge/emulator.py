@@ -14,6 +14,7 @@ Control (no auth; a test tool):
     POST /_emulator/faults     {"trigger": "*"|name, "count": N, "status": 500|503|429|401...,
                                 "retry_after": s, "latency": s, "drop": "before"|"after"}
     GET  /_emulator/calls      every trigger call received (key, body sha256, status)
+    GET  /_emulator/reads      how many execution reads of each kind: get, stream, list
     GET  /_emulator/executions every execution
     POST /_emulator/finish     {"at": unix time}: every unfinished execution ends then
     POST /_emulator/reset      forget everything
@@ -58,6 +59,7 @@ class Settings:
     latency: float = 0.0
     stream_mode: str = "normal"  # "drop": end after the first event; "unavailable": 503
     finish_at: float | None = None  # a Unix time: executions end then (all at once), if later
+    list_mode: str = "full"  # "summary": lists without output or error; "unavailable": 404
 
 
 @dataclass
@@ -109,6 +111,7 @@ class Emulator:
         self.idempotency: dict[str, tuple[str, float, int, bytes]] = {}
         self.faults: list[Fault] = []
         self.calls: list[dict[str, Any]] = []
+        self.reads = {"get": 0, "stream": 0, "list": 0}
         self.window = (0.0, 0)  # (when the current window opened, requests in it)
 
     # helpers used by tests
@@ -250,6 +253,7 @@ class Emulator:
         return execution
 
     async def get_execution(self, request: Request) -> Response:
+        self.reads["get"] += 1
         found = self._find(request)
         if isinstance(found, Response):
             return found
@@ -257,6 +261,7 @@ class Emulator:
         return JSONResponse(found.view(time.time()), headers=rate)
 
     async def stream(self, request: Request) -> Response:
+        self.reads["stream"] += 1
         found = self._find(request)
         if isinstance(found, Response):
             return found
@@ -283,12 +288,28 @@ class Emulator:
         return StreamingResponse(events(found), media_type="text/event-stream")
 
     async def list_executions(self, request: Request) -> Response:
+        self.reads["list"] += 1
         if not self._authorised(request):
             return self.error(401, "unauthorized", "missing or invalid API key")
-        limit = int(request.query_params.get("limit", "20"))
-        now = time.time()
-        items = [e.view(now) for e in self.executions_for(request.path_params["name"])]
-        return JSONResponse(items[-limit:][::-1])
+        if self.settings.list_mode == "unavailable":
+            return self.error(404, "not_found", "listing executions is not available")
+        try:
+            limit = max(0, int(request.query_params.get("limit", "20")))
+        except ValueError:
+            return self.error(400, "bad_limit", "limit must be an integer")
+        now, name = time.time(), request.path_params["name"]
+        items: list[dict[str, Any]] = []
+        with self.lock:  # newest first, looking no further back than the limit needs
+            for execution in reversed(self.executions.values()):
+                if len(items) >= limit:
+                    break
+                if execution.trigger == name:
+                    view = execution.view(now)
+                    if self.settings.list_mode == "summary":
+                        view = {k: view[k] for k in ("id", "workflow", "status", "started_at")}
+                    items.append(view)
+        rate, _ = self.rate_headers()
+        return JSONResponse(items, headers=rate)
 
     # control
 
@@ -310,6 +331,9 @@ class Emulator:
     async def control_calls(self, request: Request) -> Response:
         with self.lock:
             return JSONResponse(list(self.calls))
+
+    async def control_reads(self, request: Request) -> Response:
+        return JSONResponse(dict(self.reads))
 
     async def control_executions(self, request: Request) -> Response:
         """Every execution, with the idempotency key its input carries (an envelope's), so a
@@ -343,6 +367,7 @@ class Emulator:
             Route("/_emulator/settings", self.control_settings, methods=["POST"]),
             Route("/_emulator/faults", self.control_faults, methods=["POST"]),
             Route("/_emulator/calls", self.control_calls, methods=["GET"]),
+            Route("/_emulator/reads", self.control_reads, methods=["GET"]),
             Route("/_emulator/executions", self.control_executions, methods=["GET"]),
             Route("/_emulator/reset", self.control_reset, methods=["POST"]),
             Route("/_emulator/finish", self.control_finish, methods=["POST"]),

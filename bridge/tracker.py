@@ -1,7 +1,10 @@
 """The tracker: follow each started execution to its end, then hand it to the relay.
 
-For each due execution it opens the platform's SSE stream (`GET /executions/{id}/stream`) while
-fewer than `max_streams` are open, and otherwise polls `GET /executions/{id}`. A stream that is
+How an execution is followed depends on the load. While few start (fewer than one per
+`list_every`, 100 ms), each gets the platform's SSE stream (`GET /executions/{id}/stream`), the quickest to
+tell, while fewer than `max_streams` are open, and otherwise polls `GET /executions/{id}`. Above
+that rate one list request per trigger every `list_every` follows them all (`bridge.listing`): a
+stream each would cost a request, a connection and a parser per execution. A stream that is
 unavailable, errors, or ends without a terminal event falls back to polling, which backs off from
 `poll_initial` (1 s) by 1.5x per check to `poll_max` (30 s). A stream is held at most half a
 lease and then reopened, so a crashed tracker's executions are picked up again within a lease.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from starlette.requests import Request
@@ -26,6 +30,7 @@ from bridge.config import Config, SourceConfig
 from bridge.errors import BadRequest, NotFound
 from bridge.http import Client, HttpError, lines
 from bridge.inbound import read_body, request_headers
+from bridge.listing import FETCH, Listing
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics
 from bridge.models import CallbackTargets, ExecutionResult, ExecutionStatus, TrackedExecution
@@ -60,6 +65,8 @@ class Tracker(ClaimLoop[TrackedExecution]):
         self.open_streams = 0
         self.no_stream: set[str] = set()  # executions whose stream failed: poll them
         self.http: Client | None = None
+        self.lister: Listing | None = None
+        self.started: deque[float] = deque(maxlen=32)  # when new executions were first claimed
         self.targets = callback_targets(config)
         store.watch(self.wake.set, frozenset({EXECUTIONS}))
 
@@ -76,6 +83,26 @@ class Tracker(ClaimLoop[TrackedExecution]):
                                timeout=platform.timeout, max_body=platform.max_response_bytes)
         return self.http
 
+    def listing(self) -> Listing:
+        if self.lister is None:
+            self.lister = Listing(self.client(), self.settings.list_every,
+                                  self.settings.list_limit)
+        return self.lister
+
+    def start_rate(self) -> float:
+        """New executions per second, over the last few (0 when they stopped coming)."""
+        if len(self.started) < 2:
+            return 0.0
+        return len(self.started) / max(1e-3, time.monotonic() - self.started[0])
+
+    def use_listing(self, item: TrackedExecution) -> bool:
+        """List while executions start faster than one per `list_every` (then each list
+        request stands in for at least one stream), or while this trigger's are being listed
+        anyway; stream (or poll) otherwise."""
+        every = self.settings.list_every
+        if not every or not self.listing().can_list(item.trigger):
+            return False
+        return self.listing().listing(item.trigger) or self.start_rate() * every >= 1.0
 
     async def claim(self, limit: int, now: float) -> list[TrackedExecution]:
         return await self.store.claim_executions(self.owner, now, self.settings.lease, limit)
@@ -85,6 +112,9 @@ class Tracker(ClaimLoop[TrackedExecution]):
 
     async def release(self) -> None:
         await self.store.release_leases(self.owner)
+        if self.lister is not None:
+            await self.lister.close()
+            self.lister = None
         if self.http is not None:
             await self.http.aclose()
             self.http = None
@@ -100,12 +130,19 @@ class Tracker(ClaimLoop[TrackedExecution]):
             await self.finish(item.id, ExecutionResult(
                 ExecutionStatus.TIMED_OUT, error="still unfinished at the tracking deadline"))
             return
+        if item.checks == 0:
+            self.started.append(time.monotonic())
+        budget = min(self.settings.lease / 2, item.deadline_at - now)
         result: ExecutionResult | None = None
-        if item.id not in self.no_stream and self.open_streams < self.settings.max_streams:
-            result = await self.follow_stream(item, min(self.settings.lease / 2,
-                                                        item.deadline_at - now))
-        if result is None or not result.terminal:
-            result = await self.poll(item) or result
+        if self.use_listing(item):
+            result = await self.listing().wait(item, budget)
+            if result is None or result is FETCH:
+                result = await self.poll(item)
+        else:
+            if item.id not in self.no_stream and self.open_streams < self.settings.max_streams:
+                result = await self.follow_stream(item, budget)
+            if result is None or not result.terminal:
+                result = await self.poll(item) or result
         if result is not None and result.terminal:
             await self.finish(item.id, result)
             return

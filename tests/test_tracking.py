@@ -152,6 +152,37 @@ def test_polling_finishes_when_the_stream_fails(
     assert [x["checks"] > 0 for x in bridge.executions()] == [True]  # it polled
 
 
+@pytest.mark.parametrize("mode", ["full", "summary", "unavailable"])
+def test_a_burst_of_executions_is_followed_by_listing(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver,
+        mode: str) -> None:
+    """Executions starting faster than one per `list_every` are followed by listing the
+    trigger's executions, not a stream each; a list without results, or none at all, falls
+    back to reading each execution. Every callback carries the execution's real output."""
+    emulator.emulator.configure(execution_delay=0.3, list_mode=mode)
+    bridge = make_bridge(tracked_config(receiver))
+    count = 40
+    for i in range(count):
+        assert send_issue(bridge, f"many-{i}").status_code == 202
+    wait_for(lambda: len(receiver.accepted()) >= count, timeout=30)
+    payloads = [verified(m) for m in receiver.accepted()]
+    assert sorted(p["data"]["event"]["idempotency_key"] for p in payloads) == sorted(
+        f"github:many-{i}" for i in range(count))
+    for payload in payloads:
+        assert payload["type"] == "execution.completed"
+        echoed = payload["data"]["execution"]["output"]["echo"]["payload"]["issue"]
+        assert echoed["delivery"] == payload["data"]["event"]["idempotency_key"][7:]
+    reads = emulator.emulator.reads
+    assert reads["list"] >= 1
+    if mode == "full":  # the first few streamed, until the rate was known; the rest were listed
+        assert reads["stream"] + reads["get"] < count / 2, reads
+    elif mode == "summary":  # listed, then each finished one fetched for its output
+        assert reads["get"] >= count / 2, reads
+    else:  # asked once, then never again
+        assert reads["list"] == 1 and reads["stream"] + reads["get"] >= count, reads
+    assert {e["status"] for e in bridge.executions()} == {"completed"}
+
+
 def test_tracking_survives_kill_9(make_bridge: Callable[..., Bridge], emulator: EmulatorServer,
                                   receiver: Receiver) -> None:
     emulator.emulator.configure(execution_delay=3.0)

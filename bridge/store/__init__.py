@@ -21,6 +21,8 @@ def open_store(settings: Any) -> Store:
         from bridge.store.postgres import PostgresStore
 
         return PostgresStore(settings.url, statement_timeout=settings.statement_timeout,
-                             pool_size=settings.pool_size)
+                             pool_size=settings.pool_size,
+                             commit_delay=settings.commit_delay)
     return SQLiteStore(settings.path, busy_timeout=settings.busy_timeout,
-                       max_size_bytes=settings.max_size_bytes)
+                       max_size_bytes=settings.max_size_bytes,
+                       commit_delay=settings.commit_delay)

@@ -137,9 +137,9 @@ class Connection:
 
 
 class PostgresStore(SQLiteStore):
-    def __init__(self, url: str, *, statement_timeout: float = 10.0, pool_size: int = 4
-                 ) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, *, statement_timeout: float = 10.0, pool_size: int = 4,
+                 commit_delay: float = 0.0) -> None:
+        super().__init__(url, commit_delay=commit_delay)
         self.savepoints_always = True
         self.url = url
         self.statement_timeout = statement_timeout
@@ -161,7 +161,7 @@ class PostgresStore(SQLiteStore):
             log.error("store cannot open", extra={"error": _describe(exc)})
             raise StoreUnavailable("the store cannot be reached") from None
         writer_conn: Any = conn
-        self._writer = Writer(writer_conn, self._apply, self._finish)
+        self._writer = Writer(writer_conn, self._apply, self._finish, self.commit_delay)
         self._writer_conn = conn
         self._readers = queue.Queue()
         for _ in range(self.pool_size):  # connected on first use, and again after a failure

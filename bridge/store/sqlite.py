@@ -256,8 +256,9 @@ MIGRATIONS: list[str] = [
 
 class SQLiteStore:
     def __init__(self, path: str, *, busy_timeout: float = 2.0,
-                 max_size_bytes: int | None = None) -> None:
+                 max_size_bytes: int | None = None, commit_delay: float = 0.0) -> None:
         self.path = path
+        self.commit_delay = commit_delay
         self.busy_timeout = busy_timeout
         self.max_size_bytes = max_size_bytes
         self._writer: Writer | None = None
@@ -281,7 +282,7 @@ class SQLiteStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = await asyncio.to_thread(self._open_writer)
-        self._writer = Writer(conn, self._apply, self._finish)
+        self._writer = Writer(conn, self._apply, self._finish, self.commit_delay)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader._execute(self._configure, self._reader._conn)
 

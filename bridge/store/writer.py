@@ -3,7 +3,15 @@
 Callers on the event loop queue `(job, future)` pairs; the thread takes everything waiting (up to
 MAX_BATCH), hands the jobs to `apply` (which runs them in one transaction and commits), and gives
 the results back to the event loop in one call. It then takes the next batch at once, without
-waiting for the event loop to pass it on. Why a thread of its own rather than an executor or
+waiting for the event loop to pass it on.
+
+Group commit under light load: when a change arrives and nothing else is queued, the thread waits
+`delay` (`[store] commit_delay`, 5 ms) before it begins, so the changes already on their way (the
+other steps of the same events: claims, outcomes, callbacks) share one transaction. Under load
+the queue is never empty and nothing waits. Measured with `bench/loop.py` at 300 events/s, this
+alone took the whole loop from 2.6 to about 2.2 CPU ms per event (commits, fsyncs and thread
+wake-ups all fall with the number of transactions); it adds at most `delay` to an acknowledgement
+while traffic is light. Why a thread of its own rather than an executor or
 aiosqlite's worker: the `sqlite3` module releases the GIL around every statement and must win it
 back from a busy event loop each time, so the fewer hand-offs between a batch's arrival and its
 commit, the shorter each commit (see docs/performance.md).
@@ -32,8 +40,9 @@ class Writer:
     def __init__(self, conn: sqlite3.Connection,
                  apply: Callable[[sqlite3.Connection, list[Any]],
                                  tuple[list[tuple[bool, Any]], frozenset[str]]],
-                 finish: Callable[..., None]) -> None:
+                 finish: Callable[..., None], delay: float = 0.0) -> None:
         self.conn = conn
+        self.delay = delay
         self.apply = apply  # -> (each job's outcome, whether new work fell due)
         self.finish = finish
         self.loop = asyncio.get_running_loop()
@@ -56,6 +65,8 @@ class Writer:
         try:
             while not stopping:
                 item = self.jobs.get()
+                if self.delay and item is not None and self.jobs.empty():
+                    time.sleep(self.delay)  # let the changes on their way join this commit
                 batch: list[Job] = []
                 while True:
                     if item is None:

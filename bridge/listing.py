@@ -1,0 +1,159 @@
+"""Following many executions with one request: the platform's execution list, per trigger.
+
+A stream per execution costs one request, one connection and a parser for every event, however
+many run at once. Under load the tracker follows them by listing instead: one
+`GET {base}/workflows/{trigger}/executions?limit=N` every `[tracking] list_every` answers for every
+execution of that trigger being followed (the list is newest first). `Listing.wait(item)` joins an
+execution to its trigger's roll call and returns, as the list last showed it:
+
+- its terminal state, as soon as a list shows one with its result (`output` or `error`);
+- `FETCH` when the list shows it ended but without its result (a list of summaries), or stops
+  showing it (more newer executions than `list_limit` pushed it off), or the platform cannot list
+  this trigger (then the trigger is never listed again in this process): the tracker asks for the
+  execution itself, as it would without listing;
+- its last non-terminal state (or None) once `budget` seconds have passed, so its claim is given
+  back and it is looked at again later, as after a stream.
+
+A failed list request (timeout, 5xx, 429) changes nothing: the next tick asks again, after the
+Retry-After a 429 names. When the tracker uses listing rather than streams is its choice
+(`Tracker.use_listing`); docs/callbacks.md says when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import quote
+
+from bridge.completion import execution_id_of, parse_result
+from bridge.http import Client, HttpError
+from bridge.models import ExecutionResult, TrackedExecution
+from bridge.retry import parse_retry_after
+
+log = logging.getLogger("bridge.tracker")
+FETCH: Final = ExecutionResult("fetch")  # ask for the execution itself
+MISSES = 2  # lists in a row that do not show an execution before it is fetched on its own
+UNLISTABLE = (400, 404, 405, 410, 422, 501)  # this platform cannot list this trigger
+
+
+@dataclass(slots=True)
+class _Watch:
+    done: asyncio.Future[ExecutionResult | None]
+    until: float  # monotonic
+    last: ExecutionResult | None = None
+    misses: int = 0
+
+
+@dataclass(slots=True)
+class _Roll:
+    watches: dict[str, _Watch] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+
+class Listing:
+    def __init__(self, client: Client, every: float, limit: int) -> None:
+        self.client = client
+        self.every = every
+        self.limit = limit
+        self.rolls: dict[str, _Roll] = {}
+        self.unlistable: set[str] = set()
+
+    def can_list(self, trigger: str) -> bool:
+        return trigger not in self.unlistable
+
+    def listing(self, trigger: str) -> bool:
+        """Whether this trigger's executions are being listed right now."""
+        roll = self.rolls.get(trigger)
+        return roll is not None and bool(roll.watches)
+
+    async def wait(self, item: TrackedExecution, budget: float) -> ExecutionResult | None:
+        if item.trigger in self.unlistable:
+            return FETCH
+        roll = self.rolls.setdefault(item.trigger, _Roll())
+        watch = _Watch(asyncio.get_running_loop().create_future(), time.monotonic() + budget)
+        roll.watches[item.id] = watch
+        if roll.task is None or roll.task.done():
+            roll.task = asyncio.create_task(self._run(item.trigger, roll))
+        try:
+            return await watch.done
+        finally:
+            if roll.watches.get(item.id) is watch:
+                del roll.watches[item.id]
+
+    async def close(self) -> None:
+        tasks = [roll.task for roll in self.rolls.values() if roll.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.rolls.clear()
+
+    async def _run(self, trigger: str, roll: _Roll) -> None:
+        while roll.watches:
+            await asyncio.sleep(self.every)
+            if not roll.watches:
+                break
+            pause = await self._tick(trigger, roll)
+            now = time.monotonic()
+            for watch in list(roll.watches.values()):
+                if now >= watch.until:
+                    _settle(watch, watch.last)
+            if pause:
+                await asyncio.sleep(pause)
+
+    async def _tick(self, trigger: str, roll: _Roll) -> float:
+        """One list request; the seconds to wait before the next one beyond the tick."""
+        limit = min(self.limit, 2 * len(roll.watches) + 10)
+        try:
+            reply = await self.client.request(
+                "GET", f"/workflows/{quote(trigger, safe='')}/executions?limit={limit}")
+        except HttpError as exc:
+            log.info("listing failed", extra={"trigger": trigger, "error": str(exc)})
+            return 0.0
+        if reply.status in UNLISTABLE:
+            log.info("the platform cannot list this trigger's executions: following each alone",
+                     extra={"trigger": trigger, "status_code": reply.status})
+            self.unlistable.add(trigger)
+            for watch in list(roll.watches.values()):
+                _settle(watch, FETCH)
+            return 0.0
+        if reply.status != 200:
+            after = parse_retry_after(reply.headers.get("retry-after"), time.time())
+            return min(30.0, after) if after is not None else 0.0
+        try:
+            items = reply.json()
+        except ValueError:
+            items = None
+        if isinstance(items, dict):  # {"executions": [...]} or {"data": [...]}
+            items = items.get("executions", items.get("data", items.get("items")))
+        if not isinstance(items, list):
+            return 0.0
+        shown = {}
+        for doc in items:
+            execution_id = execution_id_of(doc)
+            if execution_id is not None and execution_id in roll.watches:
+                shown[execution_id] = doc
+        for execution_id, watch in list(roll.watches.items()):
+            doc = shown.get(execution_id)
+            if doc is None:
+                watch.misses += 1
+                if watch.misses >= MISSES:
+                    _settle(watch, FETCH)
+                continue
+            watch.misses = 0
+            result = parse_result(doc)
+            if result is None:
+                continue
+            if result.terminal:
+                whole = "output" in doc or "error" in doc
+                _settle(watch, result if whole else FETCH)
+            else:
+                watch.last = result
+        return 0.0
+
+
+def _settle(watch: _Watch, result: ExecutionResult | None) -> None:
+    if not watch.done.done():
+        watch.done.set_result(result)
