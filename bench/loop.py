@@ -134,6 +134,7 @@ def config(directory: Path, port: int, platform_port: int, receiver_port: int,
         line = f'url = "{url}?options=-csearch_path%3D{schema}"'
     else:
         line = f'path = "{directory / "loop.db"}"'
+    line += os.environ.get("LOOP_STORE", "").replace("\\n", "\n")
     path = directory / "loop.toml"
     path.write_text(f"""
 [server]
@@ -146,6 +147,7 @@ trigger_key = "{TRIGGER_KEY}"
 api_key = "{API_KEY}"
 [callbacks]
 signing_secret = "{SIGNING}"
+{os.environ.get("LOOP_CALLBACKS", "")}
 allow_private = true
 [[sources]]
 name = "github"

@@ -35,3 +35,13 @@ def loads(data: bytes) -> Any:
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON; anything orjson cannot write natively is written as `str(value)`."""
     return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+
+
+def dumps_document(value: Any) -> bytes:
+    """Compact UTF-8 JSON of a document that holds values parsed from others' JSON: as `dumps`,
+    except that integers past 64 bits (which orjson refuses) are written whole by `json`. Not a
+    number (which only `json` reads) is written as `null`, which every JSON reader accepts."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bridge import codec
 from bridge.models import Completion, ExecutionResult, iso
 
 TYPES = {"completed": "execution.completed", "failed": "execution.failed",
@@ -39,7 +40,7 @@ def callback_body(done: Completion) -> bytes:
             },
         },
     }
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    return codec.dumps_document(document)
 
 
 def parse_result(data: Any) -> ExecutionResult | None:

@@ -105,7 +105,7 @@ class StoreConfig:
     busy_timeout: float = 2.0
     # Group commit: when a change arrives alone, the writer waits this long for the changes on
     # their way to join its transaction (0: commit at once).
-    commit_delay: float = 0.005
+    commit_delay: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class PlatformConfig:
 @dataclass(frozen=True)
 class ForwarderConfig:
     enabled: bool = True
-    concurrency: int = 32
+    concurrency: int = 64
     batch_size: int = 64
     lease: float = 60.0
     poll_interval: float = 0.5
@@ -167,7 +167,7 @@ class CallbacksConfig:
     allow_private: bool = False
     allowed_ports: tuple[int, ...] = (80, 443)  # for sender-supplied URLs; empty: any port
     timeout: float = 10.0
-    concurrency: int = 16
+    concurrency: int = 64
     batch_size: int = 32
     lease: float = 60.0
     poll_interval: float = 0.5
@@ -552,7 +552,7 @@ def _store(s: _Section) -> StoreConfig:
         prune_interval=s.duration("prune_interval", 3600.0),
         max_size_bytes=s.integer("max_size_bytes", None, minimum=65536),
         busy_timeout=s.duration("busy_timeout", 2.0),
-        commit_delay=s.duration("commit_delay", 0.005),
+        commit_delay=s.duration("commit_delay", 0.01),
     )
     if not 0 <= cfg.commit_delay <= 0.1:
         s.fail("commit_delay", "must be between 0 and 100ms")
@@ -605,7 +605,7 @@ def _forwarder(s: _Section) -> ForwarderConfig:
                    FORWARD_MAX_AGE)
     cfg = ForwarderConfig(
         enabled=s.boolean("enabled", True),
-        concurrency=s.integer("concurrency", 32, minimum=1),
+        concurrency=s.integer("concurrency", 64, minimum=1),
         batch_size=s.integer("batch_size", 64, minimum=1),
         lease=s.duration("lease", 60.0),
         poll_interval=s.duration("poll_interval", 0.5),
@@ -624,7 +624,7 @@ def _callbacks(s: _Section) -> CallbacksConfig:
         allow_private=s.boolean("allow_private", False),
         allowed_ports=s.ports("allowed_ports", (80, 443)),
         timeout=s.duration("timeout", 10.0),
-        concurrency=s.integer("concurrency", 16, minimum=1),
+        concurrency=s.integer("concurrency", 64, minimum=1),
         batch_size=s.integer("batch_size", 32, minimum=1),
         lease=s.duration("lease", 60.0),
         poll_interval=s.duration("poll_interval", 0.5),

@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable
 
+from bridge import logs
 from bridge.config import Config
 from bridge.http import HttpError, Reply
 from bridge.loop import ClaimLoop, owner_id
@@ -40,6 +41,8 @@ from bridge.store.base import DELIVERIES
 
 OUTCOMES = {Delivered: "delivered", RetryLater: "retried", Dead: "dead", Paused: "paused"}
 log = logging.getLogger("bridge.forwarder")
+lines = logs.EventLines("bridge.forwarder", trusted=(  # names and ids of our own making
+    "delivery_id", "event_id", "trigger", "route", "outcome"))
 
 
 class Forwarder(ClaimLoop[ClaimedDelivery]):
@@ -139,10 +142,16 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
         elif isinstance(outcome, Dead):
             self.metrics.dead.inc()
         # If this fails (StoreUnavailable), the lease expires and the delivery is tried again;
-        # the platform's idempotency key makes that second call harmless.
-        if next_at is not None or isinstance(outcome, Paused):
-            self.recheck()  # due again later: the loop must know when
+        # the platform's idempotency key makes that second call harmless. A delivery due again
+        # later (a retry, a paused route's probe) makes the loop ask when, once written.
         track_until = now + self.track_deadline if self.track_deadline is not None else None
+        self.settle(self._record(delivery, attempt, outcome, next_at, now, track_until,
+                                 reached_at),
+                    later=next_at is not None or isinstance(outcome, Paused))
+
+    async def _record(self, delivery: ClaimedDelivery, attempt: Attempt, outcome: Outcome,
+                      next_at: float | None, now: float, track_until: float | None,
+                      reached_at: float | None) -> None:
         if not await self.store.record(delivery, self.owner, attempt, outcome, next_at, now,
                                        self.settings.pause_probe, track_until, reached_at):
             log.warning("outcome not recorded: the lease was lost (another worker holds the "
@@ -165,7 +174,7 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
                   "route": delivery.route, "status_code": attempt.status_code,
                   "latency_ms": round(attempt.latency_ms, 1), "outcome": attempt.outcome}
         if isinstance(outcome, Delivered):
-            log.info("delivered", extra={**fields, "execution_id": outcome.execution_id})
+            lines.info("delivered", **fields, execution_id=outcome.execution_id)
         elif isinstance(outcome, Dead) and outcome.status_code == 409:
             log.error("dead: idempotency key reused with another body",
                       extra={**fields, "reason": outcome.reason})

@@ -105,7 +105,9 @@ class Listing:
 
     async def _tick(self, trigger: str, roll: _Roll) -> float:
         """One list request; the seconds to wait before the next one beyond the tick."""
-        limit = min(self.limit, 2 * len(roll.watches) + 10)
+        # Newest first: the executions followed are mostly the newest, so a little slack past
+        # their number covers them (others' executions in between, on a shared platform).
+        limit = min(self.limit, len(roll.watches) + len(roll.watches) // 4 + 10)
         try:
             reply = await self.client.request(
                 "GET", f"/workflows/{quote(trigger, safe='')}/executions?limit={limit}")

@@ -10,7 +10,13 @@ which records it as a failed attempt, so it backs off and ends dead instead of h
 and failing again every lease period. Only `StoreUnavailable` (the store cannot write) leaves the
 lease to expire, since nothing can be recorded then.
 
-`run_once(now)` claims one batch and handles all of it: tests call it directly. `run()` keeps up
+An item's slot is held while its request is out, not while its outcome is written: `settle()`
+records it in the background (the writer commits it with others), so the next item's request can
+start at once. Without this a slot spends a commit (and the group-commit wait) per item, and the
+loop's concurrency, not the CPU, caps its throughput.
+
+`run_once(now)` claims one batch and handles all of it, outcomes recorded: tests call it
+directly. `run()` keeps up
 to `concurrency` items in flight and claims again once a quarter of the slots are free, so a
 stream of completions costs one claim per several items. `stop()` stops claiming, waits a bounded
 grace for in-flight items, cancels the rest and gives their leases back.
@@ -25,8 +31,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 from bridge.errors import StoreUnavailable
 
@@ -52,6 +58,7 @@ class ClaimLoop(Generic[T]):
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.settling: set[asyncio.Task[None]] = set()  # outcomes being recorded
         # Whether a finished item should wake the loop: when the last claim filled every free
         # slot (more may be due), or when an item scheduled work for later (`recheck`), so the
         # loop asks again when the next item falls due. Otherwise new work wakes it through the
@@ -91,7 +98,37 @@ class ClaimLoop(Generic[T]):
     async def run_once(self, now: float | None = None) -> int:
         items = await self.claim(self.batch_size, self.clock() if now is None else now)
         await asyncio.gather(*(self._guarded(item) for item in items))
+        await self.drain()
         return len(items)
+
+    def settle(self, record: Coroutine[Any, Any, None], later: bool = False) -> None:
+        """Record an item's outcome without holding its slot. `later`: the item falls due again
+        (a retry): once it is written, the loop asks the store when the next item is due."""
+        task = asyncio.create_task(self._settled(record))
+        self.settling.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self.settling.discard(task)
+            if later:
+                self.recheck()
+                self.wake.set()
+
+        task.add_done_callback(done)
+
+    async def _settled(self, record: Coroutine[Any, Any, None]) -> None:
+        try:
+            await record
+        except StoreUnavailable:
+            log.error("could not record the outcome: store unavailable; the lease will expire",
+                      extra={"loop": self.name})
+        except Exception:
+            log.exception("could not record the outcome; the lease will expire",
+                          extra={"loop": self.name})
+
+    async def drain(self) -> None:
+        """Wait for the outcomes being recorded."""
+        while self.settling:
+            await asyncio.gather(*self.settling, return_exceptions=True)
 
     async def run(self) -> None:
         refill = max(1, self.concurrency // 4)
@@ -181,6 +218,11 @@ class ClaimLoop(Generic[T]):
         self.stopping.set()
         if self.in_flight:
             _, pending = await asyncio.wait(set(self.in_flight), timeout=self.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.settling:  # outcomes first: giving the leases back before would lose them
+            _, pending = await asyncio.wait(set(self.settling), timeout=self.shutdown_grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

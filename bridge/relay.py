@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from aiohttp.helpers import proxies_from_env
 
-from bridge import __version__
+from bridge import __version__, logs
 from bridge.completion import callback_body
 from bridge.config import Config
 from bridge.errors import CallbackNotAllowed
@@ -51,6 +51,7 @@ from bridge.store import Store
 from bridge.store.base import CALLBACKS
 
 log = logging.getLogger("bridge.relay")
+lines = logs.EventLines("bridge.relay", trusted=("callback_id", "status_code"))
 
 
 def signature_headers(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
@@ -168,8 +169,11 @@ class Relay(ClaimLoop[ClaimedCallback]):
         attempt = Attempt(item.id, started, (time.perf_counter() - t0) * 1000, label, status,
                           reason, excerpt)
         self.metrics.callbacks.labels(label).inc()
-        if next_at is not None:
-            self.recheck()
+        self.settle(self._record(item, attempt, label, next_at, reason, status),
+                    later=next_at is not None)
+
+    async def _record(self, item: ClaimedCallback, attempt: Attempt, label: str,
+                      next_at: float | None, reason: str | None, status: int | None) -> None:
         if not await self.store.record_callback(item, self.owner, attempt,
                                                 label == "delivered", next_at, reason,
                                                 self.clock()):
@@ -177,8 +181,8 @@ class Relay(ClaimLoop[ClaimedCallback]):
                         extra={"callback_id": item.id, "outcome": label})
             return
         if label == "delivered":
-            log.info("callback delivered", extra={"callback_id": item.id, "status_code": status,
-                                                  "execution_id": item.execution_id})
+            lines.info("callback delivered", callback_id=item.id, status_code=status,
+                       execution_id=item.execution_id)
         else:
             log.warning("callback failed", extra={"callback_id": item.id, "reason": reason,
                                                   "outcome": label})

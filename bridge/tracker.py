@@ -25,6 +25,7 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from bridge import logs
 from bridge.completion import execution_id_of, parse_result
 from bridge.config import Config, SourceConfig
 from bridge.errors import BadRequest, NotFound
@@ -42,6 +43,7 @@ from bridge.store.base import EXECUTIONS
 
 log = logging.getLogger("bridge.tracker")
 MAX_PUSH_BYTES = 1024 * 1024
+event_lines = logs.EventLines("bridge.tracker", trusted=("status",))
 
 
 def callback_targets(config: Config) -> CallbackTargets:
@@ -162,8 +164,7 @@ class Tracker(ClaimLoop[TrackedExecution]):
                                                       self.targets)
         self.no_stream.discard(execution_id)
         if changed:
-            log.info("execution finished", extra={"execution_id": execution_id,
-                                                  "status": result.status})
+            event_lines.info("execution finished", execution_id=execution_id, status=result.status)
         return changed
 
     async def follow_stream(self, item: TrackedExecution,

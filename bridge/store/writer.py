@@ -6,7 +6,7 @@ the results back to the event loop in one call. It then takes the next batch at 
 waiting for the event loop to pass it on.
 
 Group commit under light load: when a change arrives and nothing else is queued, the thread waits
-`delay` (`[store] commit_delay`, 5 ms) before it begins, so the changes already on their way (the
+`delay` (`[store] commit_delay`, 10 ms) before it begins, so the changes already on their way (the
 other steps of the same events: claims, outcomes, callbacks) share one transaction. Under load
 the queue is never empty and nothing waits. Measured with `bench/loop.py` at 300 events/s, this
 alone took the whole loop from 2.6 to about 2.2 CPU ms per event (commits, fsyncs and thread
