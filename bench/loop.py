@@ -1,17 +1,22 @@
 """The whole loop, as users run it: ack -> trigger call -> execution followed -> signed callback.
 
-    python bench/loop.py [--rate 300] [--seconds 20] [--burst 3000] [--store sqlite|postgres]
+    python bench/loop.py [--rates 300,800] [--seconds 20] [--burst 3000] [--store sqlite|postgres]
+                         [--extra 'TOML appended to the config']
 
 One bridge (one worker, default settings, pinned to the last core) with a route whose callback
 goes to a receiver; the platform emulator in its own process; the load generator and the
 receiver in this process. The emulator and this process share core 0, so the bridge's core is
 its own.
 
-- **Steady:** signed 1.2 KB GitHub pushes at `--rate` events/s for `--seconds`; every event's
-  ack time (at the sender) and its callback's arrival (at the receiver) give ack -> callback
-  p50/p99; the bridge's CPU over the run, divided by the events, gives CPU ms per event.
+- **Steady:** signed 1.2 KB GitHub pushes at each of `--rates` events/s for `--seconds`; every
+  event's ack time (at the sender) and its callback's arrival (at the receiver) give ack ->
+  callback p50/p99; the bridge's CPU over the run, divided by the events, gives CPU ms per
+  event.
 - **Saturation:** `--burst` events sent as fast as 32 connections allow; end-to-end events/s is
-  the burst over the time from its first send to its last callback, and CPU ms per event again.
+  the burst over the time from its first send to its last callback, and CPU ms per event again,
+  with the share of its core the bridge used meanwhile. On two cores the sender, receiver and
+  emulator share core 0 and run out of it first: past that point the bridge waits on them, and
+  `1000 / CPU ms per event` is the rate its own core would carry.
 
 Printed: events/s end to end, bridge CPU ms per event, ack -> callback p50/p99, and the bridge's
 RSS at the end. Every callback's signature is checked (Standard Webhooks, as the relay signs).
@@ -123,7 +128,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def config(directory: Path, port: int, platform_port: int, receiver_port: int,
-           store: str) -> Path:
+           store: str, extra: str) -> Path:
     if store == "postgres":
         import psycopg
 
@@ -134,7 +139,6 @@ def config(directory: Path, port: int, platform_port: int, receiver_port: int,
         line = f'url = "{url}?options=-csearch_path%3D{schema}"'
     else:
         line = f'path = "{directory / "loop.db"}"'
-    line += os.environ.get("LOOP_STORE", "").replace("\\n", "\n")
     path = directory / "loop.toml"
     path.write_text(f"""
 [server]
@@ -147,7 +151,6 @@ trigger_key = "{TRIGGER_KEY}"
 api_key = "{API_KEY}"
 [callbacks]
 signing_secret = "{SIGNING}"
-{os.environ.get("LOOP_CALLBACKS", "")}
 allow_private = true
 [[sources]]
 name = "github"
@@ -157,13 +160,30 @@ secret = "{SECRET}"
 source = "github"
 trigger = "bench"
 callbacks = ["http://127.0.0.1:{receiver_port}/done"]
-""" + os.environ.get("LOOP_EXTRA", "").replace("\\n", "\n"))
+""" + extra)
     return path
+
+
+def steady(pid: int, port: int, rate: float, seconds: int) -> None:
+    count = int(rate * seconds)
+    user0, system0 = cpu_split(pid)
+    acks = asyncio.run(send(port, count, rate, f"steady{rate:.0f}"))
+    done = wait_for_callbacks(set(acks), 120)
+    user, system = (b - a for a, b in zip((user0, system0), cpu_split(pid), strict=True))
+    delays = [arrivals[k] - t for k, t in acks.items() if k in arrivals]
+    per = 1000 / max(1, len(delays))
+    print(f"steady {rate:.0f}/s for {seconds} s: {len(acks)} acked,"
+          f" {len(delays)} called back{'' if done else ' (timed out)'};"
+          f" bridge {(user + system) * per:.2f} CPU ms/event"
+          f" ({user * per:.2f} user, {system * per:.2f} system);"
+          f" ack -> callback p50 {pct(delays, 0.5) * 1000:.0f} ms,"
+          f" p99 {pct(delays, 0.99) * 1000:.0f} ms", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--rates", default="300,800", help="steady rates, events/s")
+    parser.add_argument("--extra", default="", help="TOML appended to the bridge's config")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--burst", type=int, default=3000)
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
@@ -177,7 +197,7 @@ def main() -> None:
                               "--port", str(platform_port), "--trigger-key", TRIGGER_KEY,
                               "--api-key", API_KEY, "--execution-delay", "0.05"])
     with tempfile.TemporaryDirectory() as tmp:
-        path = config(Path(tmp), port, platform_port, receiver_port, args.store)
+        path = config(Path(tmp), port, platform_port, receiver_port, args.store, args.extra)
         bridge = loadgen.spawn(["taskset", "-c", str(cores - 1), loadgen.python(), "-m",
                                 "bridge", "serve", "--config", str(path)])
         try:
@@ -185,21 +205,8 @@ def main() -> None:
             loadgen.wait_healthy(f"http://127.0.0.1:{platform_port}/healthz", emulator)
             asyncio.run(send(port, 200, 100.0, "warm"))  # connections, caches, first streams
             wait_for_callbacks({f"github:warm-{i}" for i in range(200)}, 60)
-            count = int(args.rate * args.seconds)
-            user0, system0 = cpu_split(bridge.pid)
-            acks = asyncio.run(send(port, count, args.rate, "steady"))
-            done = wait_for_callbacks(set(acks), 120)
-            user, system = (b - a for a, b in zip((user0, system0), cpu_split(bridge.pid),
-                                                   strict=True))
-            cpu = user + system
-            delays = [arrivals[k] - t for k, t in acks.items() if k in arrivals]
-            print(f"steady {args.rate:.0f}/s for {args.seconds} s: {len(acks)} acked,"
-                  f" {len(delays)} called back{'' if done else ' (timed out)'};"
-                  f" bridge {cpu / max(1, len(delays)) * 1000:.2f} CPU ms/event"
-                  f" ({user / max(1, len(delays)) * 1000:.2f} user,"
-                  f" {system / max(1, len(delays)) * 1000:.2f} system);"
-                  f" ack -> callback p50 {pct(delays, 0.5) * 1000:.0f} ms,"
-                  f" p99 {pct(delays, 0.99) * 1000:.0f} ms", flush=True)
+            for rate in (float(r) for r in args.rates.split(",") if r):
+                steady(bridge.pid, port, rate, args.seconds)
             cpu0 = loadgen.cpu_seconds(bridge.pid)
             started = time.time()
             acks = asyncio.run(send(port, args.burst, None, "burst"))
@@ -210,7 +217,8 @@ def main() -> None:
             print(f"saturation: {args.burst} sent, {len(acks)} acked, {called} called back"
                   f"{'' if done else ' (timed out)'} in {last - started:.1f} s:"
                   f" {called / (last - started):.0f} events/s end to end;"
-                  f" bridge {cpu / max(1, called) * 1000:.2f} CPU ms/event;"
+                  f" bridge {cpu / max(1, called) * 1000:.2f} CPU ms/event,"
+                  f" {cpu / (last - started) * 100:.0f} % of its core;"
                   f" RSS {loadgen.rss_mb(bridge.pid):.0f} MB;"
                   f" bad callback signatures {bad_signatures}", flush=True)
         finally:
