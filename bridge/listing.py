@@ -7,10 +7,11 @@ execution of that trigger being followed (the list is newest first). `Listing.wa
 execution to its trigger's roll call and returns, as the list last showed it:
 
 - its terminal state, as soon as a list shows one with its result (`output` or `error`);
-- `FETCH` when the list shows it ended but without its result (a list of summaries), or stops
-  showing it (more newer executions than `list_limit` pushed it off), or the platform cannot list
-  this trigger (then the trigger is never listed again in this process): the tracker asks for the
-  execution itself, as it would without listing;
+- `FETCH` when the list shows it ended but without its result (a list of summaries): the tracker
+  asks for the execution itself;
+- `UNSEEN` when the lists stop showing it (more newer executions than `list_limit` pushed it
+  off) or the platform cannot list this trigger (then it is never listed again in this process):
+  the tracker follows it as it would without listing, with a stream or polls;
 - its last non-terminal state (or None) once `budget` seconds have passed, so its claim is given
   back and it is looked at again later, as after a stream.
 
@@ -34,7 +35,8 @@ from bridge.models import ExecutionResult, TrackedExecution
 from bridge.retry import parse_retry_after
 
 log = logging.getLogger("bridge.tracker")
-FETCH: Final = ExecutionResult("fetch")  # ask for the execution itself
+FETCH: Final = ExecutionResult("fetch")  # it ended: ask for the execution itself
+UNSEEN: Final = ExecutionResult("unseen")  # the lists do not show it: follow it alone
 MISSES = 2  # lists in a row that do not show an execution before it is fetched on its own
 UNLISTABLE = (400, 404, 405, 410, 422, 501)  # this platform cannot list this trigger
 
@@ -71,7 +73,7 @@ class Listing:
 
     async def wait(self, item: TrackedExecution, budget: float) -> ExecutionResult | None:
         if item.trigger in self.unlistable:
-            return FETCH
+            return UNSEEN
         roll = self.rolls.setdefault(item.trigger, _Roll())
         watch = _Watch(asyncio.get_running_loop().create_future(), time.monotonic() + budget)
         roll.watches[item.id] = watch
@@ -119,7 +121,7 @@ class Listing:
                      extra={"trigger": trigger, "status_code": reply.status})
             self.unlistable.add(trigger)
             for watch in list(roll.watches.values()):
-                _settle(watch, FETCH)
+                _settle(watch, UNSEEN)
             return 0.0
         if reply.status != 200:
             after = parse_retry_after(reply.headers.get("retry-after"), time.time())
@@ -142,7 +144,7 @@ class Listing:
             if doc is None:
                 watch.misses += 1
                 if watch.misses >= MISSES:
-                    _settle(watch, FETCH)
+                    _settle(watch, UNSEEN)
                 continue
             watch.misses = 0
             result = parse_result(doc)

@@ -31,7 +31,7 @@ from bridge.config import Config, SourceConfig
 from bridge.errors import BadRequest, NotFound
 from bridge.http import Client, HttpError, lines
 from bridge.inbound import read_body, request_headers
-from bridge.listing import FETCH, Listing
+from bridge.listing import FETCH, UNSEEN, Listing
 from bridge.loop import ClaimLoop, owner_id
 from bridge.metrics import Metrics
 from bridge.models import CallbackTargets, ExecutionResult, ExecutionStatus, TrackedExecution
@@ -140,9 +140,12 @@ class Tracker(ClaimLoop[TrackedExecution]):
             result = await self.listing().wait(item, budget)
             if result is None or result is FETCH:
                 result = await self.poll(item)
-        else:
-            if item.id not in self.no_stream and self.open_streams < self.settings.max_streams:
-                result = await self.follow_stream(item, budget)
+        if result is None or result is UNSEEN:
+            result = None
+            remaining = budget - (self.clock() - now)
+            if (remaining > 0 and item.id not in self.no_stream
+                    and self.open_streams < self.settings.max_streams):
+                result = await self.follow_stream(item, remaining)
             if result is None or not result.terminal:
                 result = await self.poll(item) or result
         if result is not None and result.terminal:

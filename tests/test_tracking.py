@@ -183,6 +183,22 @@ def test_a_burst_of_executions_is_followed_by_listing(
     assert {e["status"] for e in bridge.executions()} == {"completed"}
 
 
+def test_executions_a_list_cannot_hold_are_followed_alone(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    """With more executions running than one list shows (`list_limit`), the older ones drop
+    off the lists and are followed with a stream each; none is lost or finished twice."""
+    emulator.emulator.configure(execution_delay=1.0)
+    bridge = make_bridge(tracked_config(receiver, tracking="list_limit = 10"))
+    count = 40
+    for i in range(count):
+        assert send_issue(bridge, f"over-{i}").status_code == 202
+    wait_for(lambda: len(receiver.accepted()) >= count, timeout=30)
+    keys = [verified(m)["data"]["event"]["idempotency_key"] for m in receiver.accepted()]
+    assert sorted(keys) == sorted(f"github:over-{i}" for i in range(count))
+    reads = emulator.emulator.reads
+    assert reads["list"] >= 1 and reads["stream"] >= count - 10 - 5, reads
+
+
 def test_tracking_survives_kill_9(make_bridge: Callable[..., Bridge], emulator: EmulatorServer,
                                   receiver: Receiver) -> None:
     emulator.emulator.configure(execution_delay=3.0)
