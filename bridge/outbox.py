@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from fnmatch import fnmatchcase
 
-from bridge import glue
+from bridge import codec, glue
 from bridge.config import RouteConfig
 from bridge.models import NewDelivery, VerifiedEvent, iso
 from bridge.providers.base import parse_json
@@ -93,7 +93,7 @@ def envelope(event: VerifiedEvent, seen_items: frozenset[str] = frozenset()) -> 
     if event.items:  # a batch: which items are new, so the workflow can skip the others
         head["items"] = {"keys": list(event.items),
                          "duplicates": [k for k in event.items if k in seen_items]}
-    prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
+    prefix = codec.dumps(head)[:-1]
     if parse_json(event.body) is not None and _is_utf8(event.body):
         return prefix + b',"payload_encoding":"json","payload":' + event.body.strip() + b"}"
     if _is_utf8(event.body):
