@@ -75,7 +75,7 @@ class Forwarder(ClaimLoop[ClaimedDelivery]):
 
     async def claim(self, limit: int, now: float) -> list[ClaimedDelivery]:
         return await self.store.claim(self.owner, now, self.settings.lease, limit,
-                                      self.settings.pause_probe, self.pacing)
+                                      self.settings.pause_probe, self.pacing, self.backlog)
 
     async def handle(self, item: ClaimedDelivery) -> None:
         await self.attempt(item)

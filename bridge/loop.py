@@ -65,6 +65,9 @@ class ClaimLoop(Generic[T]):
         # store's watch hook, and a finished item costs no claim of nothing.
         self.saturated = False
         self.rescan = False
+        # Whether the last claim took all it asked for: work is waiting, so the next claim is
+        # urgent (the store begins its batch at once instead of gathering company for it).
+        self.backlog = False
         # When the next item falls due, as the store last said. Asked again only when it may
         # have changed: an item of ours was scheduled for later, the time has come, or the
         # loop woke from its poll interval (another process may have scheduled something);
@@ -148,7 +151,8 @@ class ClaimLoop(Generic[T]):
                 except StoreUnavailable:
                     log.warning("claim failed: store unavailable", extra={"loop": self.name})
                     self.saturated = True  # try again as items finish
-                self.saturated = self.saturated or len(items) >= min(free, self.batch_size)
+                self.backlog = len(items) >= min(free, self.batch_size)
+                self.saturated = self.saturated or self.backlog
             for item in items:
                 task = asyncio.create_task(self._guarded(item))
                 self.in_flight.add(task)

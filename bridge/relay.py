@@ -100,7 +100,8 @@ class Relay(ClaimLoop[ClaimedCallback]):
         return self.clients[guarded]
 
     async def claim(self, limit: int, now: float) -> list[ClaimedCallback]:
-        return await self.store.claim_callbacks(self.owner, now, self.settings.lease, limit)
+        return await self.store.claim_callbacks(self.owner, now, self.settings.lease, limit,
+                                                self.backlog)
 
     async def next_due(self) -> float | None:
         return await self.store.next_callback_due()

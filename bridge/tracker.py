@@ -107,7 +107,8 @@ class Tracker(ClaimLoop[TrackedExecution]):
         return self.listing().listing(item.trigger) or self.start_rate() * every >= 1.0
 
     async def claim(self, limit: int, now: float) -> list[TrackedExecution]:
-        return await self.store.claim_executions(self.owner, now, self.settings.lease, limit)
+        return await self.store.claim_executions(self.owner, now, self.settings.lease, limit,
+                                                 self.backlog)
 
     async def next_due(self) -> float | None:
         return await self.store.next_execution_due()

@@ -334,14 +334,17 @@ class SQLiteStore:
 
     # the writer
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], savepoint: bool = True) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], savepoint: bool = True,
+                     urgent: bool = False) -> T:
         """Queue `fn` for the next transaction. `savepoint=False` is for jobs that cannot fail
-        on their own (only with the whole batch), which saves two statements per job."""
+        on their own (only with the whole batch), which saves two statements per job.
+        `urgent`: a claim with a backlog behind it, which idle slots wait on: the batch begins
+        at once rather than gathering company (see `writer.Writer`)."""
         if self._writer is None or not self._writer.open:
             raise StoreUnavailable("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         bare = not (savepoint or isinstance(fn, _Accept) or self.savepoints_always)
-        self._writer.submit(_Bare(fn) if bare else fn, future)
+        self._writer.submit(_Bare(fn) if bare else fn, future, urgent)
         return await future
 
     def _finish(self, batch: list[tuple[Any, asyncio.Future[Any]]],
@@ -637,7 +640,8 @@ class SQLiteStore:
     # the outbox
 
     async def claim(self, owner: str, now: float, lease: float, limit: int,
-                    probe_every: float, pacing: Pacing | None = None) -> list[ClaimedDelivery]:
+                    probe_every: float, pacing: Pacing | None = None,
+                    urgent: bool = False) -> list[ClaimedDelivery]:
         """Lease up to `limit` due deliveries of active routes, plus one probe per paused route
         whose probe is due. An expired lease (a crashed worker's) is due again. Nothing while
         the platform asked every sender to hold (`hold`); with `pacing`, no more than the
@@ -667,7 +671,7 @@ class SQLiteStore:
                 return claimed
             return self._claim(conn, owner, now, lease, limit, probe_every)
 
-        return await self._write(job)
+        return await self._write(job, urgent=urgent)
 
     async def hold(self, until: float, now: float) -> None:
         """Every sender waits until `until` (a 429's Retry-After, or the window's reset)."""
@@ -855,7 +859,7 @@ class SQLiteStore:
     # executions
 
     async def claim_executions(self, owner: str, now: float, lease: float,
-                               limit: int) -> list[TrackedExecution]:
+                               limit: int, urgent: bool = False) -> list[TrackedExecution]:
         """Lease unfinished executions whose next check is due (or whose lease expired)."""
 
         def job(conn: sqlite3.Connection) -> list[TrackedExecution]:
@@ -875,7 +879,7 @@ class SQLiteStore:
                 (owner, now + lease, *ids, now)).fetchall()
             return [TrackedExecution(*row) for row in rows]
 
-        return await self._write(job)
+        return await self._write(job, urgent=urgent)
 
     async def reschedule_execution(self, execution_id: str, owner: str, status: str | None,
                                    next_check_at: float, now: float) -> bool:
@@ -944,7 +948,7 @@ class SQLiteStore:
     # callbacks
 
     async def claim_callbacks(self, owner: str, now: float, lease: float,
-                              limit: int) -> list[ClaimedCallback]:
+                              limit: int, urgent: bool = False) -> list[ClaimedCallback]:
         def job(conn: sqlite3.Connection) -> list[ClaimedCallback]:
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM callbacks WHERE status = ? AND next_attempt_at <= ?"
@@ -976,7 +980,7 @@ class SQLiteStore:
                 f" WHERE c.id IN ({marks}) ORDER BY c.next_attempt_at", leased)
             return [_claimed_callback(row) for row in cursor.fetchall()]
 
-        return await self._write(job)
+        return await self._write(job, urgent=urgent)
 
     async def record_callback(self, callback: ClaimedCallback, owner: str, attempt: Attempt,
                               delivered: bool, next_at: float | None, reason: str | None,

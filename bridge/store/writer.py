@@ -5,13 +5,16 @@ MAX_BATCH), hands the jobs to `apply` (which runs them in one transaction and co
 the results back to the event loop in one call. It then takes the next batch at once, without
 waiting for the event loop to pass it on.
 
-Group commit under light load: when a change arrives and nothing else is queued, the thread waits
-`delay` (`[store] commit_delay`, 10 ms) before it begins, so the changes already on their way (the
-other steps of the same events: claims, outcomes, callbacks) share one transaction. Under load
-the queue is never empty and nothing waits. Measured with `bench/loop.py` at 300 events/s, this
-alone took the whole loop from 2.6 to about 2.2 CPU ms per event (commits, fsyncs and thread
-wake-ups all fall with the number of transactions); it adds at most `delay` to an acknowledgement
-while traffic is light. Why a thread of its own rather than an executor or
+Group commit when changes trickle in: a batch begins once as many changes are queued as made up
+the last batch, or `delay` (`[store] commit_delay`, 10 ms) after its first, whichever comes
+first. Changes that come on their own (a steady 300 events/s: each event's acknowledgement, claims,
+outcomes and callbacks) then share a transaction instead of taking one each, so commits, fsyncs
+and thread wake-ups all fall. Callers that wait on each other's commits (32 senders each waiting
+for its 2xx before sending again) come back together: the batch begins as soon as they have, and
+nobody waits out the delay. Under load the queue is never empty and nothing waits at all. The
+measurements behind this are in docs/performance.md ("The whole loop").
+
+Why a thread of its own rather than an executor or
 aiosqlite's worker: the `sqlite3` module releases the GIL around every statement and must win it
 back from a busy event loop each time, so the fewer hand-offs between a batch's arrival and its
 commit, the shorter each commit (see docs/performance.md).
@@ -48,12 +51,23 @@ class Writer:
         self.loop = asyncio.get_running_loop()
         self.open = True
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # Group commit: a batch begins once `expected` changes are queued (the last batch's
+        # size) or `delay` after its first; `gathering` says a batch is waiting to begin.
+        self.expected = MAX_BATCH
+        self.gathering = False
+        self.urgent = False  # a claim is queued: no waiting
+        self.enough = threading.Event()
         self.stopped: asyncio.Future[None] = self.loop.create_future()
         self.thread = threading.Thread(target=self.run, name="store-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, job: Any, future: asyncio.Future[Any]) -> None:
+    def submit(self, job: Any, future: asyncio.Future[Any], urgent: bool = False) -> None:
+        """`urgent`: begin the batch now (a claim: the slots it fills are idle meanwhile)."""
+        if urgent:
+            self.urgent = True
         self.jobs.put((job, future))
+        if self.gathering and (urgent or self.jobs.qsize() + 1 >= self.expected):
+            self.enough.set()
 
     async def stop(self) -> None:
         self.open = False
@@ -65,8 +79,8 @@ class Writer:
         try:
             while not stopping:
                 item = self.jobs.get()
-                if self.delay and item is not None and self.jobs.empty():
-                    time.sleep(self.delay)  # let the changes on their way join this commit
+                if self.delay and item is not None:
+                    self.gather()
                 batch: list[Job] = []
                 while True:
                     if item is None:
@@ -80,10 +94,20 @@ class Writer:
                     except queue.Empty:
                         break
                 if batch:
+                    self.expected = max(2, len(batch))
                     self.commit(batch)
         finally:
             self.conn.close()
             self.hand_back(self.stopped.set_result, None)
+
+    def gather(self) -> None:
+        """Wait (up to `delay`) until as many changes are queued as the last batch held."""
+        self.enough.clear()
+        self.gathering = True
+        if not self.urgent and self.jobs.qsize() + 1 < self.expected:
+            self.enough.wait(self.delay)
+        self.gathering = False
+        self.urgent = False
 
     def commit(self, batch: list[Job]) -> None:
         started = time.perf_counter()
