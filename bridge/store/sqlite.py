@@ -82,6 +82,9 @@ from bridge.store.writer import Writer
 log = logging.getLogger("bridge.store")
 # Deliveries rendered once the duplicate items of a batch are known.
 T = TypeVar("T")
+# More events than this waiting for their commit at once: senders that each send again only once
+# answered (a closed loop), not a trickle; their batch begins without gathering company.
+BUSY_SENDERS = 8
 
 MIGRATIONS: list[str] = [
     # 1: events, the outbox (deliveries), attempts, route state, metadata
@@ -268,6 +271,7 @@ class SQLiteStore:
         # writer's thread; emptied per batch.
         self._new_work: set[str] = set()
         self._change_waiters: list[asyncio.Future[None]] = []  # woken by every commit
+        self._accepting = 0  # events waiting for their commit
         self.on_commit: Callable[[int, float], None] | None = None  # (batch size, seconds)
         # An agent's store journals every outcome (attempts, finished executions) in the same
         # transaction that records it, for its edge (see `bridge.agent`).
@@ -507,8 +511,22 @@ class SQLiteStore:
         answers `replayed_token` (the caller refuses the request: an HTTP concern, not the
         store's)."""
         headers = codec.dumps(event.headers).decode()
-        if not (event.items or event.nonce):
-            return await self._write(_Accept(event, headers, deliveries), False)
+        # Many senders waiting at once (each sends again only once answered): their batch
+        # begins at once rather than gathering company (see `writer.Writer`).
+        self._accepting += 1
+        try:
+            if not (event.items or event.nonce):
+                return await self._write(_Accept(event, headers, deliveries), False,
+                                         urgent=self._accepting > BUSY_SENDERS)
+            return await self._accept_checked(event, headers, deliveries, seen_items)
+        finally:
+            self._accepting -= 1
+
+    async def _accept_checked(self, event: VerifiedEvent, headers: str,
+                              deliveries: Sequence[NewDelivery],
+                              seen_items: frozenset[str]) -> Accepted:
+        """An event with batch items or a single-use token: checks before anything is
+        written."""
         source_key = f"{event.source}:"
 
         def job(conn: sqlite3.Connection) -> Accepted:
@@ -567,7 +585,8 @@ class SQLiteStore:
                 self._new_work.add(DELIVERIES)
             return Accepted(event.id, duplicate=False)
 
-        return await self._write(job, savepoint=False)
+        return await self._write(job, savepoint=False,
+                                 urgent=self._accepting > BUSY_SENDERS)
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         event = await self._one(
