@@ -3,10 +3,11 @@
     python bench/relay.py [--count 1000] [--rounds 2]
 
 The emulator (own process) is told to end every execution at one moment, a few seconds after the
-last webhook is sent, so all of them finish at once. The bridge follows them with SSE streams (max_streams =
-count) and relays each completion to a receiver in this process. Prints completions relayed per
-second, the delay from each execution's end (the emulator's completed_at) to the callback's
-arrival (p50/p99), and the bridge's RSS before and after.
+last webhook is sent, so all of them finish at once. The bridge follows them as it would by default
+at that rate: the newest 500 on its execution lists (`[tracking] list_limit`), the rest with SSE
+streams (max_streams = count); it relays each completion to a receiver in this process. Prints
+completions relayed per second, the delay from each execution's end (the emulator's
+completed_at) to the callback's arrival (p50/p99), and the bridge's RSS before and after.
 """
 
 from __future__ import annotations
