@@ -59,7 +59,8 @@ class Settings:
     latency: float = 0.0
     stream_mode: str = "normal"  # "drop": end after the first event; "unavailable": 503
     finish_at: float | None = None  # a Unix time: executions end then (all at once), if later
-    list_mode: str = "full"  # "summary": lists without output or error; "unavailable": 404
+    # "summary": lists without output or error; "unavailable": 404; "error": 500
+    list_mode: str = "full"
 
 
 @dataclass
@@ -293,6 +294,8 @@ class Emulator:
             return self.error(401, "unauthorized", "missing or invalid API key")
         if self.settings.list_mode == "unavailable":
             return self.error(404, "not_found", "listing executions is not available")
+        if self.settings.list_mode == "error":
+            return self.error(500, "internal", "listing executions failed")
         try:
             limit = max(0, int(request.query_params.get("limit", "20")))
         except ValueError:

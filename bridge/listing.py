@@ -15,8 +15,10 @@ execution to its trigger's roll call and returns, as the list last showed it:
 - its last non-terminal state (or None) once `budget` seconds have passed, so its claim is given
   back and it is looked at again later, as after a stream.
 
-A failed list request (timeout, 5xx, 429) changes nothing: the next tick asks again, after the
-Retry-After a 429 names. When the tracker uses listing rather than streams is its choice
+A list request that fails (a timeout, a 5xx, an answer cut at the size limit or not a list)
+shows nothing: twice in a row and its executions are followed alone. A 429 only waits for the
+Retry-After it names: following each alone would add to the load it complains of. When the
+tracker uses listing rather than streams is its choice
 (`Tracker.use_listing`); docs/callbacks.md says when.
 """
 
@@ -97,7 +99,13 @@ class Listing:
             await asyncio.sleep(self.every)
             if not roll.watches:
                 break
-            pause = await self._tick(trigger, roll)
+            try:
+                pause = await self._tick(trigger, roll)
+            except Exception:  # a bug, or a hostile answer: never leave a watch hanging
+                log.exception("listing failed: following each alone", extra={"trigger": trigger})
+                for watch in list(roll.watches.values()):
+                    _settle(watch, UNSEEN)
+                pause = 0.0
             now = time.monotonic()
             for watch in list(roll.watches.values()):
                 if now >= watch.until:
@@ -115,6 +123,7 @@ class Listing:
                 "GET", f"/workflows/{quote(trigger, safe='')}/executions?limit={limit}")
         except HttpError as exc:
             log.info("listing failed", extra={"trigger": trigger, "error": str(exc)})
+            _missed(roll)
             return 0.0
         if reply.status in UNLISTABLE:
             log.info("the platform cannot list this trigger's executions: following each alone",
@@ -125,6 +134,8 @@ class Listing:
             return 0.0
         if reply.status != 200:
             after = parse_retry_after(reply.headers.get("retry-after"), time.time())
+            if reply.status != 429:  # rate limited: following each alone would only add to it
+                _missed(roll)
             return min(30.0, after) if after is not None else 0.0
         try:
             items = reply.json()
@@ -132,7 +143,8 @@ class Listing:
             items = None
         if isinstance(items, dict):  # {"executions": [...]} or {"data": [...]}
             items = items.get("executions", items.get("data", items.get("items")))
-        if not isinstance(items, list):
+        if not isinstance(items, list):  # not a list, or cut at the size limit: unusable
+            _missed(roll)
             return 0.0
         shown = {}
         for doc in items:
@@ -142,9 +154,7 @@ class Listing:
         for execution_id, watch in list(roll.watches.items()):
             doc = shown.get(execution_id)
             if doc is None:
-                watch.misses += 1
-                if watch.misses >= MISSES:
-                    _settle(watch, UNSEEN)
+                _miss(watch)
                 continue
             watch.misses = 0
             result = parse_result(doc)
@@ -156,6 +166,18 @@ class Listing:
             else:
                 watch.last = result
         return 0.0
+
+
+def _miss(watch: _Watch) -> None:
+    watch.misses += 1
+    if watch.misses >= MISSES:
+        _settle(watch, UNSEEN)
+
+
+def _missed(roll: _Roll) -> None:
+    """A list that could not be read shows nothing: a miss for every execution on it."""
+    for watch in list(roll.watches.values()):
+        _miss(watch)
 
 
 def _settle(watch: _Watch, result: ExecutionResult | None) -> None:
