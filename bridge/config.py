@@ -150,7 +150,7 @@ class TrackingConfig:
     deadline: float = DAY  # an execution unfinished by then becomes timed_out
     max_streams: int = 100  # open SSE streams at most; beyond that, poll
     # While executions start faster than one per `list_every`, one list request per trigger
-    # every `list_every` follows them all instead of a stream each (0: never list).
+    # every `list_every` follows them all instead of a stream each ("0s": never list).
     list_every: float = 0.1
     list_limit: int = 500  # executions asked for per list request at most
     poll_initial: float = 1.0
@@ -716,7 +716,7 @@ def _tracking(s: _Section) -> TrackingConfig:
         poll_interval=s.duration("poll_interval", 0.5),
     )
     if cfg.list_every and not 0.05 <= cfg.list_every <= 60:
-        s.fail("list_every", "must be 0 (never list) or between 50ms and 60s")
+        s.fail("list_every", "must be \"0s\" (never list) or between 50ms and 60s")
     s.finish()
     return cfg
 

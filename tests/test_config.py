@@ -188,3 +188,15 @@ def test_example_config_is_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     result = run_cli("check-config", "--config", str(root / "config.example.toml"))
     assert result.returncode == 0, result.stderr
+
+
+def test_tracking_list_every_and_group_commit_bounds() -> None:
+    import tomllib
+
+    config = parse(tomllib.loads(MINIMAL + '[tracking]\nlist_every = "0s"\n'
+                                 '[store]\ncommit_delay = "0s"\n'), {})
+    assert config.tracking.list_every == 0 and config.store.commit_delay == 0
+    assert parse(tomllib.loads(MINIMAL), {}).tracking.list_every == 0.1
+    found = problems(MINIMAL + '[tracking]\nlist_every = "10ms"\n[store]\ncommit_delay = "1s"\n')
+    assert any(p.startswith("tracking.list_every: must be") for p in found), found
+    assert any(p.startswith("store.commit_delay: must be") for p in found), found

@@ -185,6 +185,17 @@ def test_a_burst_of_executions_is_followed_by_listing(
     assert {e["status"] for e in bridge.executions()} == {"completed"}
 
 
+def test_list_every_0s_always_streams(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    emulator.emulator.configure(execution_delay=0.3)
+    bridge = make_bridge(tracked_config(receiver, tracking='list_every = "0s"'))
+    for i in range(20):
+        assert send_issue(bridge, f"never-{i}").status_code == 202
+    wait_for(lambda: len(receiver.accepted()) >= 20, timeout=30)
+    reads = emulator.emulator.reads
+    assert reads["list"] == 0 and reads["stream"] >= 20, reads
+
+
 def test_executions_a_list_cannot_hold_are_followed_alone(
         make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
     """With more executions running than one list shows (`list_limit`), the older ones drop
