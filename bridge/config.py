@@ -103,8 +103,8 @@ class StoreConfig:
     prune_interval: float = 3600.0
     max_size_bytes: int | None = None
     busy_timeout: float = 2.0
-    # Group commit: when a change arrives alone, the writer waits this long for the changes on
-    # their way to join its transaction (0: commit at once).
+    # Group commit: a batch waits at most this long for as many changes as the last batch held
+    # (0: commit at once; see bridge/store/writer.py).
     commit_delay: float = 0.01
 
 

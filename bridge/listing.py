@@ -39,7 +39,7 @@ from bridge.retry import parse_retry_after
 log = logging.getLogger("bridge.tracker")
 FETCH: Final = ExecutionResult("fetch")  # it ended: ask for the execution itself
 UNSEEN: Final = ExecutionResult("unseen")  # the lists do not show it: follow it alone
-MISSES = 2  # lists in a row that do not show an execution before it is fetched on its own
+MISSES = 2  # lists in a row that do not show an execution before it is followed alone
 UNLISTABLE = (400, 404, 405, 410, 422, 501)  # this platform cannot list this trigger
 
 

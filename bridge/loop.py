@@ -16,10 +16,10 @@ start at once. Without this a slot spends a commit (and the group-commit wait) p
 loop's concurrency, not the CPU, caps its throughput.
 
 `run_once(now)` claims one batch and handles all of it, outcomes recorded: tests call it
-directly. `run()` keeps up
-to `concurrency` items in flight and claims again once a quarter of the slots are free, so a
-stream of completions costs one claim per several items. `stop()` stops claiming, waits a bounded
-grace for in-flight items, cancels the rest and gives their leases back.
+directly. `run()` keeps up to `concurrency` items in flight and claims again once a quarter of
+the slots are free, so a stream of completions costs one claim per several items. `stop()` stops
+claiming, waits a bounded grace for in-flight items and the outcomes being recorded, cancels the
+rest and gives their leases back.
 """
 
 from __future__ import annotations

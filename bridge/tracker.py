@@ -1,8 +1,9 @@
 """The tracker: follow each started execution to its end, then hand it to the relay.
 
 How an execution is followed depends on the load. While few start (fewer than one per
-`list_every`, 100 ms), each gets the platform's SSE stream (`GET /executions/{id}/stream`), the quickest to
-tell, while fewer than `max_streams` are open, and otherwise polls `GET /executions/{id}`. Above
+`list_every`, 100 ms), each gets the platform's SSE stream (`GET /executions/{id}/stream`), the
+quickest to tell, while fewer than `max_streams` are open, and otherwise polls
+`GET /executions/{id}`. Above
 that rate one list request per trigger every `list_every` follows them all (`bridge.listing`): a
 stream each would cost a request, a connection and a parser per execution. A stream that is
 unavailable, errors, or ends without a terminal event falls back to polling, which backs off from
@@ -136,23 +137,31 @@ class Tracker(ClaimLoop[TrackedExecution]):
         if item.checks == 0:
             self.started.append(time.monotonic())
         budget = min(self.settings.lease / 2, item.deadline_at - now)
-        result: ExecutionResult | None = None
-        if self.use_listing(item):
+        result: ExecutionResult | None
+        if not self.use_listing(item):
+            result = await self.follow_alone(item, budget)
+        else:
             result = await self.listing().wait(item, budget)
-            if result is None or result is FETCH:
+            if result is None or result is FETCH:  # never shown in time, or ended without output
                 result = await self.poll(item)
-        if result is None or result is UNSEEN:
-            result = None
-            remaining = budget - (self.clock() - now)
-            if (remaining > 0 and item.id not in self.no_stream
-                    and self.open_streams < self.settings.max_streams):
-                result = await self.follow_stream(item, remaining)
-            if result is None or not result.terminal:
-                result = await self.poll(item) or result
+            elif result is UNSEEN:
+                result = await self.follow_alone(item, budget - (self.clock() - now))
         if result is not None and result.terminal:
             await self.finish(item.id, result)
             return
         await self._later(item, result)
+
+    async def follow_alone(self, item: TrackedExecution,
+                           budget: float) -> ExecutionResult | None:
+        """Its own stream while one may be opened (for up to `budget` seconds), then a poll if
+        that did not tell its end."""
+        result = None
+        if (budget > 0 and item.id not in self.no_stream
+                and self.open_streams < self.settings.max_streams):
+            result = await self.follow_stream(item, budget)
+        if result is None or not result.terminal:
+            result = await self.poll(item) or result
+        return result
 
     async def _later(self, item: TrackedExecution, result: ExecutionResult | None) -> None:
         delay = min(self.settings.poll_max, self.settings.poll_initial * 1.5 ** item.checks)

@@ -342,8 +342,8 @@ class SQLiteStore:
                      urgent: bool = False) -> T:
         """Queue `fn` for the next transaction. `savepoint=False` is for jobs that cannot fail
         on their own (only with the whole batch), which saves two statements per job.
-        `urgent`: a claim with a backlog behind it, which idle slots wait on: the batch begins
-        at once rather than gathering company (see `writer.Writer`)."""
+        `urgent`: the batch begins at once rather than gathering company (see
+        `writer.Writer`): for a claim with a backlog behind it, or an accept among many."""
         if self._writer is None or not self._writer.open:
             raise StoreUnavailable("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -514,17 +514,18 @@ class SQLiteStore:
         # Many senders waiting at once (each sends again only once answered): their batch
         # begins at once rather than gathering company (see `writer.Writer`).
         self._accepting += 1
+        urgent = self._accepting > BUSY_SENDERS
         try:
             if not (event.items or event.nonce):
                 return await self._write(_Accept(event, headers, deliveries), False,
-                                         urgent=self._accepting > BUSY_SENDERS)
-            return await self._accept_checked(event, headers, deliveries, seen_items)
+                                         urgent=urgent)
+            return await self._accept_checked(event, headers, deliveries, seen_items, urgent)
         finally:
             self._accepting -= 1
 
     async def _accept_checked(self, event: VerifiedEvent, headers: str,
-                              deliveries: Sequence[NewDelivery],
-                              seen_items: frozenset[str]) -> Accepted:
+                              deliveries: Sequence[NewDelivery], seen_items: frozenset[str],
+                              urgent: bool) -> Accepted:
         """An event with batch items or a single-use token: checks before anything is
         written."""
         source_key = f"{event.source}:"
@@ -585,8 +586,7 @@ class SQLiteStore:
                 self._new_work.add(DELIVERIES)
             return Accepted(event.id, duplicate=False)
 
-        return await self._write(job, savepoint=False,
-                                 urgent=self._accepting > BUSY_SENDERS)
+        return await self._write(job, savepoint=False, urgent=urgent)
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         event = await self._one(

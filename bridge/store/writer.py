@@ -14,10 +14,10 @@ for its 2xx before sending again) come back together: the batch begins as soon a
 nobody waits out the delay. Under load the queue is never empty and nothing waits at all. The
 measurements behind this are in docs/performance.md ("The whole loop").
 
-Why a thread of its own rather than an executor or
-aiosqlite's worker: the `sqlite3` module releases the GIL around every statement and must win it
-back from a busy event loop each time, so the fewer hand-offs between a batch's arrival and its
-commit, the shorter each commit (see docs/performance.md).
+Why a thread of its own rather than an executor or aiosqlite's worker: the `sqlite3` module
+releases the GIL around every statement and must win it back from a busy event loop each time,
+so the fewer hand-offs between a batch's arrival and its commit, the shorter each commit (see
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Writer:
                  finish: Callable[..., None], delay: float = 0.0) -> None:
         self.conn = conn
         self.delay = delay
-        self.apply = apply  # -> (each job's outcome, whether new work fell due)
+        self.apply = apply  # -> (each job's outcome, the kinds of work that fell due)
         self.finish = finish
         self.loop = asyncio.get_running_loop()
         self.open = True
@@ -55,14 +55,15 @@ class Writer:
         # size) or `delay` after its first; `gathering` says a batch is waiting to begin.
         self.expected = MAX_BATCH
         self.gathering = False
-        self.urgent = False  # a claim is queued: no waiting
+        self.urgent = False  # an urgent change is queued: no waiting
         self.enough = threading.Event()
         self.stopped: asyncio.Future[None] = self.loop.create_future()
         self.thread = threading.Thread(target=self.run, name="store-writer", daemon=True)
         self.thread.start()
 
     def submit(self, job: Any, future: asyncio.Future[Any], urgent: bool = False) -> None:
-        """`urgent`: begin the batch now (a claim: the slots it fills are idle meanwhile)."""
+        """`urgent`: begin the batch now (someone is idle until it commits: a claim with a
+        backlog behind it, or one of many senders waiting for their 2xx)."""
         if urgent:
             self.urgent = True
         self.jobs.put((job, future))
