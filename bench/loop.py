@@ -1,25 +1,32 @@
 """The whole loop, as users run it: ack -> trigger call -> execution followed -> signed callback.
 
     python bench/loop.py [--rates 300,800] [--seconds 20] [--burst 3000] [--store sqlite|postgres]
-                         [--extra 'TOML appended to the config']
+                         [--extra 'TOML merged into the config'] [--no-bare]
 
 One bridge (one worker, default settings, pinned to the last core) with a route whose callback
 goes to a receiver; the platform emulator in its own process; the load generator and the
 receiver in this process. The emulator and this process share core 0, so the bridge's core is
 its own.
 
-- **Steady:** signed 1.2 KB GitHub pushes at each of `--rates` events/s for `--seconds`; every
-  event's ack time (at the sender) and its callback's arrival (at the receiver) give ack ->
-  callback p50/p99; the bridge's CPU over the run, divided by the events, gives CPU ms per
-  event.
+The baseline, from the same run: `bench/bare_loop.py` on the same core, which makes the same
+three HTTP exchanges per event through the same libraries (uvicorn and Starlette in, aiohttp
+out) and nothing else. Each rate runs against it and then against the bridge, back to back; the
+ratio of their CPU per event is what the bridge's own work costs on top of the libraries'.
+
+- **Steady:** signed 1.2 KB GitHub pushes at each of `--rates` events/s for `--seconds`, each on
+  a new connection; every event's ack time (at the sender) and its callback's arrival (at the
+  receiver) give ack -> callback p50/p99; the target's CPU over the run, divided by the events,
+  gives CPU ms per event. For the bridge, also its store's commits per event and changes per
+  commit (from its metrics).
 - **Saturation:** `--burst` events sent as fast as 32 connections allow; end-to-end events/s is
   the burst over the time from its first send to its last callback, and CPU ms per event again,
-  with the share of its core the bridge used meanwhile. On two cores the sender, receiver and
+  with the share of its core the target used meanwhile. On two cores the sender, receiver and
   emulator share core 0 and run out of it first: past that point the bridge waits on them, and
   `1000 / CPU ms per event` is the rate its own core would carry.
 
-Printed: events/s end to end, bridge CPU ms per event, ack -> callback p50/p99, and the bridge's
-RSS at the end. Every callback's signature is checked (Standard Webhooks, as the relay signs).
+Printed: events/s end to end, CPU ms per event, ack -> callback p50/p99, RSS at the end, the
+bridge / bare ratios. Every callback's signature is checked (Standard Webhooks, as the relay
+signs).
 """
 
 from __future__ import annotations
@@ -163,70 +170,145 @@ secret = "{SECRET}"
 source = "github"
 trigger = "bench"
 callbacks = ["http://127.0.0.1:{receiver_port}/done"]
-""" + extra)
+""")
+    path.write_text(merged(path.read_text(), extra))
     return path
 
 
-def steady(pid: int, port: int, rate: float, seconds: int) -> None:
+def merged(base: str, extra: str) -> str:
+    """`base` with the tables of `extra` (TOML) merged in: keys of a table `base` already has go
+    under its header; other tables are appended."""
+    import tomllib
+
+    def value(v: object) -> str:
+        return json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) \
+            else str(v)
+
+    for table, keys in tomllib.loads(extra).items():
+        lines = "".join(f"{k} = {value(v)}\n" for k, v in keys.items())
+        header = f"[{table}]\n"
+        if header in base:
+            base = base.replace(header, header + lines, 1)
+        else:
+            base += "\n" + header + lines
+    return base
+
+
+def commits(port: int) -> tuple[float, float]:
+    """(transactions committed, changes in them) so far, from the bridge's metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = dict.fromkeys(("bridge_store_batch_size_count", "bridge_store_batch_size_sum"), 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in found:
+            found[name] = float(value)
+    return found["bridge_store_batch_size_count"], found["bridge_store_batch_size_sum"]
+
+
+def steady(name: str, pid: int, port: int, rate: float, seconds: int,
+           metrics: bool) -> float:
+    """One steady run against `name` (its process and port); prints and returns CPU ms per
+    event. `metrics`: the target reports its store's commits (the bridge does)."""
     count = int(rate * seconds)
+    commits0, changes0 = commits(port) if metrics else (0.0, 0.0)
     user0, system0 = cpu_split(pid)
-    acks = asyncio.run(send(port, count, rate, f"steady{rate:.0f}"))
+    acks = asyncio.run(send(port, count, rate, f"{name}-steady{rate:.0f}"))
     done = wait_for_callbacks(set(acks), 120)
     user, system = (b - a for a, b in zip((user0, system0), cpu_split(pid), strict=True))
     delays = [arrivals[k] - t for k, t in acks.items() if k in arrivals]
     per = 1000 / max(1, len(delays))
-    print(f"steady {rate:.0f}/s for {seconds} s: {len(acks)} acked,"
+    store = ""
+    if metrics:
+        committed, changes = (b - a for a, b in zip((commits0, changes0), commits(port),
+                                                    strict=True))
+        store = (f"; {committed * per / 1000:.1f} commits/event,"
+                 f" {changes / max(1, committed):.1f} changes/commit")
+    print(f"{name:<6} steady {rate:.0f}/s for {seconds} s: {len(acks)} acked,"
           f" {len(delays)} called back{'' if done else ' (timed out)'};"
-          f" bridge {(user + system) * per:.2f} CPU ms/event"
+          f" {(user + system) * per:.2f} CPU ms/event"
           f" ({user * per:.2f} user, {system * per:.2f} system);"
           f" ack -> callback p50 {pct(delays, 0.5) * 1000:.0f} ms,"
-          f" p99 {pct(delays, 0.99) * 1000:.0f} ms", flush=True)
+          f" p99 {pct(delays, 0.99) * 1000:.0f} ms{store}", flush=True)
+    return (user + system) * per
+
+
+def saturate(name: str, pid: int, port: int, burst: int) -> float:
+    """`burst` events as fast as they go; prints and returns CPU ms per event."""
+    cpu0 = loadgen.cpu_seconds(pid)
+    started = time.time()
+    acks = asyncio.run(send(port, burst, None, f"{name}-burst"))
+    done = wait_for_callbacks(set(acks), 300)
+    last = max((arrivals[k] for k in acks if k in arrivals), default=time.time())
+    cpu = loadgen.cpu_seconds(pid) - cpu0
+    called = sum(1 for k in acks if k in arrivals)
+    print(f"{name:<6} saturation: {burst} sent, {len(acks)} acked, {called} called back"
+          f"{'' if done else ' (timed out)'} in {last - started:.1f} s:"
+          f" {called / (last - started):.0f} events/s end to end;"
+          f" {cpu / max(1, called) * 1000:.2f} CPU ms/event,"
+          f" {cpu / (last - started) * 100:.0f} % of its core;"
+          f" RSS {loadgen.rss_mb(pid):.0f} MB", flush=True)
+    return cpu / max(1, called) * 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", default="300,800", help="steady rates, events/s")
-    parser.add_argument("--extra", default="", help="TOML appended to the bridge's config")
+    parser.add_argument("--extra", default="", help="TOML merged into the bridge's config")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--burst", type=int, default=3000)
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare baseline")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     os.sched_setaffinity(0, {0})  # this process (load and receiver) and the emulator: core 0
-    print(f"machine: {loadgen.machine()}; bridge on core {cores - 1}, store {args.store}")
-    receiver_port, platform_port, port = (loadgen.free_port() for _ in range(3))
+    print(f"machine: {loadgen.machine()}; bridge and bare baseline on core {cores - 1},"
+          f" store {args.store}")
+    receiver_port, platform_port, port, bare_port = (loadgen.free_port() for _ in range(4))
     start_receiver(receiver_port)
+    pin = ["taskset", "-c", str(cores - 1), loadgen.python()]
     emulator = loadgen.spawn(["taskset", "-c", "0", loadgen.python(), "-m", "bridge", "emulator",
                               "--port", str(platform_port), "--trigger-key", TRIGGER_KEY,
                               "--api-key", API_KEY, "--execution-delay", "0.05"])
+    bare = None
+    if not args.no_bare:
+        bare = loadgen.spawn([*pin, "bench/bare_loop.py", "--port", str(bare_port),
+                              "--platform", f"http://127.0.0.1:{platform_port}/api/v1",
+                              "--callback", f"http://127.0.0.1:{receiver_port}/done",
+                              "--trigger-key", TRIGGER_KEY, "--signing", SIGNING])
     with tempfile.TemporaryDirectory() as tmp:
         path = config(Path(tmp), port, platform_port, receiver_port, args.store, args.extra)
-        bridge = loadgen.spawn(["taskset", "-c", str(cores - 1), loadgen.python(), "-m",
-                                "bridge", "serve", "--config", str(path)])
+        bridge = loadgen.spawn([*pin, "-m", "bridge", "serve", "--config", str(path)])
+        targets = [("bridge", bridge, port, True)]
+        if bare is not None:
+            targets.insert(0, ("bare", bare, bare_port, False))
         try:
-            loadgen.wait_healthy(f"http://127.0.0.1:{port}/healthz", bridge)
             loadgen.wait_healthy(f"http://127.0.0.1:{platform_port}/healthz", emulator)
-            asyncio.run(send(port, 200, 100.0, "warm"))  # connections, caches, first streams
-            wait_for_callbacks({f"github:warm-{i}" for i in range(200)}, 60)
+            for name, proc, target_port, _ in targets:
+                loadgen.wait_healthy(f"http://127.0.0.1:{target_port}/healthz", proc)
+                # connections, caches, first streams
+                asyncio.run(send(target_port, 200, 100.0, f"{name}-warm"))
+                wait_for_callbacks({f"github:{name}-warm-{i}" for i in range(200)}, 60)
+            # Each rate runs against the baseline and the bridge back to back, so both see the
+            # same machine (its speed can change within minutes).
             for rate in (float(r) for r in args.rates.split(",") if r):
-                steady(bridge.pid, port, rate, args.seconds)
-            cpu0 = loadgen.cpu_seconds(bridge.pid)
-            started = time.time()
-            acks = asyncio.run(send(port, args.burst, None, "burst"))
-            done = wait_for_callbacks(set(acks), 300)
-            last = max((arrivals[k] for k in acks if k in arrivals), default=time.time())
-            cpu = loadgen.cpu_seconds(bridge.pid) - cpu0
-            called = sum(1 for k in acks if k in arrivals)
-            print(f"saturation: {args.burst} sent, {len(acks)} acked, {called} called back"
-                  f"{'' if done else ' (timed out)'} in {last - started:.1f} s:"
-                  f" {called / (last - started):.0f} events/s end to end;"
-                  f" bridge {cpu / max(1, called) * 1000:.2f} CPU ms/event,"
-                  f" {cpu / (last - started) * 100:.0f} % of its core;"
-                  f" RSS {loadgen.rss_mb(bridge.pid):.0f} MB;"
-                  f" bad callback signatures {bad_signatures}", flush=True)
+                cost = {name: steady(name, proc.pid, target_port, rate, args.seconds, metrics)
+                        for name, proc, target_port, metrics in targets}
+                if "bare" in cost:
+                    print(f"ratio  steady {rate:.0f}/s: bridge / bare CPU per event"
+                          f" {cost['bridge'] / cost['bare']:.2f}", flush=True)
+            cost = {name: saturate(name, proc.pid, target_port, args.burst)
+                    for name, proc, target_port, _ in targets}
+            if "bare" in cost:
+                print(f"ratio  saturation: bridge / bare CPU per event"
+                      f" {cost['bridge'] / cost['bare']:.2f}", flush=True)
+            print(f"bad callback signatures: {bad_signatures}", flush=True)
         finally:
-            bridge.terminate()
-            bridge.wait(30)
+            for _, proc, _, _ in targets:
+                proc.terminate()
+                proc.wait(30)
             emulator.terminate()
             emulator.wait(10)
 

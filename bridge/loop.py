@@ -207,19 +207,24 @@ class ClaimLoop(Generic[T]):
             due = self.due
         if due is not None:
             timeout = max(0.0, min(timeout, due - now))
-        wake = asyncio.ensure_future(self.wake.wait())
-        stop = asyncio.ensure_future(self.stopping.wait())
+        if self.stopping.is_set():
+            return
+        # One wait on `wake`, which `stop()` sets too, and a timer: cheaper than racing two
+        # waits under asyncio.wait, and an idle loop comes here once per item at a trickle.
+        timer = asyncio.get_running_loop().call_later(timeout, self._poll_due)
         try:
-            done, _ = await asyncio.wait({wake, stop}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            await self.wake.wait()
         finally:
-            wake.cancel()
-            stop.cancel()
-        if not done:  # the poll interval: look again next time
-            self.due_known = False
+            timer.cancel()
+
+    def _poll_due(self) -> None:
+        """The poll interval passed: look again at when the next item falls due."""
+        self.due_known = False
+        self.wake.set()
 
     async def stop(self) -> None:
         self.stopping.set()
+        self.wake.set()
         if self.in_flight:
             _, pending = await asyncio.wait(set(self.in_flight), timeout=self.shutdown_grace)
             for task in pending:

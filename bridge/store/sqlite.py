@@ -339,16 +339,17 @@ class SQLiteStore:
     # the writer
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T], savepoint: bool = True,
-                     urgent: bool = False) -> T:
+                     urgent: bool = False, answers: bool = False) -> T:
         """Queue `fn` for the next transaction. `savepoint=False` is for jobs that cannot fail
         on their own (only with the whole batch), which saves two statements per job.
         `urgent`: the batch begins at once rather than gathering company (see
-        `writer.Writer`): for a claim with a backlog behind it, or an accept among many."""
+        `writer.Writer`): for a claim with a backlog behind it, or an accept among many.
+        `answers`: a sender waits for this commit (an accept)."""
         if self._writer is None or not self._writer.open:
             raise StoreUnavailable("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         bare = not (savepoint or isinstance(fn, _Accept) or self.savepoints_always)
-        self._writer.submit(_Bare(fn) if bare else fn, future, urgent)
+        self._writer.submit(_Bare(fn) if bare else fn, future, urgent, answers)
         return await future
 
     def _finish(self, batch: list[tuple[Any, asyncio.Future[Any]]],
@@ -518,7 +519,7 @@ class SQLiteStore:
         try:
             if not (event.items or event.nonce):
                 return await self._write(_Accept(event, headers, deliveries), False,
-                                         urgent=urgent)
+                                         urgent=urgent, answers=True)
             return await self._accept_checked(event, headers, deliveries, seen_items, urgent)
         finally:
             self._accepting -= 1
@@ -586,7 +587,7 @@ class SQLiteStore:
                 self._new_work.add(DELIVERIES)
             return Accepted(event.id, duplicate=False)
 
-        return await self._write(job, savepoint=False, urgent=urgent)
+        return await self._write(job, savepoint=False, urgent=urgent, answers=True)
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         event = await self._one(

@@ -5,14 +5,24 @@ MAX_BATCH), hands the jobs to `apply` (which runs them in one transaction and co
 the results back to the event loop in one call. It then takes the next batch at once, without
 waiting for the event loop to pass it on.
 
-Group commit when changes trickle in: a batch begins once as many changes are queued as made up
-the last batch, or `delay` (`[store] commit_delay`, 10 ms) after its first, whichever comes
-first. Changes that come on their own (a steady 300 events/s: each event's acknowledgement, claims,
-outcomes and callbacks) then share a transaction instead of taking one each, so commits, fsyncs
-and thread wake-ups all fall. Callers that wait on each other's commits (32 senders each waiting
-for its 2xx before sending again) come back together: the batch begins as soon as they have, and
-nobody waits out the delay. Under load the queue is never empty and nothing waits at all. The
-measurements behind this are in docs/performance.md ("The whole loop").
+Group commit when changes trickle in: a batch begins `delay` (`[store] commit_delay`, 10 ms)
+after its first change, or sooner when someone is idle until it commits:
+- an urgent change: a claim with a backlog behind it, or an acknowledgement with more than a few
+  others waiting for theirs;
+- as many acknowledgements queued as the last batch that had any held (at least two): senders
+  in a closed loop (each sends again only once answered) come back together, and their batch
+  begins as soon as they have, so nobody waits out the delay. At a trickle the count adds up
+  only about as fast as the delay runs out. (A round that comes back split, some senders well
+  after the others, waits out the delay once; a lone sender in a closed loop waits it every
+  time: `commit_delay = "0s"` serves it best.);
+- MAX_BATCH changes queued.
+Changes that come on their own (a steady 300 events/s: each event's acknowledgement, claims,
+outcomes and callbacks) then share a transaction instead of taking one each, so commits, thread
+wake-ups and the rounds of claims each commit sets off all fall. Under load the queue is never
+empty and nothing waits at all. Only acknowledgements are counted: claims and outcomes come in
+clusters right after each commit (it woke the loops that make them), so counting them too began
+a batch for every second change at a trickle, at ~10 % more CPU per event. The measurements
+behind this are in docs/performance.md ("The whole loop").
 
 Why a thread of its own rather than an executor or aiosqlite's worker: the `sqlite3` module
 releases the GIL around every statement and must win it back from a busy event loop each time,
@@ -33,6 +43,7 @@ from typing import Any
 MAX_BATCH = 512  # changes per transaction at most
 
 Job = tuple[Any, "asyncio.Future[Any]"]  # a change for `apply`, and who waits for it
+Queued = tuple[Any, "asyncio.Future[Any]", bool]  # ... and whether a sender waits for its answer
 
 
 class Writer:
@@ -50,25 +61,38 @@ class Writer:
         self.finish = finish
         self.loop = asyncio.get_running_loop()
         self.open = True
-        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        # Group commit: a batch begins once `expected` changes are queued (the last batch's
-        # size) or `delay` after its first; `gathering` says a batch is waiting to begin.
-        self.expected = MAX_BATCH
+        self.jobs: queue.SimpleQueue[Queued | None] = queue.SimpleQueue()
+        # Group commit (see above). `gathering` says a batch is waiting to begin; `expected`
+        # is how many acknowledgements the last batch that had any held (at least 2).
+        # Acknowledgements queued so far, counted on the event loop's thread (`asked`) and on
+        # this one as batches take them (`taken`), so each counter has one writer.
         self.gathering = False
+        self.expected = 2
+        self.asked = 0
+        self.taken = 0
         self.urgent = False  # an urgent change is queued: no waiting
         self.enough = threading.Event()
         self.stopped: asyncio.Future[None] = self.loop.create_future()
         self.thread = threading.Thread(target=self.run, name="store-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, job: Any, future: asyncio.Future[Any], urgent: bool = False) -> None:
+    def submit(self, job: Any, future: asyncio.Future[Any], urgent: bool = False,
+               answers: bool = False) -> None:
         """`urgent`: begin the batch now (someone is idle until it commits: a claim with a
-        backlog behind it, or one of many senders waiting for their 2xx)."""
+        backlog behind it, or one of many senders waiting for their 2xx). `answers`: a sender
+        waits for this commit to be answered (an acknowledgement)."""
         if urgent:
             self.urgent = True
-        self.jobs.put((job, future))
-        if self.gathering and (urgent or self.jobs.qsize() + 1 >= self.expected):
+        if answers:
+            self.asked += 1
+        self.jobs.put((job, future, answers))
+        if self.gathering and (urgent or self.complete()):
             self.enough.set()
+
+    def complete(self) -> bool:
+        """The gathering batch need not wait: as many acknowledgements as last time, or full."""
+        return (self.asked - self.taken >= self.expected
+                or self.jobs.qsize() + 1 >= MAX_BATCH)
 
     async def stop(self) -> None:
         self.open = False
@@ -83,29 +107,33 @@ class Writer:
                 if self.delay and item is not None:
                     self.gather()
                 batch: list[Job] = []
+                answers = 0
                 while True:
                     if item is None:
                         stopping = True  # finish what was queued before the stop
                     else:
-                        batch.append(item)
+                        batch.append(item[:2])
+                        answers += item[2]
                     if len(batch) >= MAX_BATCH:
                         break
                     try:
                         item = self.jobs.get_nowait()
                     except queue.Empty:
                         break
+                if answers:
+                    self.taken += answers
+                    self.expected = max(2, answers)
                 if batch:
-                    self.expected = max(2, len(batch))
                     self.commit(batch)
         finally:
             self.conn.close()
             self.hand_back(self.stopped.set_result, None)
 
     def gather(self) -> None:
-        """Wait (up to `delay`) until as many changes are queued as the last batch held."""
+        """Wait up to `delay` for company (see above)."""
         self.enough.clear()
         self.gathering = True
-        if not self.urgent and self.jobs.qsize() + 1 < self.expected:
+        if not (self.urgent or self.complete()):
             self.enough.wait(self.delay)
         self.gathering = False
         self.urgent = False
