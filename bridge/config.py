@@ -103,8 +103,8 @@ class StoreConfig:
     prune_interval: float = 3600.0
     max_size_bytes: int | None = None
     busy_timeout: float = 2.0
-    # Group commit: a batch waits at most this long for as many changes as the last batch held
-    # (0: commit at once; see bridge/store/writer.py).
+    # Group commit: a batch waits at most this long for company, less when senders in a closed
+    # loop are all back (0: commit at once; see bridge/store/writer.py).
     commit_delay: float = 0.01
 
 
