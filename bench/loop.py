@@ -39,6 +39,7 @@ import hmac
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import threading
@@ -150,7 +151,7 @@ def config(directory: Path, port: int, platform_port: int, receiver_port: int,
     else:
         line = f'path = "{directory / "loop.db"}"'
     path = directory / "loop.toml"
-    path.write_text(f"""
+    path.write_text(merged(f"""
 [server]
 port = {port}
 [store]
@@ -170,8 +171,7 @@ secret = "{SECRET}"
 source = "github"
 trigger = "bench"
 callbacks = ["http://127.0.0.1:{receiver_port}/done"]
-""")
-    path.write_text(merged(path.read_text(), extra))
+""", extra))
     return path
 
 
@@ -272,19 +272,18 @@ def main() -> None:
     emulator = loadgen.spawn(["taskset", "-c", "0", loadgen.python(), "-m", "bridge", "emulator",
                               "--port", str(platform_port), "--trigger-key", TRIGGER_KEY,
                               "--api-key", API_KEY, "--execution-delay", "0.05"])
-    bare = None
-    if not args.no_bare:
-        bare = loadgen.spawn([*pin, "bench/bare_loop.py", "--port", str(bare_port),
-                              "--platform", f"http://127.0.0.1:{platform_port}/api/v1",
-                              "--callback", f"http://127.0.0.1:{receiver_port}/done",
-                              "--trigger-key", TRIGGER_KEY, "--signing", SIGNING])
+    targets: list[tuple[str, subprocess.Popen[bytes], int, bool]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = config(Path(tmp), port, platform_port, receiver_port, args.store, args.extra)
-        bridge = loadgen.spawn([*pin, "-m", "bridge", "serve", "--config", str(path)])
-        targets = [("bridge", bridge, port, True)]
-        if bare is not None:
-            targets.insert(0, ("bare", bare, bare_port, False))
         try:
+            if not args.no_bare:
+                targets.append(("bare", loadgen.spawn(
+                    [*pin, "bench/bare_loop.py", "--port", str(bare_port),
+                     "--platform", f"http://127.0.0.1:{platform_port}/api/v1",
+                     "--callback", f"http://127.0.0.1:{receiver_port}/done",
+                     "--trigger-key", TRIGGER_KEY, "--signing", SIGNING]), bare_port, False))
+            path = config(Path(tmp), port, platform_port, receiver_port, args.store, args.extra)
+            targets.append(("bridge", loadgen.spawn(
+                [*pin, "-m", "bridge", "serve", "--config", str(path)]), port, True))
             loadgen.wait_healthy(f"http://127.0.0.1:{platform_port}/healthz", emulator)
             for name, proc, target_port, _ in targets:
                 loadgen.wait_healthy(f"http://127.0.0.1:{target_port}/healthz", proc)

@@ -195,6 +195,8 @@ class ClaimLoop(Generic[T]):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
     async def _idle(self, ask_store: bool = True) -> None:
+        if self.stopping.is_set():  # `wake` may have been cleared after `stop()` set it
+            return
         timeout = self.poll_interval
         now = self.clock()
         due: float | None = None
@@ -207,8 +209,6 @@ class ClaimLoop(Generic[T]):
             due = self.due
         if due is not None:
             timeout = max(0.0, min(timeout, due - now))
-        if self.stopping.is_set():
-            return
         # One wait on `wake`, which `stop()` sets too, and a timer: cheaper than racing two
         # waits under asyncio.wait, and an idle loop comes here once per item at a trickle.
         timer = asyncio.get_running_loop().call_later(timeout, self._poll_due)
