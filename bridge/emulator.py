@@ -125,6 +125,15 @@ class Emulator:
         with self.lock:
             self.faults.append(Fault(**spec))
 
+    def end_now(self, trigger: str | None = None) -> None:
+        """End every unfinished (not hanging) execution of `trigger` now, all at once: a test
+        can hold executions running until the bridge has seen them all, whatever its speed."""
+        now = time.time()
+        with self.lock:
+            for execution in self.executions.values():
+                if trigger in (None, execution.trigger) and execution.ends_at > now:
+                    execution.delay = max(0.0, now - execution.created_at)
+
     def configure(self, **changes: Any) -> None:
         names = {f.name for f in fields(Settings)}
         for key, value in changes.items():

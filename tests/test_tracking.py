@@ -199,12 +199,18 @@ def test_list_every_0s_always_streams(
 def test_executions_a_list_cannot_hold_are_followed_alone(
         make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
     """With more executions running than one list shows (`list_limit`), the older ones drop
-    off the lists and are followed with a stream each; none is lost or finished twice."""
-    emulator.emulator.configure(execution_delay=1.0)
+    off the lists and are followed with a stream each; none is lost or finished twice. The
+    executions run until the bridge has listed them all, so a slow machine (a slower send rate)
+    cannot let the lists hold more of them than the test means to."""
+    emulator.emulator.configure(finish_at=time.time() + 600)
     bridge = make_bridge(tracked_config(receiver, tracking="list_limit = 10"))
     count = 40
     for i in range(count):
         assert send_issue(bridge, f"over-{i}").status_code == 202
+    wait_for(lambda: len(bridge.executions()) >= count, timeout=30)
+    lists = emulator.emulator.reads["list"]
+    wait_for(lambda: emulator.emulator.reads["list"] >= lists + 3, timeout=10)
+    emulator.emulator.end_now("notify")
     wait_for(lambda: len(receiver.accepted()) >= count, timeout=30)
     keys = [verified(m)["data"]["event"]["idempotency_key"] for m in receiver.accepted()]
     assert sorted(keys) == sorted(f"github:over-{i}" for i in range(count))
