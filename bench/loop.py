@@ -60,6 +60,7 @@ TRIGGER_KEY = "bench-trigger-key"
 API_KEY = "bench-api-key"
 SIGNING = "whsec_" + base64.b64encode(b"bench-callback-signing-key-32byt").decode()
 arrivals: dict[str, float] = {}
+answers: dict[str, float] = {}  # seconds from each push's send to its 2xx, by idempotency key
 bad_signatures = 0
 
 
@@ -97,10 +98,12 @@ async def send(port: int, count: int, rate: float | None, prefix: str) -> dict[s
     async def one(i: int, request: bytes) -> None:
         async with gate:
             try:
+                sent = time.time()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(request)
                 if await loadgen._read_response(reader) == 202:
-                    acks[f"github:{prefix}-{i}"] = time.time()
+                    now = acks[f"github:{prefix}-{i}"] = time.time()
+                    answers[f"github:{prefix}-{i}"] = now - sent
                 writer.close()
             except (OSError, asyncio.IncompleteReadError):
                 pass  # not acknowledged: counted as sent but not acked
@@ -219,6 +222,7 @@ def steady(name: str, pid: int, port: int, rate: float, seconds: int,
     done = wait_for_callbacks(set(acks), 120)
     user, system = (b - a for a, b in zip((user0, system0), cpu_split(pid), strict=True))
     delays = [arrivals[k] - t for k, t in acks.items() if k in arrivals]
+    acked = [answers[k] for k in acks]
     per = 1000 / max(1, len(delays))
     store = ""
     if metrics:
@@ -231,7 +235,8 @@ def steady(name: str, pid: int, port: int, rate: float, seconds: int,
           f" {(user + system) * per:.2f} CPU ms/event"
           f" ({user * per:.2f} user, {system * per:.2f} system);"
           f" ack -> callback p50 {pct(delays, 0.5) * 1000:.0f} ms,"
-          f" p99 {pct(delays, 0.99) * 1000:.0f} ms{store}", flush=True)
+          f" p99 {pct(delays, 0.99) * 1000:.0f} ms;"
+          f" send -> 2xx p50 {pct(acked, 0.5) * 1000:.1f} ms{store}", flush=True)
     return (user + system) * per
 
 

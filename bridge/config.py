@@ -104,7 +104,8 @@ class StoreConfig:
     max_size_bytes: int | None = None
     busy_timeout: float = 2.0
     # Group commit: a batch waits at most this long for company, less when senders in a closed
-    # loop are all back (0: commit at once; see bridge/store/writer.py).
+    # loop are all back, not at all after a lone webhook (0: commit at once; see
+    # bridge/store/writer.py).
     commit_delay: float = 0.01
 
 

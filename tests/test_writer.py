@@ -73,7 +73,8 @@ def test_claims_and_outcomes_do_not_cut_the_wait_short(tmp_path: Path) -> None:
     company: only acknowledgements are counted."""
     async def run() -> list[int]:
         batches = Batches(tmp_path / "w.db", delay=0.4)
-        await asyncio.gather(batches.submit(10, answers=True), batches.submit(11, answers=True))
+        await batches.submit(10, answers=True)  # lone: committed at once
+        await batches.submit(11, answers=True)  # right after it: not lone
         started = time.monotonic()
         futures = [batches.submit(n) for n in range(6)]
         await asyncio.sleep(0.1)
@@ -83,13 +84,13 @@ def test_claims_and_outcomes_do_not_cut_the_wait_short(tmp_path: Path) -> None:
         await batches.writer.stop()
         return batches.sizes
 
-    assert asyncio.run(run()) == [2, 7]
+    assert asyncio.run(run()) == [1, 1, 7]
 
 
 def test_senders_in_a_closed_loop_do_not_wait_out_the_delay(tmp_path: Path) -> None:
-    """Three senders, each sending again as soon as it is answered: after the first round
-    (which waits for company), each round's batch begins once all three are back, not after
-    the (here 5 s) delay."""
+    """Three senders, each sending again as soon as it is answered: each round's batch begins
+    once all three are back, not after the (here 5 s) delay. (The first round's first
+    acknowledgement is lone, so that round may be committed in two batches.)"""
     async def run() -> tuple[list[int], float]:
         batches = Batches(tmp_path / "w.db", delay=5.0)
 
@@ -104,7 +105,7 @@ def test_senders_in_a_closed_loop_do_not_wait_out_the_delay(tmp_path: Path) -> N
         return batches.sizes, elapsed
 
     sizes, elapsed = asyncio.run(run())
-    assert sizes == [3] * 5 and elapsed < 2.5, (sizes, elapsed)
+    assert sizes[-4:] == [3] * 4 and sum(sizes) == 15 and elapsed < 2.5, (sizes, elapsed)
 
 
 def test_an_urgent_change_begins_its_batch_at_once(tmp_path: Path) -> None:
@@ -124,6 +125,31 @@ def test_an_urgent_change_begins_its_batch_at_once(tmp_path: Path) -> None:
 
     lone, urgent = asyncio.run(run())
     assert lone >= 4.9 and urgent < 2.5, (lone, urgent)
+
+
+def test_a_lone_acknowledgement_and_the_changes_after_it_do_not_wait(tmp_path: Path) -> None:
+    """An acknowledgement long after the one before it (a webhook on a quiet evening) begins
+    its batch at once, and so does each change after it (its claim, its outcome) until the
+    next acknowledgement; one that comes right after another waits for company again."""
+    async def run() -> tuple[float, float, float]:
+        batches = Batches(tmp_path / "w.db", delay=0.5)  # lone: 4 x 0.5 s after the last
+        started = time.monotonic()
+        await batches.submit(1, answers=True)  # the first ever: lone
+        await batches.submit(2)  # the claim it sets off
+        lone = time.monotonic() - started
+        started = time.monotonic()
+        await batches.submit(3, answers=True)  # right after: waits (nobody else comes)
+        crowded = time.monotonic() - started
+        await asyncio.sleep(2.1)
+        started = time.monotonic()
+        await batches.submit(4, answers=True)  # after a quiet spell: lone again
+        after_quiet = time.monotonic() - started
+        await batches.writer.stop()
+        assert batches.sizes == [1, 1, 1, 1], batches.sizes
+        return lone, crowded, after_quiet
+
+    lone, crowded, after_quiet = asyncio.run(run())
+    assert lone < 0.25 and crowded >= 0.45 and after_quiet < 0.25, (lone, crowded, after_quiet)
 
 
 def test_stop_commits_what_was_queued(tmp_path: Path) -> None:

@@ -15,7 +15,12 @@ after its first change, or sooner when someone is idle until it commits:
   only about as fast as the delay runs out. (A round that comes back split, some senders well
   after the others, waits out the delay once; a lone sender in a closed loop waits it every
   time: `commit_delay = "0s"` serves it best.);
-- MAX_BATCH changes queued.
+- MAX_BATCH changes queued;
+- a lone acknowledgement, and everything after it until the next one: one that comes more than
+  `LONE_GAP` delays after the acknowledgement before it. Nobody is expected to keep it company,
+  so waiting would only add the delay to its 2xx, and again to each step after it (the claim,
+  the outcome, the completion and its callback, each a change of its own). A webhook on a quiet
+  evening is answered and forwarded as if there were no group commit.
 Changes that come on their own (a steady 300 events/s: each event's acknowledgement, claims,
 outcomes and callbacks) then share a transaction instead of taking one each, so commits, thread
 wake-ups and the rounds of claims each commit sets off all fall. Under load the queue is never
@@ -41,6 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 MAX_BATCH = 512  # changes per transaction at most
+LONE_GAP = 4  # an acknowledgement this many delays after the one before it is lone: no waiting
 
 Job = tuple[Any, "asyncio.Future[Any]"]  # a change for `apply`, and who waits for it
 Queued = tuple[Any, "asyncio.Future[Any]", bool]  # ... and whether a sender waits for its answer
@@ -71,6 +77,8 @@ class Writer:
         self.asked = 0
         self.taken = 0
         self.urgent = False  # an urgent change is queued: no waiting
+        self.lone = False  # the last acknowledgement came alone: no waiting until the next one
+        self.last_ask = -float("inf")  # when the last acknowledgement was queued (monotonic)
         self.enough = threading.Event()
         self.stopped: asyncio.Future[None] = self.loop.create_future()
         self.thread = threading.Thread(target=self.run, name="store-writer", daemon=True)
@@ -85,8 +93,11 @@ class Writer:
             self.urgent = True
         if answers:
             self.asked += 1
+            now = time.monotonic()
+            self.lone = now - self.last_ask > LONE_GAP * self.delay
+            self.last_ask = now
         self.jobs.put((job, future, answers))
-        if self.gathering and (urgent or self.complete()):
+        if self.gathering and (urgent or self.lone or self.complete()):
             self.enough.set()
 
     def complete(self) -> bool:
@@ -133,7 +144,7 @@ class Writer:
         """Wait up to `delay` for company (see above)."""
         self.enough.clear()
         self.gathering = True
-        if not (self.urgent or self.complete()):
+        if not (self.urgent or self.lone or self.complete()):
             self.enough.wait(self.delay)
         self.gathering = False
         self.urgent = False
