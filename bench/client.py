@@ -1,12 +1,19 @@
 """Outbound HTTP client cost: CPU per request on the client side, against a bare app.
 
     python bench/client.py [--requests 20000] [--old-transport PATH/bridge/transport.py]
+                           [--paced 300]
 
 A Starlette app that answers 202 with a small JSON body runs under uvicorn in its own process,
 pinned to one core; the client runs here, pinned to the other, and sends 1.2 KB POSTs with 32 in
 flight. Printed per client: requests/s and the client process's CPU per request (user + system),
 which is what each outbound call costs the bridge. `--old-transport` loads a hand-written
 transport module by path (e.g. from a checkout of an older build) to compare it in the same run.
+
+`--paced RATE` then sends through the bridge's client at a steady RATE per second: one request
+at a time as each falls due, and the same rate in groups of 2, 3 and 6 sent together. It prints
+each one's CPU per request beside the 32-in-flight figure: what a request costs when it comes
+alone (every request its own wake-ups) rather than in company, which is most of why the whole
+loop costs more per event at a steady few hundred per second than at saturation.
 """
 
 from __future__ import annotations
@@ -94,6 +101,29 @@ async def httpx_default(url: str, total: int) -> tuple[float, float]:
         return await drive(send, total)
 
 
+async def paced(url: str, rate: float, seconds: float, group: int) -> float:
+    """CPU µs per request through the bridge's client at a steady `rate`, `group` at a time."""
+    client = Client(32, timeout=30.0)
+    try:
+        async def send() -> None:
+            assert (await client.request("POST", url, body=BODY, headers=HEADERS)).status == 202
+
+        for _ in range(200):
+            await send()
+        rounds = int(rate * seconds / group)
+        tasks = []
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for i in range(rounds):
+            delay = t0 + i * group / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.extend(asyncio.create_task(send()) for _ in range(group))
+        await asyncio.gather(*tasks)
+        return (time.process_time() - cpu0) / (rounds * group) * 1e6
+    finally:
+        await client.aclose()
+
+
 def old_transport(path: str) -> Callable[[str, int], Awaitable[tuple[float, float]]]:
     spec = importlib.util.spec_from_file_location("old_transport", path)
     assert spec is not None and spec.loader is not None
@@ -112,6 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--old-transport", help="path to a transport.py to compare")
+    parser.add_argument("--paced", type=float, help="also a steady rate per second, alone and"
+                        " in groups")
     args = parser.parse_args()
     os.sched_setaffinity(0, {0})
     port = loadgen.free_port()
@@ -140,6 +172,11 @@ def main() -> None:
         base = results["bridge.http.Client (aiohttp)"]
         for name, cpu in results.items():
             print(f"  {name:40s} {cpu / base:5.2f}x the bridge client's CPU")
+        if args.paced:
+            for group in (1, 2, 3, 6):
+                cpu = asyncio.run(paced(url, args.paced, 10.0, group))
+                print(f"bridge client at {args.paced:.0f}/s, {group} at a time:"
+                      f" {cpu:7.0f} µs CPU per request ({cpu / base:.2f}x at 32 in flight)")
     finally:
         server.terminate()
         server.wait(10)
