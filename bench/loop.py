@@ -183,12 +183,9 @@ def merged(base: str, extra: str) -> str:
     under its header; other tables are appended."""
     import tomllib
 
-    def value(v: object) -> str:
-        return json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) \
-            else str(v)
-
     for table, keys in tomllib.loads(extra).items():
-        lines = "".join(f"{k} = {value(v)}\n" for k, v in keys.items())
+        # JSON writes TOML's strings, numbers, booleans and arrays the same way.
+        lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
         header = f"[{table}]\n"
         if header in base:
             base = base.replace(header, header + lines, 1)
@@ -201,14 +198,14 @@ def commits(port: int) -> tuple[float, float]:
     """(transactions committed, changes in them) so far, from the bridge's metrics."""
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    found = dict.fromkeys(("bridge_store_batch_size_count", "bridge_store_batch_size_sum"), 0.0)
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in found:
-            found[name] = float(value)
-    return found["bridge_store_batch_size_count"], found["bridge_store_batch_size_sum"]
+    found = {sample.name: sample.value for family in text_string_to_metric_families(text)
+             if family.name == "bridge_store_batch_size" for sample in family.samples}
+    return (found.get("bridge_store_batch_size_count", 0.0),
+            found.get("bridge_store_batch_size_sum", 0.0))
 
 
 def steady(name: str, pid: int, port: int, rate: float, seconds: int,

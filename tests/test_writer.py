@@ -59,7 +59,8 @@ def test_changes_that_trickle_in_share_one_commit(tmp_path: Path) -> None:
         await asyncio.sleep(0.05)
         second = batches.submit(2)
         await asyncio.sleep(0.05)
-        third = batches.submit(3, answers=True)  # one acknowledgement: not a closed loop yet
+        third = batches.submit(3, answers=True)  # the first acknowledgement: lone, so the
+        # gathering batch begins now, with all three
         assert await asyncio.gather(first, second, third) == [1, 2, 3]
         await batches.writer.stop()
         return batches.sizes, batches.rows()
@@ -109,11 +110,11 @@ def test_senders_in_a_closed_loop_do_not_wait_out_the_delay(tmp_path: Path) -> N
 
 
 def test_an_urgent_change_begins_its_batch_at_once(tmp_path: Path) -> None:
-    async def run() -> float:
+    async def run() -> tuple[float, float]:
         batches = Batches(tmp_path / "w.db", delay=5.0)
         started = time.monotonic()
-        await batches.submit(1)  # alone: it waits the whole delay...
-        lone = time.monotonic() - started
+        await batches.submit(1)  # a background change alone: it waits the whole delay...
+        alone = time.monotonic() - started
         started = time.monotonic()
         background = batches.submit(2)
         await asyncio.sleep(0.05)
@@ -121,10 +122,10 @@ def test_an_urgent_change_begins_its_batch_at_once(tmp_path: Path) -> None:
         urgent = time.monotonic() - started
         await batches.writer.stop()
         assert batches.sizes == [1, 2]
-        return lone, urgent
+        return alone, urgent
 
-    lone, urgent = asyncio.run(run())
-    assert lone >= 4.9 and urgent < 2.5, (lone, urgent)
+    alone, urgent = asyncio.run(run())
+    assert alone >= 4.9 and urgent < 2.5, (alone, urgent)
 
 
 def test_a_lone_acknowledgement_and_the_changes_after_it_do_not_wait(tmp_path: Path) -> None:
