@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,16 +140,46 @@ class Site:
         self.net = net
         self.tmp = tmp
         self.receiver = Receiver().start()
-        self.emulator_port = free_port()
-        self.emulator = net.popen(
-            [sys.executable, "-m", "bridge", "emulator", "--host", "127.0.0.1", "--port",
-             str(self.emulator_port), "--trigger-key", TRIGGER_KEY, "--api-key", API_KEY,
-             "--execution-delay", str(execution_delay)], str(tmp / "emulator.log"))
+        self.ports: set[int] = set()  # listening inside the namespace
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.emulator_port = 0
+        self.emulator, self.emulator_port = self.launch(
+            lambda port: [sys.executable, "-m", "bridge", "emulator", "--host", "127.0.0.1",
+                          "--port", str(port), "--trigger-key", TRIGGER_KEY, "--api-key",
+                          API_KEY, "--execution-delay", str(execution_delay)],
+            tmp / "emulator.log", lambda port: self.emulator_calls(port) is not None)
         self.tracked = tracked
         self.lease = lease
         self.edge = self.make_edge([AGENT_TOKEN])
-        self.agents: dict[str, subprocess.Popen[bytes]] = {}
-        wait_for(lambda: self.emulator_calls() is not None, timeout=20)
+
+    def launch(self, argv: Callable[[int], list[str]], log: Path, up: Callable[[int], bool],
+               env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+        """Start a process inside the namespace on a port of its own and wait until it answers.
+        Ports come from the host's free ones, which the namespace does not see, so a clash is
+        possible there: then once more on another port. Any other exit, or no answer in time,
+        fails with what the process logged."""
+        for _ in range(3):
+            port = free_port()
+            if port in self.ports:
+                continue
+            offset = log.stat().st_size if log.exists() else 0
+            proc = self.net.popen(argv(port), str(log), env=env)
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                if up(port):
+                    self.ports.add(port)
+                    return proc, port
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+                said = log.read_bytes()[offset:].decode(errors="replace")
+                raise AssertionError(f"{log.stem} did not answer in 30 s:\n{said[-4000:]}")
+            said = log.read_bytes()[offset:].decode(errors="replace")
+            if "already in use" not in said:
+                raise AssertionError(
+                    f"{log.stem} exited {proc.returncode}:\n{said[-4000:]}")
+        raise AssertionError("no free port inside the namespace after three tries")
 
     # the edge
 
@@ -190,24 +220,26 @@ class Site:
     def start_agent(self, name: str = "a", *, edge_url: str | None = None,
                     env: dict[str, str] | None = None, batch: int = 100,
                     token: str = AGENT_TOKEN, edge_extra: str = "") -> int:
-        port = free_port()
         config = self.tmp / f"agent-{name}.toml"
-        config.write_text(AGENT.format(
-            port=port, db=self.tmp / f"agent-{name}.db", emulator=self.emulator_port,
-            trigger_key=TRIGGER_KEY,
-            api_key=f'api_key = "{API_KEY}"' if self.tracked else "",
-            edge=edge_url or self.edge.url, token=token, channel_secret=CHANNEL_SECRET,
-            batch=batch) + edge_extra)  # [edge] is the template's last table
-        self.agents[name] = self.net.popen(
-            [sys.executable, "-m", "bridge", "agent", "--config", str(config)],
-            str(self.tmp / f"agent-{name}.log"), env=env)
-        wait_for(lambda: self.agent_health(port) is not None, timeout=20)
+
+        def argv(port: int) -> list[str]:
+            config.write_text(AGENT.format(
+                port=port, db=self.tmp / f"agent-{name}.db", emulator=self.emulator_port,
+                trigger_key=TRIGGER_KEY,
+                api_key=f'api_key = "{API_KEY}"' if self.tracked else "",
+                edge=edge_url or self.edge.url, token=token, channel_secret=CHANNEL_SECRET,
+                batch=batch) + edge_extra)  # [edge] is the template's last table
+            return [sys.executable, "-m", "bridge", "agent", "--config", str(config)]
+
+        self.agents[name], port = self.launch(
+            argv, self.tmp / f"agent-{name}.log",
+            lambda port: self.agent_health(port) is not None, env=env)
         return port
 
     def agent_health(self, port: int) -> Any:
         try:
             return self.net.get_json(f"http://127.0.0.1:{port}/healthz")
-        except (subprocess.CalledProcessError, ValueError):
+        except (subprocess.SubprocessError, ValueError):
             return None
 
     def kill_agent(self, name: str = "a") -> None:
@@ -215,10 +247,11 @@ class Site:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
-    def emulator_calls(self) -> list[dict[str, Any]] | None:
+    def emulator_calls(self, port: int | None = None) -> list[dict[str, Any]] | None:
         try:
-            return self.net.get_json(f"http://127.0.0.1:{self.emulator_port}/_emulator/calls")
-        except (subprocess.CalledProcessError, ValueError):
+            return self.net.get_json(
+                f"http://127.0.0.1:{port or self.emulator_port}/_emulator/calls")
+        except (subprocess.SubprocessError, ValueError):
             return None
 
     def executions(self) -> list[dict[str, Any]]:
