@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,3 +129,43 @@ def test_prune_forgets_only_what_is_finished_and_old(kind: str, tmp_path: Path) 
         assert not again.duplicate
 
     run(scenario, kind, tmp_path)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_failing_change_is_undone_alone_and_its_batch_commits(kind: str,
+                                                                 tmp_path: Path) -> None:
+    """Changes that go in one transaction stay each other's strangers: one that fails (a
+    constraint the database enforces, or an error of its own after it wrote) is undone up to
+    where it began and its caller gets the error; those before and after it commit. (On
+    PostgreSQL a statement nobody reads the answer of travels with the next one: this is what
+    keeps that from mixing changes up.)"""
+    from bridge.errors import InternalError
+
+    def put(key: str, twice: bool = False, fail_after: bool = False) -> Any:
+        def job(conn: Any) -> str:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+            if twice:  # the primary key refuses it
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+            if fail_after:
+                raise LookupError(f"{key} changed its mind")
+            return key
+        return job
+
+    async def scenario(store: Store) -> None:
+        write = store._write  # type: ignore[attr-defined]
+        batches: list[int] = []
+        store.on_commit = lambda size, seconds: batches.append(size)  # type: ignore[attr-defined]
+        for _ in range(3):  # the first batch begins a transaction, the others follow it
+            results = await asyncio.gather(
+                write(put(f"a-{_}")), write(put(f"dup-{_}", twice=True)),
+                write(put(f"b-{_}")), write(put(f"own-{_}", fail_after=True)),
+                write(put(f"c-{_}")), return_exceptions=True)
+            assert results[0::2] == [f"a-{_}", f"b-{_}", f"c-{_}"]
+            assert isinstance(results[1], InternalError)  # a database error: a bug, answered 500
+            assert isinstance(results[3], LookupError)  # a job's own error passes through
+        assert batches == [5, 5, 5]  # each round was one transaction
+        keys = {row["key"] for row in await store._all(  # type: ignore[attr-defined]
+            "SELECT key FROM meta WHERE key NOT IN ('instance_id')", ())}
+        assert keys == {f"{k}-{i}" for k in "abc" for i in range(3)}
+
+    run(scenario, kind, tmp_path, commit_delay=0.2)  # long enough that each round is one batch

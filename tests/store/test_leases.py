@@ -18,7 +18,8 @@ from tests import pg
 STORES = ("sqlite", "postgres")
 
 
-def run(coro: Callable[[Store], Coroutine[Any, Any, None]], kind: str, tmp: Path) -> None:
+def run(coro: Callable[[Store], Coroutine[Any, Any, None]], kind: str, tmp: Path,
+        commit_delay: float = 0.0) -> None:
     async def main(store: Store) -> None:
         await store.open()
         try:
@@ -27,13 +28,13 @@ def run(coro: Callable[[Store], Coroutine[Any, Any, None]], kind: str, tmp: Path
             await store.close()
 
     if kind == "sqlite":
-        asyncio.run(main(SQLiteStore(str(tmp / "store.db"))))
+        asyncio.run(main(SQLiteStore(str(tmp / "store.db"), commit_delay=commit_delay)))
         return
     pg.require()
     from bridge.store.postgres import PostgresStore
 
     with pg.schema() as url:
-        asyncio.run(main(PostgresStore(url)))
+        asyncio.run(main(PostgresStore(url, commit_delay=commit_delay)))
 
 
 async def _accept(store: Store, n: int, now: float) -> None:
