@@ -16,8 +16,9 @@ ratio of their CPU per event is what the bridge's own work costs on top of the l
 - **Steady:** signed 1.2 KB GitHub pushes at each of `--rates` events/s for `--seconds`, each on
   a new connection; every event's ack time (at the sender) and its callback's arrival (at the
   receiver) give ack -> callback p50/p99; the target's CPU over the run, divided by the events,
-  gives CPU ms per event. For the bridge, also its store's commits per event and changes per
-  commit (from its metrics).
+  gives CPU ms per event. For the bridge, also its store's commits per event, changes per
+  commit, and how long its writer was busy applying and committing them, per event (wall time,
+  round trips to PostgreSQL included; from its metrics).
 - **Saturation:** `--burst` events sent as fast as 32 connections allow; end-to-end events/s is
   the burst over the time from its first send to its last callback, and CPU ms per event again,
   with the share of its core the target used meanwhile. On two cores the sender, receiver and
@@ -194,8 +195,9 @@ def merged(base: str, extra: str) -> str:
     return base
 
 
-def commits(port: int) -> tuple[float, float]:
-    """(transactions committed, changes in them) so far, from the bridge's metrics."""
+def commits(port: int) -> tuple[float, float, float]:
+    """(transactions committed, changes in them, seconds spent applying and committing them)
+    so far, from the bridge's metrics."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -203,9 +205,11 @@ def commits(port: int) -> tuple[float, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     found = {sample.name: sample.value for family in text_string_to_metric_families(text)
-             if family.name == "bridge_store_batch_size" for sample in family.samples}
+             if family.name in ("bridge_store_batch_size", "bridge_store_commit_seconds")
+             for sample in family.samples}
     return (found.get("bridge_store_batch_size_count", 0.0),
-            found.get("bridge_store_batch_size_sum", 0.0))
+            found.get("bridge_store_batch_size_sum", 0.0),
+            found.get("bridge_store_commit_seconds_sum", 0.0))
 
 
 def steady(name: str, pid: int, port: int, rate: float, seconds: int,
@@ -213,7 +217,7 @@ def steady(name: str, pid: int, port: int, rate: float, seconds: int,
     """One steady run against `name` (its process and port); prints and returns CPU ms per
     event. `metrics`: the target reports its store's commits (the bridge does)."""
     count = int(rate * seconds)
-    commits0, changes0 = commits(port) if metrics else (0.0, 0.0)
+    before = commits(port) if metrics else (0.0, 0.0, 0.0)
     user0, system0 = cpu_split(pid)
     acks = asyncio.run(send(port, count, rate, f"{name}-steady{rate:.0f}"))
     done = wait_for_callbacks(set(acks), 120)
@@ -223,10 +227,11 @@ def steady(name: str, pid: int, port: int, rate: float, seconds: int,
     per = 1000 / max(1, len(delays))
     store = ""
     if metrics:
-        committed, changes = (b - a for a, b in zip((commits0, changes0), commits(port),
-                                                    strict=True))
+        committed, changes, writing = (b - a for a, b in zip(before, commits(port),
+                                                             strict=True))
         store = (f"; {committed * per / 1000:.1f} commits/event,"
-                 f" {changes / max(1, committed):.1f} changes/commit")
+                 f" {changes / max(1, committed):.1f} changes/commit,"
+                 f" writer busy {writing * per:.2f} ms/event")
     print(f"{name:<6} steady {rate:.0f}/s for {seconds} s: {len(acks)} acked,"
           f" {len(delays)} called back{'' if done else ' (timed out)'};"
           f" {(user + system) * per:.2f} CPU ms/event"

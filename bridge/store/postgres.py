@@ -83,17 +83,22 @@ def schema(script: str) -> str:
     return script
 
 
-# Statements the writer sends whose answer nobody reads: each is held back and goes out in one
-# pipeline with the statement after it (the batch's `BEGIN` and first savepoint with its first
-# change, each job's `RELEASE` and the next one's `SAVEPOINT` with that job's first change, the
-# wake-up with `COMMIT`). A job then costs the round trips of its own statements and no more: a
-# forwarding outcome 5 instead of 7. An error in a held statement is raised by the statement it
-# went with, as the batch's error.
+# Statements the writer sends that take no parameters and whose answer nobody reads: each is
+# held back until the next statement, and those held go to the server as one query of several
+# statements, in one round trip, with the next one too when it takes no parameters either. A
+# batch's `BEGIN` and first `SAVEPOINT` go together; between two jobs, one's `RELEASE` and the
+# next one's `SAVEPOINT`; at the end the last `RELEASE`, the wake-up `NOTIFY` and `COMMIT`. A job
+# then costs one round trip more than its own statements, not two. (A psycopg pipeline would
+# carry them with the next statement whatever its parameters, but on a nearby server it cost
+# more than the round trips it saved: see docs/scaling.md.) An error in one of them is raised by
+# the statement they went with, as the batch's error: none of them fails but for an outage.
 HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job"})
 
 
 class Connection:
     """A psycopg connection that speaks to the shared jobs as sqlite3 does."""
+
+    hold = True  # hold statements as `HELD` says (bench/pg_round_trips.py compares without)
 
     def __init__(self, url: str, statement_timeout: float, application: str) -> None:
         self.url = url
@@ -118,36 +123,39 @@ class Connection:
         return self.raw
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Runs `sql`; a statement whose answer nobody reads (see `held`) is held back and
-        sent with the next one, in one round trip."""
+        """Runs `sql`; a statement whose answer nobody reads (see `HELD`) is held back and sent
+        with the next one."""
         if sql.startswith("BEGIN"):
             self.connect()
             self.held = []  # anything held from a batch that failed is void
         raw = self.raw
         if raw is None:
             raise psycopg.OperationalError("not connected")
-        if sql in HELD or sql.startswith("NOTIFY "):
+        if self.hold and (sql in HELD or sql.startswith("NOTIFY ")):
             self.held.append(translate(sql))
             return None
-        if self.held:
-            held, self.held = self.held, []
-            with raw.pipeline():  # answered together: the first error among them is raised
-                for statement in held:
-                    raw.execute(statement)
-                cursor = raw.execute(translate(sql), list(params) or None)
+        if self.held and not params:  # one query of several statements: one round trip
+            cursor = raw.execute("; ".join([*self.release(), sql]))
+            while cursor.nextset():  # to the answer of `sql`, the last
+                pass
         else:
+            if self.held:
+                raw.execute("; ".join(self.release()))
             cursor = raw.execute(translate(sql), list(params) or None)
         if sql == "COMMIT" and cursor.statusmessage != "COMMIT":
             raise psycopg.OperationalError("the transaction was rolled back at commit")
         return cursor
 
+    def release(self) -> list[str]:
+        held, self.held = self.held, []
+        return held
+
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.raw is None:
             raise psycopg.OperationalError("not connected")
-        held, self.held = self.held, []
-        with self.raw.pipeline(), self.raw.cursor() as cursor:
-            for statement in held:
-                self.raw.execute(statement)
+        if self.held:
+            self.raw.execute("; ".join(self.release()))
+        with self.raw.cursor() as cursor:
             cursor.executemany(translate(sql), [list(row) for row in rows])
 
     @property
