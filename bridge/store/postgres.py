@@ -85,7 +85,7 @@ def schema(script: str) -> str:
 
 # Statements the writer sends that take no parameters and whose answer nobody reads: each is
 # held back until the next statement, and those held go to the server as one query of several
-# statements, in one round trip, with the next one too when it takes no parameters either. A
+# statements, in one round trip, with the next one too when it ends a job or the batch. A
 # batch's `BEGIN` and first `SAVEPOINT` go together; between two jobs, one's `RELEASE` and the
 # next one's `SAVEPOINT`; at the end the last `RELEASE`, the wake-up `NOTIFY` and `COMMIT`. A job
 # then costs one round trip more than its own statements, not two. (A psycopg pipeline would
@@ -93,6 +93,7 @@ def schema(script: str) -> str:
 # more than the round trips it saved: see docs/scaling.md.) An error in one of them is raised by
 # the statement they went with, as the batch's error: none of them fails but for an outage.
 HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job"})
+ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job"})  # sent in one query with those held
 
 
 class Connection:
@@ -134,7 +135,7 @@ class Connection:
         if self.hold and (sql in HELD or sql.startswith("NOTIFY ")):
             self.held.append(translate(sql))
             return None
-        if self.held and not params:  # one query of several statements: one round trip
+        if self.held and sql in ENDS:  # one query of several statements: one round trip
             cursor = raw.execute("; ".join([*self.release(), sql]))
             while cursor.nextset():  # to the answer of `sql`, the last
                 pass
