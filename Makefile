@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/glue.py
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/growth.py
+	$(BIN)/python bench/pg_round_trips.py
 	$(BIN)/python bench/loop.py
 
 chaos: $(STAMP)
