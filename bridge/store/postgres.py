@@ -72,12 +72,19 @@ _TYPES = [(re.compile(r"\bINTEGER PRIMARY KEY( AUTOINCREMENT)?"),
 
 
 @functools.lru_cache(maxsize=1024)
-def translate(sql: str) -> str:
-    """SQLite's dialect, as the shared jobs write it, in PostgreSQL's (the same few hundred
+def dialect(sql: str) -> str:
+    """SQLite's words, as the shared jobs write them, in PostgreSQL's (the same few hundred
     statements come back again and again: translated once each)."""
     for pattern, replacement in _WORDS:
         sql = pattern.sub(replacement, sql)
-    return sql.replace("%", "%%").replace("?", "%s")
+    return sql
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str) -> str:
+    """... and `?` placeholders as psycopg's `%s`, a literal `%` escaped, for a statement sent
+    with parameters. (One sent without any is passed to the server as it is: `dialect`.)"""
+    return dialect(sql).replace("%", "%%").replace("?", "%s")
 
 
 def schema(script: str) -> str:
@@ -136,7 +143,7 @@ class Connection:
         if raw is None:
             raise psycopg.OperationalError("not connected")
         if self.hold and (sql in HELD or sql.startswith("NOTIFY ")):
-            self.held.append(translate(sql))
+            self.held.append(dialect(sql))
             return None
         if self.held and sql in ENDS:  # one query of several statements: one round trip
             cursor = raw.execute("; ".join([*self.release(), sql]))
@@ -145,7 +152,8 @@ class Connection:
         else:
             if self.held:
                 raw.execute("; ".join(self.release()))
-            cursor = raw.execute(translate(sql), list(params) or None)
+            cursor = raw.execute(translate(sql), list(params)) if params else \
+                raw.execute(dialect(sql))
         if sql == "COMMIT" and cursor.statusmessage != "COMMIT":
             raise psycopg.OperationalError("the transaction was rolled back at commit")
         return cursor

@@ -169,3 +169,23 @@ def test_a_failing_change_is_undone_alone_and_its_batch_commits(kind: str,
         assert keys == {f"{k}-{i}" for k in "abc" for i in range(3)}
 
     run(scenario, kind, tmp_path, commit_delay=0.2)  # long enough that each round is one batch
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_percent_sign_reaches_the_database_as_written(kind: str, tmp_path: Path) -> None:
+    """The shared statements are written with `?` placeholders; on PostgreSQL they become
+    psycopg's `%s`, and a literal `%` must survive that whether or not the statement has
+    parameters."""
+    async def scenario(store: Store) -> None:
+        read = store._all  # type: ignore[attr-defined]
+        assert await read("SELECT '50%' AS v", ()) == [{"v": "50%"}]
+        assert await read("SELECT ? AS v, '5%' AS w", ("x%",)) == [{"v": "x%", "w": "5%"}]
+
+        def job(conn: Any) -> str:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('pct', '100%')")
+            return str(conn.execute("SELECT value FROM meta WHERE key = ?", ("pct",)
+                                    ).fetchone()[0])
+
+        assert await store._write(job) == "100%"  # type: ignore[attr-defined]
+
+    run(scenario, kind, tmp_path)
