@@ -86,7 +86,6 @@ class DelayProxy:
                     pass
 
 
-
 def serve_proxy(target: tuple[str, int], delay: float, ports: multiprocessing.Queue) -> None:
     ports.put(DelayProxy(target, delay).port)
     threading.Event().wait()
@@ -163,10 +162,11 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, psycopg"
           f" {psycopg.__version__}; {args.events} events per batch, {args.rounds} rounds")
     for setting in args.delays.split(","):
-        delay = float(setting) if setting != "direct" else 0.0
-        proxy, port = (None, target[1]) if setting == "direct" else \
-            start_proxy(target, delay / 1000)
-        address = target if proxy is None else ("127.0.0.1", port)
+        proxy: multiprocessing.Process | None = None
+        address = target
+        if setting != "direct":
+            proxy, port = start_proxy(target, float(setting) / 1000)
+            address = ("127.0.0.1", port)
         figures: dict[bool, list[tuple[float, float]]] = {}
         for hold in (False, True, False, True):  # alternating, against the machine's drift
             schema = f"rt_{secrets.token_hex(4)}"

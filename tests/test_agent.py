@@ -142,7 +142,6 @@ class Site:
         self.receiver = Receiver().start()
         self.ports: set[int] = set()  # listening inside the namespace
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
-        self.emulator_port = 0
         self.emulator, self.emulator_port = self.launch(
             lambda port: [sys.executable, "-m", "bridge", "emulator", "--host", "127.0.0.1",
                           "--port", str(port), "--trigger-key", TRIGGER_KEY, "--api-key",
@@ -170,12 +169,13 @@ class Site:
                     self.ports.add(port)
                     return proc, port
                 time.sleep(0.05)
-            if proc.poll() is None:
+            timed_out = proc.poll() is None
+            if timed_out:
                 proc.kill()
                 proc.wait(10)
-                said = log.read_bytes()[offset:].decode(errors="replace")
-                raise AssertionError(f"{log.stem} did not answer in 30 s:\n{said[-4000:]}")
             said = log.read_bytes()[offset:].decode(errors="replace")
+            if timed_out:
+                raise AssertionError(f"{log.stem} did not answer in 30 s:\n{said[-4000:]}")
             if "already in use" not in said:
                 raise AssertionError(
                     f"{log.stem} exited {proc.returncode}:\n{said[-4000:]}")

@@ -99,9 +99,9 @@ def schema(script: str) -> str:
 # batch's `BEGIN` and first `SAVEPOINT` go together; between two jobs, one's `RELEASE` and the
 # next one's `SAVEPOINT`; at the end the last `RELEASE`, the wake-up `NOTIFY` and `COMMIT`. A job
 # then costs one round trip more than its own statements, not two. (A psycopg pipeline would
-# carry them with the next statement whatever its parameters, but on a nearby server it cost
-# more than the round trips it saved: see docs/scaling.md.) An error in one of them is raised by
-# the statement they went with, as the batch's error: none of them fails but for an outage.
+# carry them with the next statement whatever its parameters, but on a nearby server it saved
+# nothing: see docs/scaling.md.) An error in one of them is raised by the statement they went
+# with, as the batch's error: none of them fails but for an outage.
 HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job"})
 ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job"})  # sent in one query with those held
 
