@@ -1,20 +1,23 @@
 """The PostgreSQL store's writer against the database's distance: the same batches of changes,
-with the statements nobody reads the answer of held and sent with the next one (as the store
-runs), and with each sent on its own (as it ran before), on a nearby server and on one a few
-hundred microseconds away.
+written the ways `--ways` names (see `WAYS`): each change with its own statements, and each
+statement its own round trip (`unheld`); with the statements nobody reads the answer of held and
+sent with the next one (`alone`); and as the store runs, held, with a batch's changes of one
+kind in one statement (`grouped`). On a nearby server and on one a few hundred microseconds away.
 
     python bench/pg_round_trips.py [--url postgresql://postgres@127.0.0.1:5432/test]
-                                   [--delays direct,0,0.25,1] [--events 20] [--rounds 30]
+                                   [--delays direct,0,0.25,1] [--ways alone,grouped]
+                                   [--events 20] [--rounds 30]
 
 Each round does, through the store's own API, what a steady stream of `--events` events writes
 after its acknowledgements: every delivery's outcome (delivered, its execution to follow) in one
 batch, every execution's completion (one callback each) in one batch, and every callback's
 outcome in one batch. Printed per setting: the writer's time for those three batches per event
-(median over the rounds; wall time, round trips included) and the bench process's CPU per event.
+(median over the rounds; wall time, round trips included), the bench process's CPU per event,
+and the ratio of each way's better run to the first way's.
 
 The distance is a proxy in a process of its own that holds every chunk `delay` ms before
 passing it on, each way (a round trip gains 2 × delay); at 0 it still costs a hop through it,
-the same for both ways of sending.
+the same for every way of sending.
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ from bridge.models import (  # noqa: E402
     new_id,
 )
 from bridge.store import postgres  # noqa: E402
+
+
+# Ways the writer can send a batch: (hold the statements nobody reads, write each kind of change
+# in one statement).
+WAYS = {
+    "unheld": (False, False),  # every statement a round trip of its own
+    "alone": (True, False),  # held, and each change its own statements
+    "grouped": (True, True),  # as the store runs
+}
 
 
 class DelayProxy:
@@ -154,6 +166,8 @@ def main() -> None:
         "BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--delays", default="direct,0,0.25,1",
                         help="ms each way through the proxy; `direct`: no proxy")
+    parser.add_argument("--ways", default="alone,grouped",
+                        help="ways of sending, the first the baseline: " + ", ".join(WAYS))
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
@@ -167,14 +181,15 @@ def main() -> None:
         if setting != "direct":
             proxy, port = start_proxy(target, float(setting) / 1000)
             address = ("127.0.0.1", port)
-        figures: dict[bool, list[tuple[float, float]]] = {}
-        for hold in (False, True, False, True):  # alternating, against the machine's drift
+        ways = args.ways.split(",")
+        figures: dict[str, list[tuple[float, float]]] = {}
+        for way in ways + ways:  # alternating, against the machine's drift
             schema = f"rt_{secrets.token_hex(4)}"
             with psycopg.connect(args.url, autocommit=True) as admin:
                 admin.execute(f"CREATE SCHEMA {schema}")
-            postgres.Connection.hold = hold
+            postgres.Connection.hold, postgres.PostgresStore.grouping = WAYS[way]
             try:
-                figures.setdefault(hold, []).append(asyncio.run(
+                figures.setdefault(way, []).append(asyncio.run(
                     measure(through(args.url, address, schema), args.events, args.rounds)))
             finally:
                 with psycopg.connect(args.url, autocommit=True) as admin:
@@ -182,12 +197,13 @@ def main() -> None:
         if proxy is not None:
             proxy.kill()
         line = [f"{setting} ms each way:" if proxy else "direct (no proxy):"]
-        for hold, name in ((False, "each on its own"), (True, "held")):
-            writer = " / ".join(f"{w:.2f}" for w, _ in figures[hold])
-            cpu = " / ".join(f"{c:.2f}" for _, c in figures[hold])
-            line.append(f"{name}: writer {writer} ms/event, CPU {cpu} ms/event;")
-        best = {hold: min(w for w, _ in runs) for hold, runs in figures.items()}
-        line.append(f"held / on its own {best[True] / best[False]:.2f}")
+        for way in ways:
+            writer = " / ".join(f"{w:.2f}" for w, _ in figures[way])
+            cpu = " / ".join(f"{c:.2f}" for _, c in figures[way])
+            line.append(f"{way}: writer {writer} ms/event, CPU {cpu} ms/event;")
+        best = {way: min(w for w, _ in runs) for way, runs in figures.items()}
+        line.append(", ".join(f"{way} / {ways[0]} {best[way] / best[ways[0]]:.2f}"
+                              for way in ways[1:]))
         print(" ".join(line), flush=True)
 
 

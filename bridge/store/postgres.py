@@ -43,8 +43,8 @@ from typing import Any
 import psycopg
 
 from bridge.errors import InternalError, StoreUnavailable
-from bridge.models import Accepted, DeliveryStatus, EventState, new_id
-from bridge.store.base import DELIVERIES, WORK
+from bridge.models import Accepted, CallbackStatus, DeliveryStatus, EventState, new_id
+from bridge.store.base import CALLBACKS, DELIVERIES, EXECUTIONS, WORK
 from bridge.store.sqlite import (
     FOR_UPDATE,
     MIGRATIONS,
@@ -53,7 +53,11 @@ from bridge.store.sqlite import (
     _Accept,
     _describe,
     _filtered,
+    _Grouped,
+    _job_error,
+    _json,
     _query,
+    outage,
 )
 from bridge.store.writer import Writer
 
@@ -185,6 +189,8 @@ class Connection:
 
 
 class PostgresStore(SQLiteStore):
+    grouping = True  # write a batch's changes of one kind together (the bench compares without)
+
     def __init__(self, url: str, *, statement_timeout: float = 10.0, pool_size: int = 4,
                  commit_delay: float = 0.0) -> None:
         super().__init__(url, commit_delay=commit_delay)
@@ -266,11 +272,132 @@ class PostgresStore(SQLiteStore):
 
     def _apply(self, conn: Any, jobs: list[Callable[[Any], Any]]
                ) -> tuple[list[tuple[bool, Any]], frozenset[str]]:
+        """A batch of accepts alone goes in one round trip (`_ingest`). Any other batch runs
+        the shared jobs (`SQLiteStore._apply`), except that its changes of one kind are written
+        together: its accepts as one run, and its delivery outcomes, completions and callback
+        outcomes each in one statement (`_Group`), in the place of the first of their kind.
+
+        Moving a change up to its kind's first is safe because nothing in one batch waits for
+        another change of the same batch: every caller hears of its change only once the batch
+        has committed, so the changes of a batch were all made without knowing of each other,
+        and any order among them is one in which they could have arrived."""
         notifying: Any = _Notifying(conn, self)
         accepts = [job for job in jobs if isinstance(job, _Accept)]
-        if len(accepts) < len(jobs):
+        if len(accepts) == len(jobs):
+            return self._ingest(conn, accepts), frozenset(self._new_work)
+        if not self.grouping:
             return super()._apply(notifying, jobs)
-        return self._ingest(conn, accepts), frozenset(self._new_work)
+        slots: list[list[int]] = []  # positions in `jobs`, by kind, in order of first arrival
+        first: dict[str, int] = {}
+        for i, job in enumerate(jobs):
+            kind = "accept" if isinstance(job, _Accept) else \
+                job.kind if isinstance(job, _Grouped) else None
+            if kind is None:
+                slots.append([i])
+            elif kind in first:
+                slots[first[kind]].append(i)
+            else:
+                first[kind] = len(slots)
+                slots.append([i])
+        plan: list[Any] = []
+        answers: list[list[int]] = []  # for each job of the plan, the positions it answers
+        for positions in slots:
+            if len(positions) > 1 and isinstance(jobs[positions[0]], _Grouped):
+                plan.append(_Group(self, [job for i in positions
+                                                 if isinstance(job := jobs[i], _Grouped)]))
+                answers.append(positions)
+            else:
+                plan.extend(jobs[i] for i in positions)
+                answers.extend([i] for i in positions)
+        results, new_work = super()._apply(notifying, plan)
+        out: list[tuple[bool, Any]] = [(False, None)] * len(jobs)
+        for job, positions, (ok, value) in zip(plan, answers, results, strict=True):
+            if not isinstance(job, _Group):
+                out[positions[0]] = (ok, value)
+                continue
+            for i, answer in zip(positions, value if ok else [(False, value)] * len(positions),
+                                 strict=True):
+                out[i] = answer
+        return out, new_work
+
+    def _records(self, conn: Any, jobs: list[_Grouped]) -> list[bool]:
+        """Every delivery outcome of the batch in one statement (`RECORDS`): the same writes
+        as `SQLiteStore.record`'s job for each."""
+        columns: list[list[Any]] = [[] for _ in range(19)]
+        for job in jobs:
+            (delivery, owner, attempt, status, failures, next_at, execution_id, error,
+             reached_at, now, track_until) = job.args
+            for column, value in zip(columns, (
+                    delivery.id, owner, str(status), failures, next_at, execution_id, error,
+                    reached_at, now, delivery.event_id, delivery.route, delivery.trigger,
+                    track_until, attempt.started_at, attempt.latency_ms, attempt.outcome,
+                    attempt.status_code, attempt.error, attempt.response_excerpt), strict=True):
+                column.append(value)
+        if len(set(columns[0])) < len(jobs):
+            raise _Alone  # one delivery twice: each outcome must see the one before it
+        held: set[str] = set()
+        for what, name in conn.execute(RECORDS, columns).fetchall():
+            if what == "held":
+                held.add(name)
+            else:
+                log.info("route resumed", extra={"route": name})
+        if any(job.args[10] is not None and job.args[0].id in held for job in jobs):
+            self._new_work.add(EXECUTIONS)
+        return [job.args[0].id in held for job in jobs]
+
+    def _completions(self, conn: Any, jobs: list[_Grouped]) -> list[bool]:
+        """Every execution's end in the batch in one statement (`COMPLETIONS`) and their
+        callbacks in one more: the same writes as `SQLiteStore._complete` for each. A push and
+        a poll of the same execution in one batch: the first completes it, the second finds it
+        complete, as one after the other would."""
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        seen: set[str] = set()
+        for job in jobs:
+            execution_id, result, now, _ = job.args
+            if execution_id in seen:
+                continue
+            seen.add(execution_id)
+            for column, value in zip(columns, (
+                    execution_id, str(result.status), _json(result.output),
+                    _json(result.node_results), result.error, result.started_at,
+                    result.completed_at, now), strict=True):
+                column.append(value)
+        ended = {row[0]: row[1:] for row in conn.execute(COMPLETIONS, columns).fetchall()}
+        callbacks: list[tuple[Any, ...]] = []
+        out: list[bool] = []
+        for job in jobs:
+            execution_id, _, now, targets = job.args
+            row = ended.pop(execution_id, None)
+            out.append(row is not None)
+            if row is None:
+                continue
+            event_id, route, sender_url = row
+            urls = [(url, 0) for url in targets.for_route(route)]
+            if sender_url:
+                urls.append((sender_url, 1))
+            callbacks.extend((new_id(), execution_id, event_id, url, supplied, b"",
+                              CallbackStatus.PENDING, now, now, now) for url, supplied in urls)
+        if callbacks:
+            conn.executemany(INSERT_CALLBACK, callbacks)
+            self._new_work.add(CALLBACKS)
+        return out
+
+    def _callback_outcomes(self, conn: Any, jobs: list[_Grouped]) -> list[bool]:
+        """Every callback outcome of the batch in one statement (`CALLBACK_OUTCOMES`): the
+        same writes as `SQLiteStore.record_callback`'s job for each."""
+        columns: list[list[Any]] = [[] for _ in range(14)]
+        for job in jobs:
+            callback, owner, attempt, status, failures, next_at, reason, now = job.args
+            for column, value in zip(columns, (
+                    callback.id, owner, str(status), failures, next_at, reason, now,
+                    attempt.delivery_id, attempt.started_at, attempt.latency_ms,
+                    attempt.outcome, attempt.status_code, attempt.error,
+                    attempt.response_excerpt), strict=True):
+                column.append(value)
+        if len(set(columns[0])) < len(jobs):
+            raise _Alone
+        held = {row[0] for row in conn.execute(CALLBACK_OUTCOMES, columns).fetchall()}
+        return [job.args[0].id in held for job in jobs]
 
     def _ingest(self, conn: Connection, jobs: list[_Accept]) -> list[tuple[bool, Any]]:
         """A batch of plain accepts (the ingest path) in one round trip: BEGIN, one statement
@@ -384,6 +511,140 @@ INSERT_DELIVERY = (
     " status, next_attempt_at, created_at, updated_at, channel)"
     " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
     " WHERE EXISTS (SELECT 1 FROM events WHERE id = %s)")
+
+
+# The statements that write a batch's changes of one kind at once. Each takes one array per
+# column (`unnest`), so its text is the same whatever the batch's size: parsed and planned once.
+# All the parts of a statement see the tables as they were before it, so each part reads what an
+# earlier part changed from that part's own answer (`held`), not from the table.
+RECORDS = """
+WITH v AS (
+  SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::bigint[], ?::double precision[],
+    ?::text[], ?::text[], ?::double precision[], ?::double precision[], ?::text[], ?::text[],
+    ?::text[], ?::double precision[], ?::double precision[], ?::double precision[], ?::text[],
+    ?::bigint[], ?::text[], ?::text[]) WITH ORDINALITY
+  AS v(id, owner, status, failures, next_at, execution_id, error, reached_at, now, event_id,
+       route, trigger, track_until, started_at, latency_ms, outcome, status_code, attempt_error,
+       excerpt, n)),
+held AS (
+  UPDATE deliveries d SET status = v.status, attempts = d.attempts + 1,
+    failures = d.failures + v.failures, next_attempt_at = COALESCE(v.next_at, d.next_attempt_at),
+    execution_id = COALESCE(v.execution_id, d.execution_id), last_error = v.error,
+    reached_at = COALESCE(d.reached_at, v.reached_at), lease_owner = NULL, lease_until = NULL,
+    updated_at = v.now
+  FROM v WHERE d.id = v.id AND d.status = 'leased' AND d.lease_owner = v.owner
+  RETURNING d.id, d.event_id, d.status),
+tried AS (
+  INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome, status_code, error,
+    response_excerpt)
+  SELECT v.id, v.started_at, v.latency_ms, v.outcome, v.status_code, v.attempt_error, v.excerpt
+  FROM v JOIN held ON held.id = v.id ORDER BY v.n),
+followed AS (
+  INSERT INTO executions (id, delivery_id, event_id, route, trigger, status, created_at,
+    updated_at, deadline_at, next_check_at)
+  SELECT v.execution_id, v.id, v.event_id, v.route, v.trigger, 'pending', v.now, v.now,
+    v.track_until, v.now
+  FROM v JOIN held ON held.id = v.id WHERE v.track_until IS NOT NULL ORDER BY v.n
+  ON CONFLICT (id) DO NOTHING),
+resumed AS (
+  UPDATE routes r SET state = 'active', reason = NULL, changed_at = v.now, next_probe_at = NULL
+  FROM v JOIN held ON held.id = v.id
+  WHERE r.name = v.route AND held.status = 'delivered' AND r.state <> 'active'
+  RETURNING r.name),
+refreshed AS (
+  UPDATE events e SET state = CASE
+    WHEN EXISTS (SELECT 1 FROM held h WHERE h.event_id = e.id
+                 AND h.status IN ('pending', 'leased', 'handed_off'))
+      OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id
+                 AND d.status IN ('pending', 'leased', 'handed_off')
+                 AND NOT EXISTS (SELECT 1 FROM held h WHERE h.id = d.id)) THEN 'queued'
+    WHEN EXISTS (SELECT 1 FROM held h WHERE h.event_id = e.id
+                 AND h.status IN ('dead', 'discarded'))
+      OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id
+                 AND d.status IN ('dead', 'discarded')
+                 AND NOT EXISTS (SELECT 1 FROM held h WHERE h.id = d.id)) THEN 'dead'
+    ELSE 'delivered' END
+  WHERE e.id IN (SELECT event_id FROM held))
+SELECT 'held', id FROM held UNION ALL SELECT DISTINCT 'resumed', name FROM resumed
+"""
+COMPLETIONS = """
+UPDATE executions x SET status = v.status, output = v.output, node_results = v.node_results,
+  error = v.error, started_at = COALESCE(v.started_at, x.started_at),
+  completed_at = v.completed_at, lease_owner = NULL, lease_until = NULL, updated_at = v.now
+FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::text[],
+  ?::double precision[]) AS v(id, status, output, node_results, error, started_at, completed_at,
+  now)
+WHERE x.id = v.id AND x.status IN ('pending', 'running')
+RETURNING x.id, x.event_id, x.route, (SELECT callback_url FROM events e WHERE e.id = x.event_id)
+"""
+INSERT_CALLBACK = (
+    "INSERT INTO callbacks (id, execution_id, event_id, url, sender_supplied, body, status,"
+    " next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)")
+CALLBACK_OUTCOMES = """
+WITH v AS (
+  SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::bigint[], ?::double precision[],
+    ?::text[], ?::double precision[], ?::text[], ?::double precision[], ?::double precision[],
+    ?::text[], ?::bigint[], ?::text[], ?::text[]) WITH ORDINALITY
+  AS v(id, owner, status, failures, next_at, error, now, delivery_id, started_at, latency_ms,
+       outcome, status_code, attempt_error, excerpt, n)),
+held AS (
+  UPDATE callbacks c SET status = v.status, attempts = c.attempts + 1,
+    failures = c.failures + v.failures, next_attempt_at = COALESCE(v.next_at, c.next_attempt_at),
+    last_error = v.error, lease_owner = NULL, lease_until = NULL, updated_at = v.now
+  FROM v WHERE c.id = v.id AND c.status = 'leased' AND c.lease_owner = v.owner
+  RETURNING c.id),
+tried AS (
+  INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome, status_code, error,
+    response_excerpt)
+  SELECT v.delivery_id, v.started_at, v.latency_ms, v.outcome, v.status_code, v.attempt_error,
+    v.excerpt
+  FROM v JOIN held ON held.id = v.id ORDER BY v.n)
+SELECT id FROM held
+"""
+
+
+class _Alone(Exception):
+    """These changes cannot be written as one statement: each is applied on its own."""
+
+
+class _Group:
+    """A batch's changes of one kind (`_Grouped`), applied by one of the store's methods for
+    that kind inside the savepoint the batch gives every job. Should that fail other than by an
+    outage, the group is undone and its changes are applied one at a time, each in a savepoint
+    of its own, so the one that failed is undone alone and the others are written, as if they
+    had never been grouped."""
+
+    __slots__ = ("store", "jobs")
+
+    def __init__(self, store: PostgresStore, jobs: list[_Grouped]) -> None:
+        self.store = store
+        self.jobs = jobs
+
+    def __call__(self, conn: Any) -> list[tuple[bool, Any]]:
+        write = {"record": self.store._records, "complete": self.store._completions,
+                 "callback": self.store._callback_outcomes}[self.jobs[0].kind]
+        try:
+            return [(True, answer) for answer in write(conn, self.jobs)]
+        except Exception as exc:
+            if outage(exc):
+                raise
+            if not isinstance(exc, _Alone):
+                log.warning("grouped changes failed; applying them one at a time",
+                            extra={"kind": self.jobs[0].kind, "changes": len(self.jobs),
+                                   "error": _describe(exc)})
+            conn.execute("ROLLBACK TO job")  # the batch's savepoint for this job: still there
+        out: list[tuple[bool, Any]] = []
+        for job in self.jobs:
+            conn.execute("SAVEPOINT job")
+            try:
+                out.append((True, job(conn)))
+            except Exception as exc:
+                if outage(exc):
+                    raise
+                conn.execute("ROLLBACK TO job")
+                out.append((False, _job_error(exc)))
+            conn.execute("RELEASE job")
+        return out
 
 
 class _Notifying:

@@ -821,7 +821,13 @@ class SQLiteStore:
                                 "response_excerpt": attempt.response_excerpt}})
             return True
 
-        return await self._write(job)
+        if isinstance(outcome, Paused) or self.journaling:  # rare, and more than one row each
+            return await self._write(job)
+        track = track_until if isinstance(outcome, Delivered) and outcome.execution_id else None
+        return await self._write(_Grouped(job, "record", (
+            delivery, owner, attempt, status, failures,
+            next_at if status == DeliveryStatus.PENDING else None,
+            getattr(outcome, "execution_id", None), error, reached_at, now, track)))
 
     async def release(self, owner: str) -> int:
         """Give back every lease `owner` still holds (clean shutdown)."""
@@ -924,7 +930,9 @@ class SQLiteStore:
         def job(conn: sqlite3.Connection) -> bool:
             return self._complete(conn, execution_id, result, now, targets)
 
-        return await self._write(job)
+        if self.journaling:
+            return await self._write(job)
+        return await self._write(_Grouped(job, "complete", (execution_id, result, now, targets)))
 
     def _complete(self, conn: sqlite3.Connection, execution_id: str, result: ExecutionResult,
                   now: float, targets: CallbackTargets) -> bool:
@@ -1029,7 +1037,8 @@ class SQLiteStore:
                      attempt.response_excerpt))
             return bool(held)
 
-        return await self._write(job)
+        return await self._write(_Grouped(job, "callback", (
+            callback, owner, attempt, status, 0 if delivered else 1, next_at, reason, now)))
 
     async def next_callback_due(self) -> float | None:
         row = await self._one("SELECT MIN(next_attempt_at) AS t FROM callbacks"
@@ -1589,6 +1598,24 @@ class _Accept:
 
     def __call__(self, conn: sqlite3.Connection) -> Accepted:
         raise AssertionError("plain accepts are applied together by SQLiteStore._accept_all")
+
+
+class _Grouped:
+    """A change of a common kind (a delivery's outcome, an execution's end, a callback's
+    outcome), with what it writes as data. SQLite runs `fn`, as any job; PostgreSQL writes the
+    batch's changes of one kind in one statement (`PostgresStore._apply`), where each of them
+    alone would be several round trips."""
+
+    __slots__ = ("fn", "kind", "args")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], kind: str,
+                 args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.kind = kind
+        self.args = args
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        return self.fn(conn)
 
 
 class _Bare:

@@ -189,3 +189,159 @@ def test_a_percent_sign_reaches_the_database_as_written(kind: str, tmp_path: Pat
         assert await store._write(job) == "100%"  # type: ignore[attr-defined]
 
     run(scenario, kind, tmp_path)
+
+
+NOW = 1_900_000_000.0  # the same in every run, so that runs compare row for row
+
+
+def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> Any:
+    """Three batches as the forwarder, the tracker and the relay make them under load: many
+    delivery outcomes, completions and callback outcomes, each batch one transaction, with
+    every case their writes have (tracked or not, retried, dead, a route resumed, two deliveries
+    of one event, a lost lease, a push and a poll of one execution, one change that fails)."""
+    from bridge.errors import InternalError
+    from bridge.models import Dead, RetryLater, RouteState
+
+    async def scenario(store: Store) -> None:
+        calls: list[tuple[str, int, bool]] = []  # PostgreSQL: each group written, and how
+        if hasattr(store, "grouping"):
+            store.grouping = grouping  # type: ignore[attr-defined]
+            for kind, name in (("record", "_records"), ("complete", "_completions"),
+                               ("callback", "_callback_outcomes")):
+                def spy(conn: Any, jobs: list[Any], kind: str = kind,
+                        write: Any = getattr(store, name)) -> Any:
+                    try:
+                        answers = write(conn, jobs)
+                    except Exception:
+                        calls.append((kind, len(jobs), False))
+                        raise
+                    calls.append((kind, len(jobs), True))
+                    return answers
+                setattr(store, name, spy)
+        routes = {"k1": ["r1"], "k2": ["r1", "r2"], "k3": ["r1", "r2"], "k4": ["r2"],
+                  "k5": ["r1"], "k6": ["r2"], "k7": ["r1"], "k8": ["r1"], "k9": ["r3"]}
+        for key, names in routes.items():
+            await store.accept(
+                event(key, NOW, callback_url="https://cb.example/sender" if key == "k1" else None),
+                [NewDelivery(r, "t", f"{key}:{r}", b"{}", "application/json") for r in names])
+        claimed = {c.idempotency_key: c for c in await store.claim("w", NOW, 60, 100, 30)}
+        assert len(claimed) == 11
+        for route in ("r2", "r3"):
+            await store.set_route_state(route, RouteState.PAUSED, "failing", NOW, 30)
+
+        def record(key: str, outcome: Any, owner: str = "w", next_at: float | None = None,
+                   track: bool = True, started: Any = NOW) -> Any:
+            c = claimed[key]
+            attempt = Attempt(c.id, started, 2.5, "delivered" if isinstance(outcome, Delivered)
+                              else "failed", getattr(outcome, "status_code", None),
+                              None if isinstance(outcome, Delivered) else "no", "excerpt")
+            return store.record(c, owner, attempt, outcome, next_at, NOW, 30,
+                                NOW + 3600 if track else None,
+                                NOW if isinstance(outcome, RetryLater) else None)
+
+        first = await asyncio.gather(
+            record("k1:r1", Delivered("exe-k1", 202)),
+            record("k2:r1", Delivered("exe-k2", 202)),
+            record("k2:r2", RetryLater("busy", 503), next_at=NOW + 30),
+            record("k3:r1", Delivered(None, 200), track=False),
+            record("k3:r2", Dead("refused", 400)),
+            record("k4:r2", RetryLater("slow down", 429, counts_as_failure=False),
+                   next_at=NOW + 5),
+            record("k5:r1", Delivered("exe-k5", 202), owner="someone else"),  # lease lost
+            record("k6:r2", Delivered("exe-k6", 202)),  # resumes the paused route
+            record("k9:r3", RetryLater("busy", 503), next_at=NOW + 30))  # does not
+        assert first == [True] * 6 + [False, True, True]
+        # A change the database refuses (an attempt without its time) is undone alone.
+        second = await asyncio.gather(record("k7:r1", Delivered("exe-k7", 202), started=None),
+                                      record("k8:r1", Delivered("exe-k8", 202)),
+                                      return_exceptions=True)
+        assert isinstance(second[0], InternalError) and second[1] is True
+
+        targets = CallbackTargets({"r1": ("https://cb.example/r1",),
+                                   "r2": ("https://cb.example/r2",)})
+        ended = await asyncio.gather(*(
+            store.complete_execution(execution, ExecutionResult(*result), NOW, targets)
+            for execution, result in (
+                ("exe-k1", ("completed", {"n": 1})), ("exe-k2", ("failed", None, None, "boom")),
+                ("exe-k2", ("failed", None, None, "boom")),  # a push and a poll of one end
+                ("exe-k6", ("completed", [1, 2])), ("exe-k8", ("cancelled",)),
+                ("exe-missing", ("completed",)))))
+        assert ended == [True, True, False, True, True, False]
+
+        callbacks = sorted(await store.claim_callbacks("c", NOW, 60, 10),
+                           key=lambda c: (c.execution_id, c.url))
+        assert [(c.execution_id, c.url) for c in callbacks] == [
+            ("exe-k1", "https://cb.example/r1"), ("exe-k1", "https://cb.example/sender"),
+            ("exe-k2", "https://cb.example/r1"), ("exe-k6", "https://cb.example/r2"),
+            ("exe-k8", "https://cb.example/r1")]
+        plans = [(True, None, None, "c"), (False, NOW + 60, "503", "c"),
+                 (False, None, "gone", "c"), (True, None, None, "x"), (True, None, None, "c")]
+        sent = await asyncio.gather(*(
+            store.record_callback(cb, owner, Attempt(cb.id, NOW, 1.0, "sent", 200), ok, at,
+                                  why, NOW) for cb, (ok, at, why, owner) in zip(
+                callbacks, plans, strict=True)))
+        assert sent == [True, True, True, False, True]
+
+        async def rows(sql: str) -> list[tuple[Any, ...]]:
+            return [tuple(row.values())
+                    for row in await store._all(sql, ())]  # type: ignore[attr-defined]
+
+        snapshot = {
+            "events": await rows("SELECT idempotency_key, state FROM events"
+                                 " ORDER BY idempotency_key"),
+            "deliveries": await rows(
+                "SELECT idempotency_key, status, attempts, failures, next_attempt_at,"
+                " execution_id, last_error, reached_at, lease_owner, updated_at"
+                " FROM deliveries ORDER BY idempotency_key"),
+            "attempts": await rows(
+                "SELECT COALESCE(d.idempotency_key, c.url || ' ' || c.execution_id), a.outcome,"
+                " a.started_at, a.latency_ms, a.status_code, a.error, a.response_excerpt"
+                " FROM attempts a LEFT JOIN deliveries d ON d.id = a.delivery_id"
+                " LEFT JOIN callbacks c ON c.id = a.delivery_id ORDER BY 1"),
+            "executions": await rows(
+                "SELECT id, delivery_id IS NOT NULL, route, trigger, status, output,"
+                " node_results, error, deadline_at, lease_owner FROM executions ORDER BY id"),
+            "callbacks": await rows(
+                "SELECT execution_id, url, sender_supplied, status, attempts, failures,"
+                " next_attempt_at, last_error, lease_owner FROM callbacks"
+                " ORDER BY execution_id, url"),
+            "routes": await rows("SELECT name, state, reason FROM routes ORDER BY name"),
+            "groups": sorted(calls)}
+        snapshots.append(snapshot)
+        assert dict(snapshot["events"]) == {
+            "k1": "delivered", "k2": "queued", "k3": "dead", "k4": "queued", "k5": "queued",
+            "k6": "delivered", "k7": "queued", "k8": "delivered", "k9": "queued"}
+        assert snapshot["routes"] == [("r2", "active", None), ("r3", "paused", "failing")]
+        assert [(x[0], x[4]) for x in snapshot["executions"]] == [
+            ("exe-k1", "completed"), ("exe-k2", "failed"), ("exe-k6", "completed"),
+            ("exe-k8", "cancelled")]
+        assert len(snapshot["attempts"]) == 9 + 4  # the lost leases and the refused wrote none
+        by_key = {row[0]: row[1:] for row in snapshot["deliveries"]}
+        assert by_key["k2:r2"][:4] == ("pending", 1, 1, NOW + 30)
+        assert by_key["k4:r2"][:4] == ("pending", 1, 0, NOW + 5)
+        assert by_key["k5:r1"][0] == by_key["k7:r1"][0] == "leased"
+        assert [row[3:6] for row in snapshot["callbacks"]] == [
+            ("delivered", 1, 0), ("pending", 1, 1), ("dead", 1, 1), ("leased", 0, 0),
+            ("delivered", 1, 0)]
+
+    return scenario
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_batchs_outcomes_are_written_as_one_by_one(kind: str, tmp_path: Path) -> None:
+    """On PostgreSQL a batch's delivery outcomes, completions and callback outcomes are each
+    written in one statement: the rows they leave are the same, column for column, as those
+    of the same changes written one at a time (and as SQLite's), and a change the database
+    refuses sends its group back to one at a time, where it alone fails."""
+    snapshots: list[dict[str, Any]] = []
+    run(outcomes_batch_scenario(snapshots, True), kind, tmp_path, commit_delay=0.2)
+    if kind == "sqlite":
+        assert snapshots[0]["groups"] == []
+        return
+    run(outcomes_batch_scenario(snapshots, False), kind, tmp_path, commit_delay=0.2)
+    grouped, alone = snapshots
+    assert grouped["groups"] == [("callback", 5, True), ("complete", 6, True),
+                                 ("record", 2, False), ("record", 9, True)]
+    assert alone["groups"] == []
+    assert {k: v for k, v in grouped.items() if k != "groups"} == \
+        {k: v for k, v in alone.items() if k != "groups"}
