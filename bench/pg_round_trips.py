@@ -50,7 +50,6 @@ from bridge.models import (  # noqa: E402
 )
 from bridge.store import postgres  # noqa: E402
 
-
 # Ways the writer can send a batch: (hold the statements nobody reads, write each kind of change
 # in one statement).
 WAYS = {

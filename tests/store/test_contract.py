@@ -206,10 +206,9 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> 
         calls: list[tuple[str, int, bool]] = []  # PostgreSQL: each group written, and how
         if hasattr(store, "grouping"):
             store.grouping = grouping  # type: ignore[attr-defined]
-            for kind, name in (("record", "_records"), ("complete", "_completions"),
-                               ("callback", "_callback_outcomes")):
-                def spy(conn: Any, jobs: list[Any], kind: str = kind,
-                        write: Any = getattr(store, name)) -> Any:
+
+            def spy(kind: str, write: Any) -> Any:
+                def written(conn: Any, jobs: list[Any]) -> Any:
                     try:
                         answers = write(conn, jobs)
                     except Exception:
@@ -217,7 +216,11 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> 
                         raise
                     calls.append((kind, len(jobs), True))
                     return answers
-                setattr(store, name, spy)
+                return written
+
+            for kind, name in (("record", "_records"), ("complete", "_completions"),
+                               ("callback", "_callback_outcomes")):
+                setattr(store, name, spy(kind, getattr(store, name)))
         routes = {"k1": ["r1"], "k2": ["r1", "r2"], "k3": ["r1", "r2"], "k4": ["r2"],
                   "k5": ["r1"], "k6": ["r2"], "k7": ["r1"], "k8": ["r1"], "k9": ["r3"]}
         for key, names in routes.items():
