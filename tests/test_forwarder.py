@@ -124,7 +124,9 @@ def test_401_pauses_the_route_until_the_key_works_again(make_bridge: Callable[..
     time.sleep(1.0)  # paused: only periodic probes reach the platform, not every delivery
     probes = len(calls(emulator, "github-push"))
     assert 1 <= probes <= 6
-    assert bridge.statuses() == ["pending"] * 3
+    # Each waits for the route; one may be out as the probe of the moment (leased), none more.
+    statuses = sorted(bridge.statuses())
+    assert statuses in (["pending"] * 3, ["leased", "pending", "pending"])
     emulator.emulator.configure(trigger_key=good_key)
     wait_for(lambda: bridge.statuses() == ["delivered"] * 3)
     assert bridge.routes()["github->github-push"]["state"] == "active"

@@ -43,14 +43,27 @@ from typing import Any
 import psycopg
 
 from bridge.errors import InternalError, StoreUnavailable
-from bridge.models import Accepted, CallbackStatus, DeliveryStatus, EventState, new_id
+from bridge.models import (
+    Accepted,
+    CallbackStatus,
+    ClaimedCallback,
+    ClaimedDelivery,
+    DeliveryStatus,
+    EventState,
+    Pacing,
+    TrackedExecution,
+    new_id,
+)
 from bridge.store.base import CALLBACKS, DELIVERIES, EXECUTIONS, WORK
 from bridge.store.sqlite import (
+    _CLAIMED,
     FOR_UPDATE,
     MIGRATIONS,
     SKIP_LOCKED,
     SQLiteStore,
     _Accept,
+    _claimed,
+    _claimed_callback,
     _describe,
     _filtered,
     _Grouped,
@@ -319,6 +332,52 @@ class PostgresStore(SQLiteStore):
                                  strict=True):
                 out[i] = answer
         return out, new_work
+
+    # Claims: each in one statement (`CLAIM`, `CLAIM_EXECUTIONS`, `CLAIM_CALLBACKS`), where the
+    # shared job takes three to five, one after another. A batch under load holds one claim of
+    # each kind, and every statement the writer waits for costs it the event loop's GIL again.
+
+    async def claim(self, owner: str, now: float, lease: float, limit: int,
+                    probe_every: float, pacing: Pacing | None = None,
+                    urgent: bool = False) -> list[ClaimedDelivery]:
+        """As `SQLiteStore.claim`. With `pacing` (a bucket to read and spend) it is that
+        claim; without, one statement leases the due deliveries and names the paused routes,
+        which are then probed as the shared claim probes them."""
+        if pacing is not None or not self.grouping:
+            return await super().claim(owner, now, lease, limit, probe_every, pacing, urgent)
+
+        def job(conn: Any) -> list[ClaimedDelivery]:
+            rows = conn.execute(CLAIM, (now, now, limit, now, limit, owner, now + lease,
+                                        now)).fetchall()
+            claimed = [_claimed(row[1:]) for row in rows if row[0] == "leased"]
+            for row in rows if limit > 0 else ():
+                if row[0] == "paused":
+                    claimed.extend(self._probe(conn, row[3], owner, now, lease, probe_every))
+            return claimed
+
+        return await self._write(job, urgent=urgent)
+
+    async def claim_executions(self, owner: str, now: float, lease: float,
+                               limit: int, urgent: bool = False) -> list[TrackedExecution]:
+        if not self.grouping:
+            return await super().claim_executions(owner, now, lease, limit, urgent)
+
+        def job(conn: Any) -> list[TrackedExecution]:
+            return [TrackedExecution(*row) for row in conn.execute(
+                CLAIM_EXECUTIONS, (now, now, limit, owner, now + lease, now)).fetchall()]
+
+        return await self._write(job, urgent=urgent)
+
+    async def claim_callbacks(self, owner: str, now: float, lease: float,
+                              limit: int, urgent: bool = False) -> list[ClaimedCallback]:
+        if not self.grouping:
+            return await super().claim_callbacks(owner, now, lease, limit, urgent)
+
+        def job(conn: Any) -> list[ClaimedCallback]:
+            return [_claimed_callback(row) for row in conn.execute(
+                CLAIM_CALLBACKS, (now, limit, now, limit, owner, now + lease, now)).fetchall()]
+
+        return await self._write(job, urgent=urgent)
 
     def _records(self, conn: Any, jobs: list[_Grouped]) -> list[bool]:
         """Every delivery outcome of the batch in one statement (`RECORDS`): the same writes
@@ -600,6 +659,64 @@ tried AS (
     v.excerpt
   FROM v JOIN held ON held.id = v.id ORDER BY v.n)
 SELECT id FROM held
+"""
+
+
+# The shared claims' statements, one after the other in one: the due (and the expired leases,
+# up to the limit), skipping rows another replica is taking, leased where still claimable.
+# Nothing while the platform asked every sender to hold. The paused routes come back too, as
+# rows of their own, to be probed; their deliveries are not claimed.
+CLAIM = f"""
+WITH hold AS (SELECT 1 FROM pacing WHERE key = 'platform' AND not_before > ?),
+paused AS (SELECT name FROM routes WHERE state = 'paused'),
+due AS (
+  SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? AND channel IS NULL
+    AND route NOT IN (SELECT name FROM paused) AND NOT EXISTS (SELECT 1 FROM hold)
+  ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED),
+expired AS (
+  SELECT id FROM deliveries WHERE status = 'leased' AND lease_until <= ? AND channel IS NULL
+    AND route NOT IN (SELECT name FROM paused) AND NOT EXISTS (SELECT 1 FROM hold)
+  ORDER BY lease_until LIMIT GREATEST(?::bigint - (SELECT count(*) FROM due), 0)
+  FOR UPDATE SKIP LOCKED),
+leased AS (
+  UPDATE deliveries SET status = 'leased', lease_owner = ?, lease_until = ?
+  WHERE id IN (SELECT id FROM due UNION ALL SELECT id FROM expired)
+    AND (status = 'pending' OR (status = 'leased' AND lease_until <= ?))
+  RETURNING {_CLAIMED})
+SELECT 'leased', * FROM leased
+UNION ALL
+SELECT 'paused', NULL, NULL, name, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM paused
+WHERE NOT EXISTS (SELECT 1 FROM hold)
+"""
+CLAIM_EXECUTIONS = """
+WITH due AS (
+  SELECT id FROM executions WHERE status IN ('pending', 'running') AND next_check_at <= ?
+    AND (lease_until IS NULL OR lease_until <= ?) AND channel IS NULL
+  ORDER BY next_check_at LIMIT ? FOR UPDATE SKIP LOCKED)
+UPDATE executions SET lease_owner = ?, lease_until = ?
+WHERE id IN (SELECT id FROM due) AND status IN ('pending', 'running')
+  AND (lease_until IS NULL OR lease_until <= ?)
+RETURNING id, delivery_id, event_id, route, trigger, status, deadline_at, checks
+"""
+CLAIM_CALLBACKS = """
+WITH due AS (
+  SELECT id FROM callbacks WHERE status = 'pending' AND next_attempt_at <= ?
+  ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED),
+expired AS (
+  SELECT id FROM callbacks WHERE status = 'leased' AND lease_until <= ?
+  ORDER BY lease_until LIMIT GREATEST(?::bigint - (SELECT count(*) FROM due), 0)
+  FOR UPDATE SKIP LOCKED),
+leased AS (
+  UPDATE callbacks SET status = 'leased', lease_owner = ?, lease_until = ?
+  WHERE id IN (SELECT id FROM due UNION ALL SELECT id FROM expired)
+    AND (status = 'pending' OR (status = 'leased' AND lease_until <= ?))
+  RETURNING id)
+SELECT c.id, c.execution_id, c.event_id, c.url, c.sender_supplied, c.attempts, c.failures,
+  c.created_at, e.source, e.provider, e.event_type, e.idempotency_key, e.received_at, x.trigger,
+  x.status, x.output, x.node_results, x.error, x.started_at, x.completed_at
+FROM leased JOIN callbacks c ON c.id = leased.id JOIN events e ON e.id = c.event_id
+  JOIN executions x ON x.id = c.execution_id
+ORDER BY c.next_attempt_at
 """
 
 
