@@ -15,9 +15,14 @@ PostgreSQL's own lives here:
 - group commit: as on SQLite, one writer thread applies every change waiting for it in one
   transaction (`synchronous_commit` on: committed means on the primary's disk), so a burst of
   webhooks costs one round of commits, not one each;
-- round trips: the writer holds back the statements whose answer nobody reads (`BEGIN`,
-  savepoints, `NOTIFY`) and sends them with the next one, since on PostgreSQL every statement is
-  a round trip the writer waits out (see `HELD`);
+- round trips: on PostgreSQL every statement is a round trip the writer waits out, and under
+  load each wait also costs it the GIL back from the event loop, so a batch is written in as
+  few statements as its changes allow. A batch's delivery outcomes, completions and callback
+  outcomes are each written in one statement (`RECORDS`, `COMPLETIONS`, `CALLBACK_OUTCOMES`:
+  arrays of their columns, the lease checks inside), its accepts as one run, and each claim in
+  one statement (`CLAIM`...), where the shared jobs take several each. The statements whose
+  answer nobody reads (`BEGIN`, savepoints, `NOTIFY`) are held back and sent with the next one
+  (see `HELD`);
 - wake-ups across replicas: a transaction that makes work due sends `NOTIFY bridge_work`; every
   replica listens, so the forwarders of all replicas wake whichever one accepted the event;
 - outages: a connection that fails is replaced on the next transaction; until then callers get

@@ -85,3 +85,39 @@ def test_concurrent_claims_are_exclusive(kind: str, tmp_path: Path) -> None:
         assert len(ids) == 200 and len(set(ids)) == 200
 
     run(scenario, kind, tmp_path)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_claim_waits_out_a_hold_skips_paused_routes_and_probes_them(kind: str,
+                                                                     tmp_path: Path) -> None:
+    """What one claim weighs (on PostgreSQL, in one statement): the platform's hold, paused
+    routes (their deliveries wait, one is probed when its probe is due), the limit, and
+    expired leases, which are due again."""
+    from bridge.models import RouteState
+
+    async def scenario(store: Store) -> None:
+        now = time.time()
+        for i, route in enumerate("rrrrrpp"):
+            event = VerifiedEvent(new_id(), "s", "github", "push", f"s:{i}", now, {}, b"{}")
+            await store.accept(event, [NewDelivery(route, "t", f"s:{i}:t", b"{}",
+                                                   "application/json")])
+        await store.set_route_state("p", RouteState.PAUSED, "401", now, 30.0)
+        await store.hold(now + 10, now)
+        assert await store.claim("a", now + 5, 60.0, 10, 30.0) == []  # the platform said wait
+        first = await store.claim("a", now + 11, 60.0, 3, 30.0)
+        assert [(d.route, d.probe) for d in first] == [("r", False)] * 3
+        rest = await store.claim("a", now + 11, 60.0, 10, 30.0)
+        assert [(d.route, d.probe) for d in rest] == [("r", False)] * 2  # p waits, no probe yet
+        [probe] = await store.claim("a", now + 31, 60.0, 10, 30.0)  # its probe is due
+        assert (probe.route, probe.probe) == ("p", True)
+        for i in (7, 8):  # two more, due
+            event = VerifiedEvent(new_id(), "s", "github", "push", f"s:{i}", now, {}, b"{}")
+            await store.accept(event, [NewDelivery("r", "t", f"s:{i}:t", b"{}",
+                                                   "application/json")])
+        # Every lease has expired: due again after the due ones, up to the limit, plus the
+        # paused route's probe.
+        again = await store.claim("b", now + 100, 60.0, 4, 30.0)
+        assert sorted((d.route, d.probe) for d in again) == [("p", True)] + [("r", False)] * 4
+        assert len({d.id for d in again} & {d.id for d in first + rest}) == 2
+
+    run(scenario, kind, tmp_path)
