@@ -223,10 +223,13 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> 
                 setattr(store, name, spy(kind, getattr(store, name)))
         routes = {"k1": ["r1"], "k2": ["r1", "r2"], "k3": ["r1", "r2"], "k4": ["r2"],
                   "k5": ["r1"], "k6": ["r2"], "k7": ["r1"], "k8": ["r1"], "k9": ["r3"]}
+        stored: dict[str, str | None] = {}
         for key, names in routes.items():
-            await store.accept(
-                event(key, NOW, callback_url="https://cb.example/sender" if key == "k1" else None),
-                [NewDelivery(r, "t", f"{key}:{r}", b"{}", "application/json") for r in names])
+            stored[key] = (await store.accept(
+                event(key, NOW, callback_url="https://cb.example/sender" if key == "k1" else None,
+                      fingerprint=b"\x02" * 16 if key == "k9" else None),
+                [NewDelivery(r, "t", f"{key}:{r}", b"{}", "application/json") for r in names]
+            )).event_id
         claimed = {c.idempotency_key: c for c in await store.claim("w", NOW, 60, 100, 30)}
         assert len(claimed) == 11
         for route in ("r2", "r3"):
@@ -252,8 +255,20 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> 
                    next_at=NOW + 5),
             record("k5:r1", Delivered("exe-k5", 202), owner="someone else"),  # lease lost
             record("k6:r2", Delivered("exe-k6", 202)),  # resumes the paused route
-            record("k9:r3", RetryLater("busy", 503), next_at=NOW + 30))  # does not
-        assert first == [True] * 6 + [False, True, True]
+            record("k9:r3", RetryLater("busy", 503), next_at=NOW + 30),  # does not
+            # Acknowledgements in the same batch: new, stored before, twice in the batch, and
+            # the signed content of one stored before under a new id.
+            store.accept(event("k10", NOW), delivery("k10")),
+            store.accept(event("k1", NOW), delivery("k1")),
+            store.accept(event("k11", NOW), delivery("k11")),
+            store.accept(event("k11", NOW), delivery("k11")),
+            store.accept(event("k12", NOW, fingerprint=b"\x02" * 16), delivery("k12")))
+        assert first[:9] == [True] * 6 + [False, True, True]
+        new, again, once, twice, replay = first[9:]
+        assert not new.duplicate and not once.duplicate
+        assert (again.duplicate, again.event_id) == (True, stored["k1"])
+        assert (twice.duplicate, twice.event_id) == (True, once.event_id)
+        assert (replay.duplicate, replay.event_id) == (True, stored["k9"])
         # A change the database refuses (an attempt without its time) is undone alone.
         second = await asyncio.gather(record("k7:r1", Delivered("exe-k7", 202), started=None),
                                       record("k8:r1", Delivered("exe-k8", 202)),
@@ -310,10 +325,15 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> 
                 " ORDER BY execution_id, url"),
             "routes": await rows("SELECT name, state, reason FROM routes ORDER BY name"),
             "groups": sorted(calls)}
+        # New acknowledgements wait to be claimed: one delivery each, none for a duplicate.
+        assert [row[:3] for row in snapshot["deliveries"] if row[0] in ("k10:t", "k11:t")] == [
+            ("k10:t", "pending", 0), ("k11:t", "pending", 0)]
+        assert len(snapshot["deliveries"]) == 11 + 2
         snapshots.append(snapshot)
         assert dict(snapshot["events"]) == {
             "k1": "delivered", "k2": "queued", "k3": "dead", "k4": "queued", "k5": "queued",
-            "k6": "delivered", "k7": "queued", "k8": "delivered", "k9": "queued"}
+            "k6": "delivered", "k7": "queued", "k8": "delivered", "k9": "queued", "k10": "queued",
+            "k11": "queued"}
         assert snapshot["routes"] == [("r2", "active", None), ("r3", "paused", "failing")]
         assert [(x[0], x[4]) for x in snapshot["executions"]] == [
             ("exe-k1", "completed"), ("exe-k2", "failed"), ("exe-k6", "completed"),
