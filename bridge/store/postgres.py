@@ -338,56 +338,6 @@ class PostgresStore(SQLiteStore):
                 out[i] = answer
         return out, new_work
 
-    def _accept_all(self, conn: Any, jobs: list[_Accept]) -> list[tuple[bool, Accepted]]:
-        """The accepts of a batch that holds other changes too, in one statement (`ACCEPTS`):
-        the events that are new, and the deliveries of those it stored. The same outcome as
-        the shared `_accept_all`'s two inserts: a key stored before (or twice in the batch) is
-        a duplicate of the event stored under it, and its deliveries are not stored again."""
-        if not self.grouping:
-            return super()._accept_all(conn, jobs)
-        first: dict[str, str] = {}  # idempotency key -> the id stored (or to be) under it
-        fresh: list[_Accept] = []
-        for job in jobs:
-            if first.setdefault(job.event.idempotency_key, job.event.id) == job.event.id:
-                fresh.append(job)
-        events: list[list[Any]] = [[] for _ in range(12)]
-        for job in fresh:
-            e = job.event
-            for column, value in zip(events, (
-                    e.id, e.source, e.provider, e.event_type, e.idempotency_key, e.received_at,
-                    job.headers, e.body, str(EventState.QUEUED if job.deliveries else
-                                             EventState.UNROUTED), e.callback_url,
-                    e.fingerprint, _filtered(e)), strict=True):
-                column.append(value)
-        deliveries: list[list[Any]] = [[] for _ in range(9)]
-        for job in fresh:
-            e = job.event
-            for d in job.deliveries:
-                for column, value in zip(deliveries, (
-                        new_id(), e.id, d.route, d.trigger, d.idempotency_key, d.body,
-                        d.content_type, e.received_at, d.channel), strict=True):
-                    column.append(value)
-        inserted = {row[0] for row in conn.execute(ACCEPTS, (*events, *deliveries)).fetchall()}
-        if any(job.deliveries and job.event.id in inserted for job in fresh):
-            self._new_work.add(DELIVERIES)
-        if len(inserted) < len(fresh):  # some were stored before: find by what
-            stored = dict(self._lookup(conn, "idempotency_key", list(first)))
-            first.update(stored)
-            prints = [job.event.fingerprint for job in fresh
-                      if job.event.idempotency_key not in stored and job.event.fingerprint]
-            by_print = dict(self._lookup(conn, "fingerprint", prints)) if prints else {}
-            for job in fresh:
-                key, event = job.event.idempotency_key, job.event
-                if event.id in inserted or key in stored:
-                    continue
-                kept = by_print.get(event.fingerprint or b"")
-                if kept is None:  # never answer "stored" for what was not: the sender retries
-                    raise psycopg.OperationalError("an event skipped as stored was not found")
-                first[key] = kept
-        return [(True, Accepted(first[job.event.idempotency_key],
-                                duplicate=first[job.event.idempotency_key] != job.event.id))
-                for job in jobs]
-
     # Claims: each in one statement (`CLAIM`, `CLAIM_EXECUTIONS`, `CLAIM_CALLBACKS`), where the
     # shared job takes three to five, one after another. A batch under load holds one claim of
     # each kind, and every statement the writer waits for costs it the event loop's GIL again.
@@ -717,26 +667,6 @@ SELECT id FROM held
 """
 
 
-# A batch's new events and the deliveries of those stored (of those not skipped as stored
-# before): ids are fresh, so a delivery's event is in `stored` only when this insert stored it.
-ACCEPTS = """
-WITH stored AS (
-  INSERT INTO events (id, source, provider, event_type, idempotency_key, received_at, headers,
-    body, state, callback_url, fingerprint, filtered)
-  SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[],
-    ?::double precision[], ?::text[], ?::bytea[], ?::text[], ?::text[], ?::bytea[], ?::text[])
-  ON CONFLICT DO NOTHING RETURNING id),
-queued AS (
-  INSERT INTO deliveries (id, event_id, route, trigger, idempotency_key, body, content_type,
-    status, next_attempt_at, created_at, updated_at, channel)
-  SELECT d.id, d.event_id, d.route, d.trigger, d.idempotency_key, d.body, d.content_type,
-    'pending', d.at, d.at, d.at, d.channel
-  FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[], ?::text[],
-    ?::double precision[], ?::text[]) WITH ORDINALITY
-    AS d(id, event_id, route, trigger, idempotency_key, body, content_type, at, channel, n)
-  WHERE d.event_id IN (SELECT id FROM stored) ORDER BY d.n)
-SELECT id FROM stored
-"""
 # The shared claims' statements, one after the other in one: the due (and the expired leases,
 # up to the limit), skipping rows another replica is taking, leased where still claimable.
 # Nothing while the platform asked every sender to hold. The paused routes come back too, as
