@@ -387,16 +387,15 @@ class PostgresStore(SQLiteStore):
     def _records(self, conn: Any, jobs: list[_Grouped]) -> list[bool]:
         """Every delivery outcome of the batch in one statement (`RECORDS`): the same writes
         as `SQLiteStore.record`'s job for each."""
-        columns: list[list[Any]] = [[] for _ in range(19)]
+        rows = []
         for job in jobs:
             (delivery, owner, attempt, status, failures, next_at, execution_id, error,
              reached_at, now, track_until) = job.args
-            for column, value in zip(columns, (
-                    delivery.id, owner, str(status), failures, next_at, execution_id, error,
-                    reached_at, now, delivery.event_id, delivery.route, delivery.trigger,
-                    track_until, attempt.started_at, attempt.latency_ms, attempt.outcome,
-                    attempt.status_code, attempt.error, attempt.response_excerpt), strict=True):
-                column.append(value)
+            rows.append((delivery.id, owner, str(status), failures, next_at, execution_id, error,
+                         reached_at, now, delivery.event_id, delivery.route, delivery.trigger,
+                         track_until, attempt.started_at, attempt.latency_ms, attempt.outcome,
+                         attempt.status_code, attempt.error, attempt.response_excerpt))
+        columns = _arrays(rows)
         if len(set(columns[0])) < len(jobs):
             raise _Alone  # one delivery twice: each outcome must see the one before it
         held: set[str] = set()
@@ -414,19 +413,15 @@ class PostgresStore(SQLiteStore):
         callbacks in one more: the same writes as `SQLiteStore._complete` for each. A push and
         a poll of the same execution in one batch: the first completes it, the second finds it
         complete, as one after the other would."""
-        columns: list[list[Any]] = [[] for _ in range(8)]
-        seen: set[str] = set()
+        rows: dict[str, tuple[Any, ...]] = {}
         for job in jobs:
             execution_id, result, now, _ = job.args
-            if execution_id in seen:
-                continue
-            seen.add(execution_id)
-            for column, value in zip(columns, (
-                    execution_id, str(result.status), _json(result.output),
-                    _json(result.node_results), result.error, result.started_at,
-                    result.completed_at, now), strict=True):
-                column.append(value)
-        ended = {row[0]: row[1:] for row in conn.execute(COMPLETIONS, columns).fetchall()}
+            rows.setdefault(execution_id, (
+                execution_id, str(result.status), _json(result.output),
+                _json(result.node_results), result.error, result.started_at,
+                result.completed_at, now))
+        ended = {row[0]: row[1:] for row in conn.execute(
+            COMPLETIONS, _arrays(list(rows.values()))).fetchall()}
         callbacks: list[tuple[Any, ...]] = []
         out: list[bool] = []
         for job in jobs:
@@ -449,15 +444,14 @@ class PostgresStore(SQLiteStore):
     def _callback_outcomes(self, conn: Any, jobs: list[_Grouped]) -> list[bool]:
         """Every callback outcome of the batch in one statement (`CALLBACK_OUTCOMES`): the
         same writes as `SQLiteStore.record_callback`'s job for each."""
-        columns: list[list[Any]] = [[] for _ in range(14)]
+        rows = []
         for job in jobs:
             callback, owner, attempt, status, failures, next_at, reason, now = job.args
-            for column, value in zip(columns, (
-                    callback.id, owner, str(status), failures, next_at, reason, now,
-                    attempt.delivery_id, attempt.started_at, attempt.latency_ms,
-                    attempt.outcome, attempt.status_code, attempt.error,
-                    attempt.response_excerpt), strict=True):
-                column.append(value)
+            rows.append((callback.id, owner, str(status), failures, next_at, reason, now,
+                         attempt.delivery_id, attempt.started_at, attempt.latency_ms,
+                         attempt.outcome, attempt.status_code, attempt.error,
+                         attempt.response_excerpt))
+        columns = _arrays(rows)
         if len(set(columns[0])) < len(jobs):
             raise _Alone
         held = {row[0] for row in conn.execute(CALLBACK_OUTCOMES, columns).fetchall()}
@@ -723,6 +717,11 @@ FROM leased JOIN callbacks c ON c.id = leased.id JOIN events e ON e.id = c.event
   JOIN executions x ON x.id = c.execution_id
 ORDER BY c.next_attempt_at
 """
+
+
+def _arrays(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as one list per column: the arrays a grouped statement takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 class _Alone(Exception):
