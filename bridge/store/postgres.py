@@ -72,9 +72,9 @@ from bridge.store.sqlite import (
     _describe,
     _filtered,
     _Grouped,
-    _job_error,
     _json,
     _query,
+    _savepointed,
     outage,
 )
 from bridge.store.writer import Writer
@@ -754,18 +754,7 @@ class _Group:
                             extra={"kind": self.jobs[0].kind, "changes": len(self.jobs),
                                    "error": _describe(exc)})
             conn.execute("ROLLBACK TO job")  # the batch's savepoint for this job: still there
-        out: list[tuple[bool, Any]] = []
-        for job in self.jobs:
-            conn.execute("SAVEPOINT job")
-            try:
-                out.append((True, job(conn)))
-            except Exception as exc:
-                if outage(exc):
-                    raise
-                conn.execute("ROLLBACK TO job")
-                out.append((False, _job_error(exc)))
-            conn.execute("RELEASE job")
-        return out
+        return [_savepointed(conn, job) for job in self.jobs]
 
 
 class _Notifying:

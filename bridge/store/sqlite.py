@@ -414,15 +414,7 @@ class SQLiteStore:
                             raise
                         out.append((False, _job_error(exc)))
                     continue
-                conn.execute("SAVEPOINT job")
-                try:
-                    out.append((True, job(conn)))
-                except Exception as exc:
-                    if outage(exc):
-                        raise  # disk full, locked, I/O: the batch cannot commit
-                    conn.execute("ROLLBACK TO job")  # this job alone is undone
-                    out.append((False, _job_error(exc)))
-                conn.execute("RELEASE job")
+                out.append(_savepointed(conn, job))
             if run:
                 out.extend(self._accept_all(conn, run))
             conn.execute("COMMIT")
@@ -1702,6 +1694,22 @@ def _execution(row: dict[str, Any]) -> ExecutionRecord:
 # memory, read-only, I/O, corrupt, full, cannot open, lock protocol, not a database). Anything
 # else (a constraint, a bad parameter, bad SQL) is a bug: retrying later will not help.
 _OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+def _savepointed(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], Any]
+                 ) -> tuple[bool, Any]:
+    """Runs `job` in a savepoint of its own: its outcome, or its own error with what it wrote
+    undone, while the batch goes on. An outage is raised: the batch cannot commit."""
+    conn.execute("SAVEPOINT job")
+    try:
+        answer: tuple[bool, Any] = (True, job(conn))
+    except Exception as exc:
+        if outage(exc):
+            raise  # disk full, locked, I/O: the batch cannot commit
+        conn.execute("ROLLBACK TO job")  # this job alone is undone
+        answer = (False, _job_error(exc))
+    conn.execute("RELEASE job")
+    return answer
 
 
 def outage(exc: BaseException) -> bool:
