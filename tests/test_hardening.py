@@ -353,9 +353,12 @@ def test_a_poison_delivery_backs_off_and_dies_instead_of_holding_its_lease(
     bridge.terminate()
     conn = sqlite3.connect(bridge.db)
     # A value no attempt can send (stored by a bug, or by a hand): the content type as bytes.
+    # Its 2 s of life begin a few seconds from now, so that they are spent retrying, not
+    # waiting for the bridge to start again (on a busy machine a start took over 2 s, and the
+    # first attempt then found the delivery already too old to retry).
     conn.execute("UPDATE deliveries SET status = 'pending', content_type = x'ff', attempts = 0,"
                  " next_attempt_at = 0, created_at = ? WHERE event_id = ?",
-                 (time.time(), ack["id"]))
+                 (time.time() + 5, ack["id"]))
     conn.commit()
     conn.close()
     bridge.start()
