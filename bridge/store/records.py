@@ -9,10 +9,11 @@ frozen: a view that adds to one (the admin API's reasons for waiting) builds a n
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from bridge import codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,4 +217,6 @@ def plain(record: Any) -> Any:
 
 
 def decode_json(value: Any) -> Any:
-    return None if value is None else json.loads(value)
+    """A stored JSON column: read by `codec.loads` (orjson, with its fallbacks) when a claimed
+    callback renders the execution's output."""
+    return None if value is None else codec.loads(value.encode())
