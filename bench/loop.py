@@ -2,6 +2,7 @@
 
     python bench/loop.py [--rates 300,800] [--seconds 20] [--burst 3000] [--store sqlite|postgres]
                          [--extra 'TOML merged into the config'] [--no-bare]
+                         [--db-delay MS]
 
 One bridge (one worker, default settings, pinned to the last core) with a route whose callback
 goes to a receiver; the platform emulator in its own process; the load generator and the
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -45,7 +47,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
@@ -142,16 +146,44 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+@contextlib.contextmanager
+def distant_postgres(delay_ms: float) -> Iterator[tuple[str, int]]:
+    """An address that reaches the PostgreSQL server through a proxy holding every chunk
+    `delay_ms` each way, so a round trip gains 2 x delay: a database on another host, as
+    replicas run it. The proxy is `pg_round_trips.py`'s, in a process of its own on core 0 with
+    the load."""
+    import pg_round_trips
+
+    parts = urlsplit(postgres_url())
+    proc, port = pg_round_trips.start_proxy((parts.hostname or "127.0.0.1", parts.port or 5432),
+                                            delay_ms / 1000)
+    try:
+        yield ("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        proc.join(10)
+
+
+def postgres_url() -> str:
+    return os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
 def config(directory: Path, port: int, platform_port: int, receiver_port: int,
-           store: str, extra: str) -> Path:
+           store: str, extra: str, via: tuple[str, int] | None = None) -> Path:
+    """The bridge's config; `via`: the address its store reaches PostgreSQL at (a proxy)."""
     if store == "postgres":
         import psycopg
 
-        url = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+        url = postgres_url()
         schema = f"loop_{secrets.token_hex(4)}"
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute(f"CREATE SCHEMA {schema}")
-        line = f'url = "{url}?options=-csearch_path%3D{schema}"'
+        if via is not None:
+            import pg_round_trips
+
+            line = f'url = "{pg_round_trips.through(url, via, schema)}"'
+        else:
+            line = f'url = "{url}?options=-csearch_path%3D{schema}"'
     else:
         line = f'path = "{directory / "loop.db"}"'
     path = directory / "loop.toml"
@@ -268,7 +300,12 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=3000)
     parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare baseline")
+    parser.add_argument("--db-delay", type=float, default=None,
+                        help="PostgreSQL this many ms away each way, through a delaying proxy"
+                             " (implies --store postgres)")
     args = parser.parse_args()
+    if args.db_delay is not None:
+        args.store = "postgres"
     cores = os.cpu_count() or 1
     os.sched_setaffinity(0, {0})  # this process (load and receiver) and the emulator: core 0
     print(f"machine: {loadgen.machine()}; bridge and bare baseline on core {cores - 1},"
@@ -280,7 +317,12 @@ def main() -> None:
                               "--port", str(platform_port), "--trigger-key", TRIGGER_KEY,
                               "--api-key", API_KEY, "--execution-delay", "0.05"])
     targets: list[tuple[str, subprocess.Popen[bytes], int, bool]] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        via = None
+        if args.db_delay is not None:
+            via = stack.enter_context(distant_postgres(args.db_delay))
+            print(f"database: PostgreSQL through a proxy, {args.db_delay} ms each way")
         try:
             if not args.no_bare:
                 targets.append(("bare", loadgen.spawn(
@@ -288,7 +330,8 @@ def main() -> None:
                      "--platform", f"http://127.0.0.1:{platform_port}/api/v1",
                      "--callback", f"http://127.0.0.1:{receiver_port}/done",
                      "--trigger-key", TRIGGER_KEY, "--signing", SIGNING]), bare_port, False))
-            path = config(Path(tmp), port, platform_port, receiver_port, args.store, args.extra)
+            path = config(Path(tmp), port, platform_port, receiver_port, args.store, args.extra,
+                          via)
             targets.append(("bridge", loadgen.spawn(
                 [*pin, "-m", "bridge", "serve", "--config", str(path)]), port, True))
             loadgen.wait_healthy(f"http://127.0.0.1:{platform_port}/healthz", emulator)
