@@ -53,9 +53,11 @@ from bridge.store import postgres  # noqa: E402
 # Ways the writer can send a batch: (hold the statements nobody reads, write each kind of change
 # in one statement).
 WAYS = {
-    "unheld": (False, False),  # every statement a round trip of its own
-    "alone": (True, False),  # held, and each change its own statements
-    "grouped": (True, True),  # as the store runs
+    "unheld": (False, False, False),  # every statement a round trip of its own
+    "alone": (True, False, False),  # held, and each change its own statements
+    "grouped": (True, False, True),  # held, a batch's changes of one kind in one statement
+    "pipelined": (True, True, True),  # as the store runs: as grouped, and those held go with
+    # the next statement even when it has parameters
 }
 
 
@@ -186,7 +188,8 @@ def main() -> None:
             schema = f"rt_{secrets.token_hex(4)}"
             with psycopg.connect(args.url, autocommit=True) as admin:
                 admin.execute(f"CREATE SCHEMA {schema}")
-            postgres.Connection.hold, postgres.PostgresStore.grouping = WAYS[way]
+            (postgres.Connection.hold, postgres.Connection.pipelined,
+             postgres.PostgresStore.grouping) = WAYS[way]
             try:
                 figures.setdefault(way, []).append(asyncio.run(
                     measure(through(args.url, address, schema), args.events, args.rounds)))

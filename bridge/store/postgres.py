@@ -132,6 +132,7 @@ class Connection:
     """A psycopg connection that speaks to the shared jobs as sqlite3 does."""
 
     hold = True  # hold statements as `HELD` says (bench/pg_round_trips.py compares without)
+    pipelined = True  # send those held with a statement that has parameters in one pipeline
 
     def __init__(self, url: str, statement_timeout: float, application: str) -> None:
         self.url = url
@@ -171,6 +172,12 @@ class Connection:
             cursor = raw.execute("; ".join([*self.release(), sql]))
             while cursor.nextset():  # to the answer of `sql`, the last
                 pass
+        elif self.held and self.pipelined:  # the held ones and `sql`: one round trip
+            with raw.pipeline():
+                for statement in self.release():
+                    raw.execute(statement)
+                cursor = raw.execute(translate(sql), list(params)) if params else \
+                    raw.execute(dialect(sql))
         else:
             if self.held:
                 raw.execute("; ".join(self.release()))
@@ -187,9 +194,16 @@ class Connection:
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.raw is None:
             raise psycopg.OperationalError("not connected")
-        if self.held:
-            self.raw.execute("; ".join(self.release()))
+        held = self.release()
         with self.raw.cursor() as cursor:
+            if held and self.pipelined:
+                with self.raw.pipeline():
+                    for statement in held:
+                        cursor.execute(statement)
+                    cursor.executemany(translate(sql), [list(row) for row in rows])
+                return
+            if held:
+                self.raw.execute("; ".join(held))
             cursor.executemany(translate(sql), [list(row) for row in rows])
 
     @property
