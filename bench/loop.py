@@ -26,6 +26,9 @@ ratio of their CPU per event is what the bridge's own work costs on top of the l
   emulator share core 0 and run out of it first: past that point the bridge waits on them, and
   `1000 / CPU ms per event` is the rate its own core would carry.
 
+`--db-delay MS` puts the store on PostgreSQL reached through a proxy (`pg_round_trips.py`'s)
+that holds every chunk MS each way: a database on another host. The proxy runs on core 0.
+
 Printed: events/s end to end, CPU ms per event, ack -> callback p50/p99, RSS at the end, the
 bridge / bare ratios. Every callback's signature is checked (Standard Webhooks, as the relay
 signs).
