@@ -193,6 +193,20 @@ class Connection:
         held, self.held = self.held, []
         return held
 
+    def answers(self, statements: Sequence[tuple[str, Sequence[Any]]]
+                ) -> list[list[tuple[Any, ...]]]:
+        """Runs `statements` (with those held before them) in one pipeline, one round trip,
+        and returns each one's rows. An error in any is raised once all are sent; the
+        statements after it were not run."""
+        raw = self.raw
+        if raw is None:
+            raise psycopg.OperationalError("not connected")
+        with raw.pipeline():
+            for statement in self.release():
+                raw.execute(statement)
+            cursors = [raw.execute(translate(sql), list(params)) for sql, params in statements]
+        return [cursor.fetchall() for cursor in cursors]
+
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.raw is None:
             raise psycopg.OperationalError("not connected")
@@ -224,6 +238,7 @@ class Connection:
 
 class PostgresStore(SQLiteStore):
     grouping = True  # write a batch's changes of one kind together (the bench compares without)
+    pipelining = True  # send runs of one-statement jobs in one pipeline (`_Pipelined`)
 
     def __init__(self, url: str, *, statement_timeout: float = 10.0, pool_size: int = 4,
                  commit_delay: float = 0.0) -> None:
@@ -310,6 +325,9 @@ class PostgresStore(SQLiteStore):
         the shared jobs (`SQLiteStore._apply`), except that its changes of one kind are written
         together: its accepts as one run, and its delivery outcomes, completions and callback
         outcomes each in one statement (`_Group`), in the place of the first of their kind.
+        Consecutive jobs that are one statement each (those groups and the claims) then go in
+        one pipeline (`_Pipelined`): under load a batch's outcomes and claims are one round
+        trip, where each was one of its own.
 
         Moving a change up to its kind's first is safe because nothing in one batch waits for
         another change of the same batch: every caller hears of its change only once the batch
@@ -334,24 +352,37 @@ class PostgresStore(SQLiteStore):
                 first[kind] = len(slots)
                 slots.append([i])
         plan: list[Any] = []
-        answers: list[list[int]] = []  # for each job of the plan, the positions it answers
+        if self.pipelining and "accept" in first:
+            # The accepts first, so that they do not split the run of statements after them
+            # (and a claim in the batch already sees their deliveries).
+            slots.insert(0, slots.pop(first["accept"]))
+        # For each job of the plan, the positions it answers (for a `_Pipelined` one, a list
+        # of those of each of its jobs).
+        answers: list[Any] = []
         for positions in slots:
-            if len(positions) > 1 and isinstance(jobs[positions[0]], _Grouped):
+            # A change alone of its kind is a group too when groups go in a pipeline: one
+            # statement in the run, where the shared job would be several round trips.
+            if isinstance(jobs[positions[0]], _Grouped) and (
+                    len(positions) > 1 or self.pipelining):
                 plan.append(_Group(self, [job for i in positions
                                                  if isinstance(job := jobs[i], _Grouped)]))
                 answers.append(positions)
             else:
                 plan.extend(jobs[i] for i in positions)
                 answers.extend([i] for i in positions)
+        if self.pipelining:  # runs of one-statement jobs: one round trip each run
+            plan, answers = _runs(plan, answers)
         results, new_work = super()._apply(notifying, plan)
         out: list[tuple[bool, Any]] = [(False, None)] * len(jobs)
-        for job, positions, (ok, value) in zip(plan, answers, results, strict=True):
-            if not isinstance(job, _Group):
-                out[positions[0]] = (ok, value)
-                continue
-            for i, answer in zip(positions, value if ok else [(False, value)] * len(positions),
-                                 strict=True):
-                out[i] = answer
+        for job, positions, result in zip(plan, answers, results, strict=True):
+            if isinstance(job, _Pipelined):
+                ok, value = result
+                for part, where, part_result in zip(
+                        job.jobs, positions, value if ok else [result] * len(job.jobs),
+                        strict=True):
+                    _answer(out, part, where, part_result)
+            else:
+                _answer(out, job, positions, result)
         return out, new_work
 
     # Claims: each in one statement (`CLAIM`, `CLAIM_EXECUTIONS`, `CLAIM_CALLBACKS`), where the
@@ -367,42 +398,42 @@ class PostgresStore(SQLiteStore):
         if pacing is not None or not self.grouping:
             return await super().claim(owner, now, lease, limit, probe_every, pacing, urgent)
 
-        def job(conn: Any) -> list[ClaimedDelivery]:
-            rows = conn.execute(CLAIM, (now, now, limit, now, limit, owner, now + lease,
-                                        now)).fetchall()
+        def read(conn: Any, rows: list[tuple[Any, ...]]) -> list[ClaimedDelivery]:
             claimed = [_claimed(row[1:]) for row in rows if row[0] == "leased"]
             for row in rows if limit > 0 else ():
                 if row[0] == "paused":
                     claimed.extend(self._probe(conn, row[3], owner, now, lease, probe_every))
             return claimed
 
-        return await self._write(job, urgent=urgent)
+        return await self._write(_Statement(
+            CLAIM, (now, now, limit, now, limit, owner, now + lease, now), read), urgent=urgent)
 
     async def claim_executions(self, owner: str, now: float, lease: float,
                                limit: int, urgent: bool = False) -> list[TrackedExecution]:
         if not self.grouping:
             return await super().claim_executions(owner, now, lease, limit, urgent)
 
-        def job(conn: Any) -> list[TrackedExecution]:
-            return [TrackedExecution(*row) for row in conn.execute(
-                CLAIM_EXECUTIONS, (now, now, limit, owner, now + lease, now)).fetchall()]
+        def read(conn: Any, rows: list[tuple[Any, ...]]) -> list[TrackedExecution]:
+            return [TrackedExecution(*row) for row in rows]
 
-        return await self._write(job, urgent=urgent)
+        return await self._write(_Statement(
+            CLAIM_EXECUTIONS, (now, now, limit, owner, now + lease, now), read), urgent=urgent)
 
     async def claim_callbacks(self, owner: str, now: float, lease: float,
                               limit: int, urgent: bool = False) -> list[ClaimedCallback]:
         if not self.grouping:
             return await super().claim_callbacks(owner, now, lease, limit, urgent)
 
-        def job(conn: Any) -> list[ClaimedCallback]:
-            return [_claimed_callback(row) for row in conn.execute(
-                CLAIM_CALLBACKS, (now, limit, now, limit, owner, now + lease, now)).fetchall()]
+        def read(conn: Any, rows: list[tuple[Any, ...]]) -> list[ClaimedCallback]:
+            return [_claimed_callback(row) for row in rows]
 
-        return await self._write(job, urgent=urgent)
+        return await self._write(_Statement(
+            CLAIM_CALLBACKS, (now, limit, now, limit, owner, now + lease, now), read),
+            urgent=urgent)
 
-    def _records(self, conn: Any, jobs: list[_Grouped]) -> list[bool]:
+    def _records(self, jobs: list[_Grouped]) -> tuple[str, list[list[Any]]]:
         """Every delivery outcome of the batch in one statement (`RECORDS`): the same writes
-        as `SQLiteStore.record`'s job for each."""
+        as `SQLiteStore.record`'s job for each. Its answer is read by `_records_read`."""
         rows = []
         for job in jobs:
             (delivery, owner, attempt, status, failures, next_at, execution_id, error,
@@ -414,8 +445,12 @@ class PostgresStore(SQLiteStore):
         columns = _arrays(rows)
         if len(set(columns[0])) < len(jobs):
             raise _Alone  # one delivery twice: each outcome must see the one before it
+        return RECORDS, columns
+
+    def _records_read(self, conn: Any, jobs: list[_Grouped], answer: list[tuple[Any, ...]]
+                      ) -> list[bool]:
         held: set[str] = set()
-        for what, name in conn.execute(RECORDS, columns).fetchall():
+        for what, name in answer:
             if what == "held":
                 held.add(name)
             else:
@@ -424,11 +459,11 @@ class PostgresStore(SQLiteStore):
             self._new_work.add(EXECUTIONS)
         return [job.args[0].id in held for job in jobs]
 
-    def _completions(self, conn: Any, jobs: list[_Grouped]) -> list[bool]:
+    def _completions(self, jobs: list[_Grouped]) -> tuple[str, list[list[Any]]]:
         """Every execution's end in the batch in one statement (`COMPLETIONS`) and their
-        callbacks in one more: the same writes as `SQLiteStore._complete` for each. A push and
-        a poll of the same execution in one batch: the first completes it, the second finds it
-        complete, as one after the other would."""
+        callbacks in one more (`_completions_read`): the same writes as
+        `SQLiteStore._complete` for each. A push and a poll of the same execution in one batch:
+        the first completes it, the second finds it complete, as one after the other would."""
         rows: dict[str, tuple[Any, ...]] = {}
         for job in jobs:
             execution_id, result, now, _ = job.args
@@ -436,8 +471,11 @@ class PostgresStore(SQLiteStore):
                 execution_id, str(result.status), _json(result.output),
                 _json(result.node_results), result.error, result.started_at,
                 result.completed_at, now))
-        ended = {row[0]: row[1:] for row in conn.execute(
-            COMPLETIONS, _arrays(list(rows.values()))).fetchall()}
+        return COMPLETIONS, _arrays(list(rows.values()))
+
+    def _completions_read(self, conn: Any, jobs: list[_Grouped],
+                          answer: list[tuple[Any, ...]]) -> list[bool]:
+        ended = {row[0]: row[1:] for row in answer}
         callbacks: list[tuple[Any, ...]] = []
         out: list[bool] = []
         for job in jobs:
@@ -457,7 +495,7 @@ class PostgresStore(SQLiteStore):
             self._new_work.add(CALLBACKS)
         return out
 
-    def _callback_outcomes(self, conn: Any, jobs: list[_Grouped]) -> list[bool]:
+    def _callback_outcomes(self, jobs: list[_Grouped]) -> tuple[str, list[list[Any]]]:
         """Every callback outcome of the batch in one statement (`CALLBACK_OUTCOMES`): the
         same writes as `SQLiteStore.record_callback`'s job for each."""
         rows = []
@@ -470,7 +508,11 @@ class PostgresStore(SQLiteStore):
         columns = _arrays(rows)
         if len(set(columns[0])) < len(jobs):
             raise _Alone
-        held = {row[0] for row in conn.execute(CALLBACK_OUTCOMES, columns).fetchall()}
+        return CALLBACK_OUTCOMES, columns
+
+    def _callback_outcomes_read(self, conn: Any, jobs: list[_Grouped],
+                                answer: list[tuple[Any, ...]]) -> list[bool]:
+        held = {row[0] for row in answer}
         return [job.args[0].id in held for job in jobs]
 
     def _ingest(self, conn: Connection, jobs: list[_Accept]) -> list[tuple[bool, Any]]:
@@ -740,6 +782,44 @@ def _arrays(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+def _runs(plan: list[Any], answers: list[Any]) -> tuple[list[Any], list[Any]]:
+    """`plan` with each run of two or more consecutive one-statement jobs made one `_Pipelined`
+    job, whose answers are the positions of each of its jobs."""
+    out_plan: list[Any] = []
+    out_answers: list[Any] = []
+    run: list[tuple[Any, Any]] = []
+
+    def close() -> None:
+        if len(run) > 1:
+            out_plan.append(_Pipelined([job for job, _ in run]))
+            out_answers.append([where for _, where in run])
+        else:
+            out_plan.extend(job for job, _ in run)
+            out_answers.extend(where for _, where in run)
+        run.clear()
+
+    for job, where in zip(plan, answers, strict=True):
+        if isinstance(job, _Statement | _Group):
+            run.append((job, where))
+            continue
+        close()
+        out_plan.append(job)
+        out_answers.append(where)
+    close()
+    return out_plan, out_answers
+
+
+def _answer(out: list[tuple[bool, Any]], job: Any, positions: list[int],
+            result: tuple[bool, Any]) -> None:
+    """Puts a job's result at its place in the batch: a group's, one per change."""
+    ok, value = result
+    if not isinstance(job, _Group):
+        out[positions[0]] = result
+        return
+    for i, answer in zip(positions, value if ok else [result] * len(positions), strict=True):
+        out[i] = answer
+
+
 class _Alone(Exception):
     """These changes cannot be written as one statement: each is applied on its own."""
 
@@ -757,11 +837,22 @@ class _Group:
         self.store = store
         self.jobs = jobs
 
+    def statement(self) -> tuple[str, Sequence[Any]]:
+        """The one statement; raises `_Alone` when these changes cannot be one."""
+        store = self.store
+        return {"record": store._records, "complete": store._completions,
+                "callback": store._callback_outcomes}[self.jobs[0].kind](self.jobs)
+
+    def read(self, conn: Any, answer: list[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
+        store = self.store
+        read = {"record": store._records_read, "complete": store._completions_read,
+                "callback": store._callback_outcomes_read}[self.jobs[0].kind]
+        return [(True, value) for value in read(conn, self.jobs, answer)]
+
     def __call__(self, conn: Any) -> list[tuple[bool, Any]]:
-        write = {"record": self.store._records, "complete": self.store._completions,
-                 "callback": self.store._callback_outcomes}[self.jobs[0].kind]
         try:
-            return [(True, answer) for answer in write(conn, self.jobs)]
+            sql, params = self.statement()
+            return self.read(conn, conn.execute(sql, params).fetchall())
         except Exception as exc:
             if outage(exc):
                 raise
@@ -770,6 +861,59 @@ class _Group:
                             extra={"kind": self.jobs[0].kind, "changes": len(self.jobs),
                                    "error": _describe(exc)})
             conn.execute("ROLLBACK TO job")  # the batch's savepoint for this job: still there
+        return [_savepointed(conn, job) for job in self.jobs]
+
+
+class _Statement:
+    """A job that is one statement and what is made of its answer (a claim): so a run of them
+    can be sent in one pipeline (`_Pipelined`). `read` may run statements of its own."""
+
+    __slots__ = ("sql", "params", "read")
+
+    def __init__(self, sql: str, params: Sequence[Any],
+                 read: Callable[[Any, list[tuple[Any, ...]]], Any]) -> None:
+        self.sql = sql
+        self.params = params
+        self.read = read
+
+    def statement(self) -> tuple[str, Sequence[Any]]:
+        return self.sql, self.params
+
+    def __call__(self, conn: Any) -> Any:
+        return self.read(conn, conn.execute(self.sql, self.params).fetchall())
+
+
+class _Pipelined:
+    """Consecutive jobs of a batch that are one statement each (claims, `_Statement`) or one
+    statement and what follows from its answer (a group of changes, `_Group`), sent in one
+    pipeline: one round trip for all, where each waited for its own. The server runs them in the
+    batch's order, each seeing what those before it wrote, as before; only reading the answers
+    waits until all are sent. What a job does with its answer (a completion's callbacks, a
+    claim's probes of paused routes) then comes after the run's last statement rather than
+    before the next one, which is an order the batch's changes could have come in, for the
+    reason `PostgresStore._apply` gives. Should a statement fail other than by an outage, the
+    run is undone and its jobs are applied one at a time, as without the pipeline."""
+
+    __slots__ = ("jobs",)
+
+    def __init__(self, jobs: list[_Statement | _Group]) -> None:
+        self.jobs = jobs
+
+    def __call__(self, conn: Any) -> list[tuple[bool, Any]]:
+        try:
+            statements = [job.statement() for job in self.jobs]
+        except _Alone:  # a group that cannot be one statement: as without the pipeline
+            return [_savepointed(conn, job) for job in self.jobs]
+        try:
+            answers = conn.answers(statements)
+            return [(True, job.read(conn, answer))
+                    for job, answer in zip(self.jobs, answers, strict=True)]
+        except Exception as exc:
+            if outage(exc):
+                raise
+            log.warning("pipelined changes failed; applying them one at a time",
+                        extra={"changes": len(self.jobs), "error": _describe(exc)})
+            conn.execute("ROLLBACK TO job")  # the batch's savepoint for this run: still there
         return [_savepointed(conn, job) for job in self.jobs]
 
 
@@ -788,6 +932,10 @@ class _Notifying:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.conn.executemany(sql, rows)
+
+    def answers(self, statements: Sequence[tuple[str, Sequence[Any]]]
+                ) -> list[list[tuple[Any, ...]]]:
+        return self.conn.answers(statements)
 
     @property
     def in_transaction(self) -> bool:

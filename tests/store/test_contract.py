@@ -194,33 +194,57 @@ def test_a_percent_sign_reaches_the_database_as_written(kind: str, tmp_path: Pat
 NOW = 1_900_000_000.0  # the same in every run, so that runs compare row for row
 
 
-def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> Any:
-    """Three batches as the forwarder, the tracker and the relay make them under load: many
-    delivery outcomes, completions and callback outcomes, each batch one transaction, with
-    every case their writes have (tracked or not, retried, dead, a route resumed, two deliveries
-    of one event, a lost lease, a push and a poll of one execution, one change that fails)."""
+def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool,
+                            pipelining: bool = True) -> Any:
+    """Batches as the forwarder, the tracker and the relay make them under load: many
+    delivery outcomes, completions and callback outcomes, with claims among them, each batch one
+    transaction, with every case their writes have (tracked or not, retried, dead, a route
+    resumed, two deliveries of one event, a lost lease, a push and a poll of one execution, one
+    change that fails)."""
     from bridge.errors import InternalError
     from bridge.models import Dead, RetryLater, RouteState
 
     async def scenario(store: Store) -> None:
-        calls: list[tuple[str, int, bool]] = []  # PostgreSQL: each group written, and how
+        # PostgreSQL: each group's statement made (kind, changes) and, once its answer was
+        # read, (kind, changes, True); and each run of statements sent in one pipeline.
+        calls: list[tuple[Any, ...]] = []
         if hasattr(store, "grouping"):
-            store.grouping = grouping  # type: ignore[attr-defined]
+            from bridge.store import postgres
 
-            def spy(kind: str, write: Any) -> Any:
-                def written(conn: Any, jobs: list[Any]) -> Any:
-                    try:
-                        answers = write(conn, jobs)
-                    except Exception:
-                        calls.append((kind, len(jobs), False))
-                        raise
+            store.grouping = grouping  # type: ignore[attr-defined]
+            store.pipelining = pipelining  # type: ignore[attr-defined]
+
+            def spy(kind: str, make: Any, read: Any) -> tuple[Any, Any]:
+                def made(jobs: list[Any]) -> Any:
+                    calls.append((kind, len(jobs)))
+                    return make(jobs)
+
+                def answered(conn: Any, jobs: list[Any], answer: Any) -> Any:
+                    values = read(conn, jobs, answer)
                     calls.append((kind, len(jobs), True))
-                    return answers
-                return written
+                    return values
+                return made, answered
 
             for kind, name in (("record", "_records"), ("complete", "_completions"),
                                ("callback", "_callback_outcomes")):
-                setattr(store, name, spy(kind, getattr(store, name)))
+                made, answered = spy(kind, getattr(store, name), getattr(store, name + "_read"))
+                setattr(store, name, made)
+                setattr(store, name + "_read", answered)
+            sent = postgres.Connection.answers
+
+            def answers(self: Any, statements: Any) -> Any:
+                calls.append(("pipeline", len(statements)))
+                return sent(self, statements)
+
+            patch = pytest.MonkeyPatch()
+            patch.setattr(postgres.Connection, "answers", answers)
+        try:
+            await batches(store, calls)
+        finally:
+            if hasattr(store, "grouping"):
+                patch.undo()
+
+    async def batches(store: Store, calls: list[tuple[Any, ...]]) -> None:
         routes = {"k1": ["r1"], "k2": ["r1", "r2"], "k3": ["r1", "r2"], "k4": ["r2"],
                   "k5": ["r1"], "k6": ["r2"], "k7": ["r1"], "k8": ["r1"], "k9": ["r3"]}
         stored: dict[str, str | None] = {}
@@ -256,6 +280,9 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> 
             record("k5:r1", Delivered("exe-k5", 202), owner="someone else"),  # lease lost
             record("k6:r2", Delivered("exe-k6", 202)),  # resumes the paused route
             record("k9:r3", RetryLater("busy", 503), next_at=NOW + 30),  # does not
+            # Claims in the same batch, after the outcomes: they see what those wrote.
+            store.claim_executions("t", NOW + 3600, 60, 3),
+            store.claim_callbacks("c0", NOW, 60, 10),
             # Acknowledgements in the same batch: new, stored before, twice in the batch, and
             # the signed content of one stored before under a new id.
             store.accept(event("k10", NOW), delivery("k10")),
@@ -264,16 +291,23 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> 
             store.accept(event("k11", NOW), delivery("k11")),
             store.accept(event("k12", NOW, fingerprint=b"\x02" * 16), delivery("k12")))
         assert first[:9] == [True] * 6 + [False, True, True]
-        new, again, once, twice, replay = first[9:]
+        tracked, no_callbacks = first[9:11]
+        assert sorted(x.id for x in tracked) == ["exe-k1", "exe-k2", "exe-k6"]
+        assert no_callbacks == []
+        new, again, once, twice, replay = first[11:]
         assert not new.duplicate and not once.duplicate
         assert (again.duplicate, again.event_id) == (True, stored["k1"])
         assert (twice.duplicate, twice.event_id) == (True, once.event_id)
         assert (replay.duplicate, replay.event_id) == (True, stored["k9"])
         # A change the database refuses (an attempt without its time) is undone alone.
+        # With a claim in its batch, whose run of statements the refusal sends back to one at
+        # a time too.
         second = await asyncio.gather(record("k7:r1", Delivered("exe-k7", 202), started=None),
                                       record("k8:r1", Delivered("exe-k8", 202)),
+                                      store.claim_executions("u", NOW + 3600, 60, 10),
                                       return_exceptions=True)
         assert isinstance(second[0], InternalError) and second[1] is True
+        assert [x.id for x in second[2]] == ["exe-k8"]  # the others are leased
 
         targets = CallbackTargets({"r1": ("https://cb.example/r1",),
                                    "r2": ("https://cb.example/r2",)})
@@ -324,7 +358,7 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool) -> 
                 " next_attempt_at, last_error, lease_owner FROM callbacks"
                 " ORDER BY execution_id, url"),
             "routes": await rows("SELECT name, state, reason FROM routes ORDER BY name"),
-            "groups": sorted(calls)}
+            "groups": calls}
         # New acknowledgements wait to be claimed: one delivery each, none for a duplicate.
         assert [row[:3] for row in snapshot["deliveries"] if row[0] in ("k10:t", "k11:t")] == [
             ("k10:t", "pending", 0), ("k11:t", "pending", 0)]
@@ -361,10 +395,22 @@ def test_a_batchs_outcomes_are_written_as_one_by_one(kind: str, tmp_path: Path) 
     if kind == "sqlite":
         assert snapshots[0]["groups"] == []
         return
+    run(outcomes_batch_scenario(snapshots, True, pipelining=False), kind, tmp_path,
+        commit_delay=0.2)
     run(outcomes_batch_scenario(snapshots, False), kind, tmp_path, commit_delay=0.2)
-    grouped, alone = snapshots
-    assert grouped["groups"] == [("callback", 5, True), ("complete", 6, True),
-                                 ("record", 2, False), ("record", 9, True)]
+    pipelined, grouped, alone = snapshots
+    # The first batch's outcomes and the two claims after them: one round trip. The refused
+    # change sends its run back to one at a time, where its group fails again, and then its
+    # changes go one by one. A change alone of its kind is a group of one.
+    assert pipelined["groups"] == [
+        ("record", 9), ("pipeline", 3), ("record", 9, True),
+        ("record", 2), ("pipeline", 2), ("record", 2),
+        ("complete", 6), ("complete", 6, True),
+        ("callback", 5), ("callback", 5, True)]
+    assert grouped["groups"] == [
+        ("record", 9), ("record", 9, True), ("record", 2),
+        ("complete", 6), ("complete", 6, True), ("callback", 5), ("callback", 5, True)]
     assert alone["groups"] == []
-    assert {k: v for k, v in grouped.items() if k != "groups"} == \
-        {k: v for k, v in alone.items() if k != "groups"}
+    for other in grouped, alone:
+        assert {k: v for k, v in pipelined.items() if k != "groups"} == \
+            {k: v for k, v in other.items() if k != "groups"}
