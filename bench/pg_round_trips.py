@@ -50,14 +50,16 @@ from bridge.models import (  # noqa: E402
 )
 from bridge.store import postgres  # noqa: E402
 
-# Ways the writer can send a batch: (hold the statements nobody reads, write each kind of change
-# in one statement).
+# Ways the writer can send a batch: (hold the statements nobody reads, send those held in one
+# pipeline with the next statement, write each kind of change in one statement, send runs of
+# one-statement jobs in one pipeline).
 WAYS = {
-    "unheld": (False, False, False),  # every statement a round trip of its own
-    "alone": (True, False, False),  # held, and each change its own statements
-    "grouped": (True, False, True),  # held, a batch's changes of one kind in one statement
-    "pipelined": (True, True, True),  # as the store runs: as grouped, and those held go with
-    # the next statement even when it has parameters
+    "unheld": (False, False, False, False),  # every statement a round trip of its own
+    "alone": (True, False, False, False),  # held, and each change its own statements
+    "grouped": (True, False, True, False),  # held, a batch's changes of one kind in one statement
+    "pipelined": (True, True, True, True),  # as the store runs: as grouped, and those held go
+    # with the next statement even when it has parameters (this bench's batches are one kind
+    # each, so they hold no run of statements for one pipeline)
 }
 
 
@@ -189,7 +191,7 @@ def main() -> None:
             with psycopg.connect(args.url, autocommit=True) as admin:
                 admin.execute(f"CREATE SCHEMA {schema}")
             (postgres.Connection.hold, postgres.Connection.pipelined,
-             postgres.PostgresStore.grouping) = WAYS[way]
+             postgres.PostgresStore.grouping, postgres.PostgresStore.pipelining) = WAYS[way]
             try:
                 figures.setdefault(way, []).append(asyncio.run(
                     measure(through(args.url, address, schema), args.events, args.rounds)))
