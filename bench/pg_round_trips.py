@@ -1,11 +1,12 @@
 """The PostgreSQL store's writer against the database's distance: the same batches of changes,
 written the ways `--ways` names (see `WAYS`): each change with its own statements, and each
 statement its own round trip (`unheld`); with the statements nobody reads the answer of held and
-sent with the next one (`alone`); and as the store runs, held, with a batch's changes of one
-kind in one statement (`grouped`). On a nearby server and on one a few hundred microseconds away.
+sent with the next one (`alone`); held, with a batch's changes of one kind in one statement
+(`grouped`); and as the store runs, as grouped with those held sent in one pipeline with the
+next statement (`pipelined`). On a nearby server and on one a few hundred microseconds away.
 
     python bench/pg_round_trips.py [--url postgresql://postgres@127.0.0.1:5432/test]
-                                   [--delays direct,0,0.25,1] [--ways alone,grouped]
+                                   [--delays direct,0,0.25,1] [--ways alone,pipelined]
                                    [--events 20] [--rounds 30]
 
 Each round does, through the store's own API, what a steady stream of `--events` events writes
@@ -169,7 +170,7 @@ def main() -> None:
         "BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--delays", default="direct,0,0.25,1",
                         help="ms each way through the proxy; `direct`: no proxy")
-    parser.add_argument("--ways", default="alone,grouped",
+    parser.add_argument("--ways", default="alone,pipelined",
                         help="ways of sending, the first the baseline: " + ", ".join(WAYS))
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=30)
