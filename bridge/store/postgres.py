@@ -325,9 +325,10 @@ class PostgresStore(SQLiteStore):
         the shared jobs (`SQLiteStore._apply`), except that its changes of one kind are written
         together: its accepts as one run, and its delivery outcomes, completions and callback
         outcomes each in one statement (`_Group`), in the place of the first of their kind.
-        Consecutive jobs that are one statement each (those groups and the claims) then go in
-        one pipeline (`_Pipelined`): under load a batch's outcomes and claims are one round
-        trip, where each was one of its own.
+        Consecutive jobs that are one statement each (those groups, the claims, and the
+        accepts as one statement, `_Accepts`, put first) then go in one pipeline
+        (`_Pipelined`): under load a batch's acknowledgements, outcomes and claims are one
+        round trip, where each was one of its own.
 
         Moving a change up to its kind's first is safe because nothing in one batch waits for
         another change of the same batch: every caller hears of its change only once the batch
@@ -366,6 +367,10 @@ class PostgresStore(SQLiteStore):
                     len(positions) > 1 or self.pipelining):
                 plan.append(_Group(self, [job for i in positions
                                                  if isinstance(job := jobs[i], _Grouped)]))
+                answers.append(positions)
+            elif isinstance(jobs[positions[0]], _Accept) and self.pipelining:
+                plan.append(_Accepts(self, [job for i in positions
+                                            if isinstance(job := jobs[i], _Accept)]))
                 answers.append(positions)
             else:
                 plan.extend(jobs[i] for i in positions)
@@ -777,6 +782,28 @@ ORDER BY c.next_attempt_at
 """
 
 
+# A mixed batch's new events and the deliveries of those stored (of those not skipped as stored
+# before): ids are fresh, so a delivery's event is in `stored` only when this insert stored it.
+ACCEPTS = """
+WITH stored AS (
+  INSERT INTO events (id, source, provider, event_type, idempotency_key, received_at, headers,
+    body, state, callback_url, fingerprint, filtered)
+  SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[],
+    ?::double precision[], ?::text[], ?::bytea[], ?::text[], ?::text[], ?::bytea[], ?::text[])
+  ON CONFLICT DO NOTHING RETURNING id),
+queued AS (
+  INSERT INTO deliveries (id, event_id, route, trigger, idempotency_key, body, content_type,
+    status, next_attempt_at, created_at, updated_at, channel)
+  SELECT d.id, d.event_id, d.route, d.trigger, d.idempotency_key, d.body, d.content_type,
+    'pending', d.at, d.at, d.at, d.channel
+  FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[], ?::bytea[], ?::text[],
+    ?::double precision[], ?::text[]) WITH ORDINALITY
+    AS d(id, event_id, route, trigger, idempotency_key, body, content_type, at, channel, n)
+  WHERE d.event_id IN (SELECT id FROM stored) ORDER BY d.n)
+SELECT id FROM stored
+"""
+
+
 def _arrays(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     """Rows as one list per column: the arrays a grouped statement takes."""
     return [list(column) for column in zip(*rows, strict=True)]
@@ -799,7 +826,7 @@ def _runs(plan: list[Any], answers: list[Any]) -> tuple[list[Any], list[Any]]:
         run.clear()
 
     for job, where in zip(plan, answers, strict=True):
-        if isinstance(job, _Statement | _Group):
+        if isinstance(job, _Statement | _Group | _Accepts):
             run.append((job, where))
             continue
         close()
@@ -813,7 +840,7 @@ def _answer(out: list[tuple[bool, Any]], job: Any, positions: list[int],
             result: tuple[bool, Any]) -> None:
     """Puts a job's result at its place in the batch: a group's, one per change."""
     ok, value = result
-    if not isinstance(job, _Group):
+    if not isinstance(job, _Group | _Accepts):
         out[positions[0]] = result
         return
     for i, answer in zip(positions, value if ok else [result] * len(positions), strict=True):
@@ -864,6 +891,65 @@ class _Group:
         return [_savepointed(conn, job) for job in self.jobs]
 
 
+class _Accepts:
+    """A batch's plain accepts among other changes, in one statement (`ACCEPTS`) when they go in
+    a run of one pipeline: the events that are new, and the deliveries of those it stored. The
+    same outcome as the shared `_accept_all`'s two inserts (which it runs when applied alone): a
+    key stored before (or twice in the batch) is a duplicate of the event stored under it, and
+    its deliveries are not stored again."""
+
+    __slots__ = ("store", "jobs", "first")
+
+    def __init__(self, store: PostgresStore, jobs: list[_Accept]) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.first: dict[str, str] = {}  # idempotency key -> the id stored (or to be) under it
+
+    def fresh(self) -> list[_Accept]:
+        self.first = {}
+        return [job for job in self.jobs if self.first.setdefault(
+            job.event.idempotency_key, job.event.id) == job.event.id]
+
+    def statement(self) -> tuple[str, Sequence[Any]]:
+        fresh = self.fresh()
+        events = _arrays([(e.id, e.source, e.provider, e.event_type, e.idempotency_key,
+                           e.received_at, job.headers, e.body,
+                           str(EventState.QUEUED if job.deliveries else EventState.UNROUTED),
+                           e.callback_url, e.fingerprint, _filtered(e))
+                          for job in fresh for e in (job.event,)])
+        deliveries = _arrays([(new_id(), e.id, d.route, d.trigger, d.idempotency_key, d.body,
+                               d.content_type, e.received_at, d.channel)
+                              for job in fresh for e in (job.event,) for d in job.deliveries])
+        return ACCEPTS, (*(events or [[]] * 12), *(deliveries or [[]] * 9))
+
+    def read(self, conn: Any, answer: list[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
+        store, first = self.store, self.first
+        fresh = [job for job in self.jobs if first[job.event.idempotency_key] == job.event.id]
+        inserted = {row[0] for row in answer}
+        if any(job.deliveries and job.event.id in inserted for job in fresh):
+            store._new_work.add(DELIVERIES)
+        if len(inserted) < len(fresh):  # some were stored before: find by what
+            stored = dict(store._lookup(conn, "idempotency_key", list(first)))
+            first.update(stored)
+            prints = [job.event.fingerprint for job in fresh
+                      if job.event.idempotency_key not in stored and job.event.fingerprint]
+            by_print = dict(store._lookup(conn, "fingerprint", prints)) if prints else {}
+            for job in fresh:
+                key, event = job.event.idempotency_key, job.event
+                if event.id in inserted or key in stored:
+                    continue
+                kept = by_print.get(event.fingerprint or b"")
+                if kept is None:  # never answer "stored" for what was not: the sender retries
+                    raise psycopg.OperationalError("an event skipped as stored was not found")
+                first[key] = kept
+        return [(True, Accepted(first[job.event.idempotency_key],
+                                duplicate=first[job.event.idempotency_key] != job.event.id))
+                for job in self.jobs]
+
+    def __call__(self, conn: Any) -> list[tuple[bool, Any]]:
+        return self.store._accept_all(conn, self.jobs)
+
+
 class _Statement:
     """A job that is one statement and what is made of its answer (a claim): so a run of them
     can be sent in one pipeline (`_Pipelined`). `read` may run statements of its own."""
@@ -896,7 +982,7 @@ class _Pipelined:
 
     __slots__ = ("jobs",)
 
-    def __init__(self, jobs: list[_Statement | _Group]) -> None:
+    def __init__(self, jobs: list[_Statement | _Group | _Accepts]) -> None:
         self.jobs = jobs
 
     def __call__(self, conn: Any) -> list[tuple[bool, Any]]:

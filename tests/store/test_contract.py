@@ -399,11 +399,11 @@ def test_a_batchs_outcomes_are_written_as_one_by_one(kind: str, tmp_path: Path) 
         commit_delay=0.2)
     run(outcomes_batch_scenario(snapshots, False), kind, tmp_path, commit_delay=0.2)
     pipelined, grouped, alone = snapshots
-    # The first batch's outcomes and the two claims after them: one round trip. The refused
+    # The first batch's acknowledgements, outcomes and the two claims: one round trip. The refused
     # change sends its run back to one at a time, where its group fails again, and then its
     # changes go one by one. A change alone of its kind is a group of one.
     assert pipelined["groups"] == [
-        ("record", 9), ("pipeline", 3), ("record", 9, True),
+        ("record", 9), ("pipeline", 4), ("record", 9, True),
         ("record", 2), ("pipeline", 2), ("record", 2),
         ("complete", 6), ("complete", 6, True),
         ("callback", 5), ("callback", 5, True)]
