@@ -54,7 +54,6 @@ from bridge.models import (
     ClaimedCallback,
     ClaimedDelivery,
     DeliveryStatus,
-    EventState,
     Pacing,
     TrackedExecution,
     new_id,
@@ -70,7 +69,7 @@ from bridge.store.sqlite import (
     _claimed,
     _claimed_callback,
     _describe,
-    _filtered,
+    _first_of_each_key,
     _Grouped,
     _json,
     _query,
@@ -175,11 +174,7 @@ class Connection:
             while cursor.nextset():  # to the answer of `sql`, the last
                 pass
         elif self.held and self.pipelined:  # the held ones and `sql`: one round trip
-            with raw.pipeline():
-                for statement in self.release():
-                    raw.execute(statement)
-                cursor = raw.execute(translate(sql), list(params)) if params else \
-                    raw.execute(dialect(sql))
+            cursor = self._pipeline([(sql, params)])[0]
         else:
             if self.held:
                 raw.execute("; ".join(self.release()))
@@ -198,14 +193,20 @@ class Connection:
         """Runs `statements` (with those held before them) in one pipeline, one round trip,
         and returns each one's rows. An error in any is raised once all are sent; the
         statements after it were not run."""
-        raw = self.raw
-        if raw is None:
+        if self.raw is None:
             raise psycopg.OperationalError("not connected")
+        return [cursor.fetchall() for cursor in self._pipeline(statements)]
+
+    def _pipeline(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+        """Those held, then `statements`, in one pipeline; each statement's cursor, read once
+        the pipeline has synced."""
+        raw = self.raw
         with raw.pipeline():
             for statement in self.release():
                 raw.execute(statement)
-            cursors = [raw.execute(translate(sql), list(params)) for sql, params in statements]
-        return [cursor.fetchall() for cursor in cursors]
+            cursors = [raw.execute(translate(sql), list(params)) if params else
+                       raw.execute(dialect(sql)) for sql, params in statements]
+        return cursors
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.raw is None:
@@ -527,15 +528,8 @@ class PostgresStore(SQLiteStore):
         three statements and their round trips: a key stored before (or twice in the batch) is
         a duplicate of the event stored under it, looked up once the batch is committed."""
         self._new_work = set()
-        first: dict[str, str] = {}  # idempotency key -> the id stored (or to be) under it
-        fresh: list[_Accept] = []
-        for job in jobs:
-            if first.setdefault(job.event.idempotency_key, job.event.id) == job.event.id:
-                fresh.append(job)
-        events = [(e.id, e.source, e.provider, e.event_type, e.idempotency_key, e.received_at,
-                   job.headers, e.body, EventState.QUEUED if job.deliveries else
-                   EventState.UNROUTED, e.callback_url, e.fingerprint, _filtered(e))
-                  for job in fresh for e in (job.event,)]
+        first, fresh = _first_of_each_key(jobs)
+        events = [job.event_row() for job in fresh]
         deliveries = [(new_id(), e.id, d.route, d.trigger, d.idempotency_key, d.body,
                        d.content_type, DeliveryStatus.PENDING, e.received_at, e.received_at,
                        e.received_at, d.channel) for job in fresh for e in (job.event,)
@@ -905,18 +899,9 @@ class _Accepts:
         self.jobs = jobs
         self.first: dict[str, str] = {}  # idempotency key -> the id stored (or to be) under it
 
-    def fresh(self) -> list[_Accept]:
-        self.first = {}
-        return [job for job in self.jobs if self.first.setdefault(
-            job.event.idempotency_key, job.event.id) == job.event.id]
-
     def statement(self) -> tuple[str, Sequence[Any]]:
-        fresh = self.fresh()
-        events = _arrays([(e.id, e.source, e.provider, e.event_type, e.idempotency_key,
-                           e.received_at, job.headers, e.body,
-                           str(EventState.QUEUED if job.deliveries else EventState.UNROUTED),
-                           e.callback_url, e.fingerprint, _filtered(e))
-                          for job in fresh for e in (job.event,)])
+        self.first, fresh = _first_of_each_key(self.jobs)
+        events = _arrays([job.event_row() for job in fresh])
         deliveries = _arrays([(new_id(), e.id, d.route, d.trigger, d.idempotency_key, d.body,
                                d.content_type, e.received_at, d.channel)
                               for job in fresh for e in (job.event,) for d in job.deliveries])
