@@ -247,12 +247,31 @@ def commits(port: int) -> tuple[float, float, float]:
             found.get("bridge_store_commit_seconds_sum", 0.0))
 
 
+def platform_reads(platform_port: int) -> dict[str, int]:
+    """The emulator's count of reads so far by kind: `get` (a poll), `stream`, `list`."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{platform_port}/_emulator/reads",
+                                timeout=10) as answer:
+        return dict(json.loads(answer.read()))
+
+
+def followed(before: dict[str, int], after: dict[str, int], events: int) -> str:
+    """How the bridge followed the executions, per event: polls, streams and list requests."""
+    per = {kind: (after.get(kind, 0) - before.get(kind, 0)) / max(1, events)
+           for kind in ("get", "stream", "list")}
+    return (f"; per event {per['list']:.3f} lists, {per['stream']:.3f} streams,"
+            f" {per['get']:.3f} polls")
+
+
 def steady(name: str, pid: int, port: int, rate: float, seconds: int,
-           metrics: bool) -> float:
+           metrics: bool, platform_port: int) -> float:
     """One steady run against `name` (its process and port); prints and returns CPU ms per
-    event. `metrics`: the target reports its store's commits (the bridge does)."""
+    event. `metrics`: the target reports its store's commits and follows executions (the
+    bridge does)."""
     count = int(rate * seconds)
     before = commits(port) if metrics else (0.0, 0.0, 0.0)
+    reads = platform_reads(platform_port)
     user0, system0 = cpu_split(pid)
     acks = asyncio.run(send(port, count, rate, f"{name}-steady{rate:.0f}"))
     done = wait_for_callbacks(set(acks), 120)
@@ -266,7 +285,8 @@ def steady(name: str, pid: int, port: int, rate: float, seconds: int,
                                                              strict=True))
         store = (f"; {committed * per / 1000:.1f} commits/event,"
                  f" {changes / max(1, committed):.1f} changes/commit,"
-                 f" writer busy {writing * per:.2f} ms/event")
+                 f" writer busy {writing * per:.2f} ms/event"
+                 + followed(reads, platform_reads(platform_port), len(delays)))
     print(f"{name:<6} steady {rate:.0f}/s for {seconds} s: {len(acks)} acked,"
           f" {len(delays)} called back{'' if done else ' (timed out)'};"
           f" {(user + system) * per:.2f} CPU ms/event"
@@ -277,8 +297,10 @@ def steady(name: str, pid: int, port: int, rate: float, seconds: int,
     return (user + system) * per
 
 
-def saturate(name: str, pid: int, port: int, burst: int) -> float:
+def saturate(name: str, pid: int, port: int, burst: int, metrics: bool,
+             platform_port: int) -> float:
     """`burst` events as fast as they go; prints and returns CPU ms per event."""
+    reads = platform_reads(platform_port)
     cpu0 = loadgen.cpu_seconds(pid)
     started = time.time()
     acks = asyncio.run(send(port, burst, None, f"{name}-burst"))
@@ -291,7 +313,9 @@ def saturate(name: str, pid: int, port: int, burst: int) -> float:
           f" {called / (last - started):.0f} events/s end to end;"
           f" {cpu / max(1, called) * 1000:.2f} CPU ms/event,"
           f" {cpu / (last - started) * 100:.0f} % of its core;"
-          f" RSS {loadgen.rss_mb(pid):.0f} MB", flush=True)
+          f" RSS {loadgen.rss_mb(pid):.0f} MB"
+          f"{followed(reads, platform_reads(platform_port), called) if metrics else ''}",
+          flush=True)
     return cpu / max(1, called) * 1000
 
 
@@ -346,13 +370,15 @@ def main() -> None:
             # Each rate runs against the baseline and the bridge back to back, so both see the
             # same machine (its speed can change within minutes).
             for rate in (float(r) for r in args.rates.split(",") if r):
-                cost = {name: steady(name, proc.pid, target_port, rate, args.seconds, metrics)
+                cost = {name: steady(name, proc.pid, target_port, rate, args.seconds, metrics,
+                                     platform_port)
                         for name, proc, target_port, metrics in targets}
                 if "bare" in cost:
                     print(f"ratio  steady {rate:.0f}/s: bridge / bare CPU per event"
                           f" {cost['bridge'] / cost['bare']:.2f}", flush=True)
-            cost = {name: saturate(name, proc.pid, target_port, args.burst)
-                    for name, proc, target_port, _ in targets}
+            cost = {name: saturate(name, proc.pid, target_port, args.burst, metrics,
+                                   platform_port)
+                    for name, proc, target_port, metrics in targets}
             if "bare" in cost:
                 print(f"ratio  saturation: bridge / bare CPU per event"
                       f" {cost['bridge'] / cost['bare']:.2f}", flush=True)
