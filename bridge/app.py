@@ -208,10 +208,13 @@ def _on_sighup(callback: Callable[[], object]) -> None:
 
 
 def from_environment() -> Hooks:
-    """The app for one of several uvicorn worker processes: config from $BRIDGE_CONFIG."""
+    """The app for one of several uvicorn worker processes: config from $BRIDGE_CONFIG, and
+    the log options the command line gave (`serve_workers`)."""
     path = os.environ.get("BRIDGE_CONFIG")
     config = load(path)
-    logs.configure(config.server.log_format, config.secrets())
+    logs.configure(os.environ.get("BRIDGE_LOG_FORMAT") or config.server.log_format,
+                   config.secrets(),
+                   os.environ.get("BRIDGE_LOG_LEVEL") or config.server.log_level)
     return create_app(config, config_path=path)
 
 

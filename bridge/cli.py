@@ -28,6 +28,8 @@ log = logging.getLogger("bridge.cli")
 
 
 def parser() -> argparse.ArgumentParser:
+    from bridge.config import LOG_LEVELS
+
     root = argparse.ArgumentParser(prog="bridge", description="webhook-bridge")
     root.add_argument("--version", action="version", version=f"webhook-bridge {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -35,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the bridge")
     serve.add_argument("--config", help="TOML config file (default: $BRIDGE_CONFIG)")
     serve.add_argument("--log-format", choices=("json", "text"), help="overrides the config")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="overrides the config")
 
     check = commands.add_parser("check-config", help="validate a config: problems, warnings, "
                                                      "and a one-line summary")
@@ -47,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--config", help="TOML config with an [edge] table "
                                         "(default: $BRIDGE_CONFIG)")
     agent.add_argument("--log-format", choices=("json", "text"), help="overrides the config")
+    agent.add_argument("--log-level", choices=LOG_LEVELS, help="overrides the config")
 
     store = commands.add_parser("store", help="move a store's history to another store",
                                 description="Store: copy.")
@@ -108,10 +112,10 @@ def run(argv: Sequence[str] | None) -> int:
         if args.command == "check-config":
             return check_config(config, args.print)
         if args.command == "agent":
-            return run_agent(config, args.log_format)
+            return run_agent(config, args.log_format, args.log_level)
         if args.command == "migrate":
             return migrate(config)
-        return serve(config, args.log_format)
+        return serve(config, args.log_format, args.log_level)
     except ConfigError as exc:
         print(f"bridge: invalid configuration ({path or 'built-in defaults'}):", file=sys.stderr)
         for problem in exc.problems:
@@ -136,7 +140,7 @@ def check_config(config: object, dump: bool = False) -> int:
     return EXIT_OK
 
 
-def serve(config: object, log_format: str | None) -> int:
+def serve(config: object, log_format: str | None, log_level: str | None = None) -> int:
     import uvicorn
 
     from bridge import logs
@@ -146,13 +150,14 @@ def serve(config: object, log_format: str | None) -> int:
     from bridge.server import BoundedHttpTools
 
     assert isinstance(config, Config)
-    logs.configure(log_format or config.server.log_format, config.secrets())
+    logs.configure(log_format or config.server.log_format, config.secrets(),
+                   log_level or config.server.log_level)
     taken = taken_port(config)
     if taken:
         print(f"bridge: {taken}", file=sys.stderr)
         return EXIT_FAILURE
     if config.server.workers > 1:
-        return serve_workers(config)
+        return serve_workers(config, log_format, log_level)
     app = create_app(config, config_path=config.origin if config.origin.endswith(".toml")
                      or os.path.isfile(config.origin) else None)
     log.info("config loaded", extra={"config": config.origin, "host": config.server.host,
@@ -254,7 +259,7 @@ def migrate(config: object) -> int:
     return EXIT_OK
 
 
-def run_agent(config: object, log_format: str | None) -> int:
+def run_agent(config: object, log_format: str | None, log_level: str | None = None) -> int:
     import uvicorn
 
     from bridge import logs
@@ -266,7 +271,8 @@ def run_agent(config: object, log_format: str | None) -> int:
         print("bridge: an agent's config needs an [edge] table (url, channel, token, "
               "signing_secret)", file=sys.stderr)
         return EXIT_CONFIG
-    logs.configure(log_format or config.server.log_format, config.secrets())
+    logs.configure(log_format or config.server.log_format, config.secrets(),
+                   log_level or config.server.log_level)
     taken = taken_port(config)
     if taken:
         print(f"bridge: {taken}", file=sys.stderr)
@@ -309,8 +315,10 @@ def taken_port(config: object) -> str | None:
     return None
 
 
-def serve_workers(config: object) -> int:
-    """Several worker processes on one port, each building the app from $BRIDGE_CONFIG. They
+def serve_workers(config: object, log_format: str | None = None,
+                  log_level: str | None = None) -> int:
+    """Several worker processes on one port, each building the app from $BRIDGE_CONFIG (and
+    the command line's log options from $BRIDGE_LOG_FORMAT and $BRIDGE_LOG_LEVEL). They
     share the SQLite file (one writer at a time, by SQLite's lock) and the outbox (by leases).
     The emulator, a development aid, is not started in this mode."""
     import uvicorn
@@ -320,6 +328,9 @@ def serve_workers(config: object) -> int:
 
     assert isinstance(config, Config)
     os.environ["BRIDGE_CONFIG"] = config.origin
+    for name, value in (("BRIDGE_LOG_FORMAT", log_format), ("BRIDGE_LOG_LEVEL", log_level)):
+        if value:
+            os.environ[name] = value
     log.info("config loaded", extra={"config": config.origin, "workers": config.server.workers})
     BoundedHttpTools.configure(config.server)
     uvicorn.run("bridge.app:from_environment", factory=True, host=config.server.host,

@@ -31,6 +31,7 @@ DEFAULT_DB_PATH = "data/bridge.db"
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_HEADERS = 100
 DEFAULT_MAX_CONNECTIONS = 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_MAX_RESPONSE = 1024 * 1024
 DAY = 86400.0
 MIN_DEDUPE_WINDOW = 72 * 3600.0
@@ -86,6 +87,9 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     secret_key: Secret | None = None
     log_format: str = "json"
+    # "warning" drops the lines of what went well (each webhook accepted, attempt delivered,
+    # execution finished, callback delivered) and keeps failures, rejections and dead letters.
+    log_level: str = "info"
     shutdown_timeout: float = 8.0
     workers: int = 1  # uvicorn worker processes; each runs the loops too (leases keep them apart)
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # request line + headers; past it, 431
@@ -529,6 +533,7 @@ def _server(s: _Section) -> ServerConfig:
         max_body_bytes=s.integer("max_body_bytes", DEFAULT_MAX_BODY, minimum=1),
         secret_key=s.secret("secret_key"),
         log_format=s.string("log_format", "json"),
+        log_level=s.string("log_level", "info"),
         shutdown_timeout=s.duration("shutdown_timeout", 8.0),
         workers=s.integer("workers", 1, minimum=1),
         max_header_bytes=s.integer("max_header_bytes", DEFAULT_MAX_HEADER_BYTES, minimum=1024),
@@ -537,6 +542,8 @@ def _server(s: _Section) -> ServerConfig:
     )
     if cfg.log_format not in ("json", "text"):
         s.fail("log_format", "expected 'json' or 'text'")
+    if cfg.log_level not in LOG_LEVELS:
+        s.fail("log_level", f"expected one of {', '.join(LOG_LEVELS)}")
     if cfg.port > 65535:
         s.fail("port", "must be <= 65535")
     s.finish()

@@ -172,7 +172,7 @@ _FORMATTERS = (JsonFormatter, TextFormatter)
 _HANDLER: LineHandler | None = None
 
 
-def configure(fmt: str = "json", secrets: Iterable[str] = (), level: int = logging.INFO) -> None:
+def configure(fmt: str = "json", secrets: Iterable[str] = (), level: str = "info") -> None:
     global _HANDLER
     REDACTOR.set_secrets(secrets)
     # No caller lookup, thread or process names: nothing here prints them.
@@ -187,7 +187,7 @@ def configure(fmt: str = "json", secrets: Iterable[str] = (), level: int = loggi
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True

@@ -123,11 +123,13 @@ class Bridge:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{port}"
         self.store_url: str | None = None  # set when the bridge runs on PostgreSQL
+        self.args: list[str] = []  # more options for `bridge serve`
 
     def start(self, timeout: float = 20.0) -> Bridge:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "bridge", "serve", "--config", str(self.config_path),
+             *self.args],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
         )
         log.close()
