@@ -15,6 +15,14 @@ execution to its trigger's roll call and returns, as the list last showed it:
 - its last non-terminal state (or None) once `budget` seconds have passed, so its claim is given
   back and it is looked at again later, as after a stream.
 
+A list is asked for a little more than the executions being followed. Newer executions this
+bridge does not follow (another client's on a shared platform, or its own not yet claimed by
+the tracker, as in a burst) can fill it and push older ones off: a full list that leaves some
+out counts no miss against them, and the next asks for twice as many, up to `list_limit`; the
+longer ask then shrinks by a quarter per list. (Counted as misses, they sent 4–6 % of a burst's
+executions to a stream each.) Nor does a list count a miss against an execution followed only
+after it was asked for.
+
 A list request that fails (a timeout, a 5xx, an answer cut at the size limit or not a list)
 shows nothing: twice in a row and its executions are followed alone. A 429 only waits for the
 Retry-After it names: following each alone would add to the load it complains of. When the
@@ -49,12 +57,14 @@ class _Watch:
     until: float  # monotonic
     last: ExecutionResult | None = None
     misses: int = 0
+    joined: float = field(default_factory=time.monotonic)  # a list asked before says nothing
 
 
 @dataclass(slots=True)
 class _Roll:
     watches: dict[str, _Watch] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    ask: int = 0  # at least this many next time: a full list left some out
 
 
 class Listing:
@@ -117,7 +127,8 @@ class Listing:
         """One list request; the seconds to wait before the next one beyond the tick."""
         # Newest first: the executions followed are mostly the newest, so a little slack past
         # their number covers them (others' executions in between, on a shared platform).
-        limit = min(self.limit, len(roll.watches) + len(roll.watches) // 4 + 10)
+        limit = min(self.limit, max(len(roll.watches) + len(roll.watches) // 4 + 10, roll.ask))
+        asked = time.monotonic()
         try:
             reply = await self.client.request(
                 "GET", f"/workflows/{quote(trigger, safe='')}/executions?limit={limit}")
@@ -151,11 +162,17 @@ class Listing:
             execution_id = execution_id_of(doc)
             if execution_id is not None and execution_id in roll.watches:
                 shown[execution_id] = doc
-        for execution_id, watch in list(roll.watches.items()):
-            doc = shown.get(execution_id)
-            if doc is None:
+        # Left out, though followed before the list was asked for: not listed by the platform,
+        # or pushed off by newer ones if the list is full and short of the most it may ask.
+        absent = [watch for execution_id, watch in roll.watches.items()
+                  if execution_id not in shown and watch.joined < asked]
+        longer = bool(absent) and len(items) >= limit and limit < self.limit
+        roll.ask = min(self.limit, limit * 2) if longer else roll.ask - roll.ask // 4
+        if not longer:
+            for watch in absent:
                 _miss(watch)
-                continue
+        for execution_id, doc in shown.items():
+            watch = roll.watches[execution_id]
             watch.misses = 0
             result = parse_result(doc)
             if result is None:

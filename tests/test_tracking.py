@@ -11,7 +11,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from bridge.emulator import EmulatorServer
-from tests.conftest import Bridge, github_headers, wait_for
+from tests.conftest import TRIGGER_KEY, Bridge, github_headers, wait_for
 from tests.receiver import Receiver
 
 CALLBACK_SECRET = "whsec_cGxhdGZvcm0tY2FsbGJhY2stc2VjcmV0LTAx"
@@ -216,6 +216,37 @@ def test_executions_a_list_cannot_hold_are_followed_alone(
     assert sorted(keys) == sorted(f"github:over-{i}" for i in range(count))
     reads = emulator.emulator.reads
     assert reads["list"] >= 1 and reads["stream"] >= count - 10 - 5, reads
+
+
+def test_others_executions_push_no_watched_one_off_the_lists(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, receiver: Receiver) -> None:
+    """Executions the bridge does not follow (another client's, on the same trigger) start after
+    its own and fill a list sized for its own. It asks for longer lists instead of following
+    each of its own with a stream; none is lost or finished twice."""
+    emulator.emulator.configure(finish_at=time.time() + 600)
+    bridge = make_bridge(tracked_config(receiver))
+    count, others = 20, 120
+    for i in range(count):
+        assert send_issue(bridge, f"mine-{i}").status_code == 202
+    wait_for(lambda: len(bridge.executions()) >= count, timeout=30)
+    lists = emulator.emulator.reads["list"]
+    wait_for(lambda: emulator.emulator.reads["list"] >= lists + 2, timeout=10)  # all listed
+    streams = emulator.emulator.reads["stream"]
+    with httpx.Client(base_url=emulator.base_url, timeout=10) as platform:
+        for i in range(others):
+            answer = platform.post("/workflows/triggers/notify", json={"other": i}, headers={
+                "Authorization": f"Bearer {TRIGGER_KEY}", "Idempotency-Key": f"other-{i}"})
+            assert answer.status_code in (200, 201, 202), answer.text
+    lists = emulator.emulator.reads["list"]
+    reads = emulator.emulator.reads  # five more lists, or the bridge gave up listing its own
+    wait_for(lambda: reads["list"] >= lists + 5 or reads["stream"] > streams, timeout=10)
+    emulator.emulator.end_now("notify")
+    wait_for(lambda: len(receiver.accepted()) >= count, timeout=30)
+    keys = [verified(m)["data"]["event"]["idempotency_key"] for m in receiver.accepted()]
+    assert sorted(keys) == sorted(f"github:mine-{i}" for i in range(count))
+    # Counted as misses, the 120 newer ones would have sent every one of the 20 to a stream.
+    assert emulator.emulator.reads["stream"] - streams <= 2, emulator.emulator.reads
+    assert {e["status"] for e in bridge.executions()} == {"completed"}
 
 
 def test_tracking_survives_kill_9(make_bridge: Callable[..., Bridge], emulator: EmulatorServer,
