@@ -2,8 +2,9 @@
 written the ways `--ways` names (see `WAYS`): each change with its own statements, and each
 statement its own round trip (`unheld`); with the statements nobody reads the answer of held and
 sent with the next one (`alone`); held, with a batch's changes of one kind in one statement
-(`grouped`); and as the store runs, as grouped with those held sent in one pipeline with the
-next statement (`pipelined`). On a nearby server and on one a few hundred microseconds away.
+(`grouped`); as grouped with those held sent in one pipeline with the next statement
+(`undeferred`); and as the store runs, as undeferred with a completion's callbacks held for the
+commit too (`pipelined`). On a nearby server and on one a few hundred microseconds away.
 
     python bench/pg_round_trips.py [--url postgresql://postgres@127.0.0.1:5432/test]
                                    [--delays direct,0,0.25,1] [--ways alone,pipelined]
@@ -53,14 +54,17 @@ from bridge.store import postgres  # noqa: E402
 
 # Ways the writer can send a batch: (hold the statements nobody reads, send those held in one
 # pipeline with the next statement, write each kind of change in one statement, send runs of
-# one-statement jobs in one pipeline).
+# one-statement jobs in one pipeline, hold a completion's callbacks for the next statement).
 WAYS = {
-    "unheld": (False, False, False, False),  # every statement a round trip of its own
-    "alone": (True, False, False, False),  # held, and each change its own statements
-    "grouped": (True, False, True, False),  # held, a batch's changes of one kind in one statement
-    "pipelined": (True, True, True, True),  # as the store runs: as grouped, and those held go
-    # with the next statement even when it has parameters (this bench's batches are one kind
-    # each, so they hold no run of statements for one pipeline)
+    "unheld": (False, False, False, False, False),  # every statement a round trip of its own
+    "alone": (True, False, False, False, False),  # held, and each change its own statements
+    "grouped": (True, False, True, False, False),  # held, a batch's changes of one kind in one
+    # statement
+    "undeferred": (True, True, True, True, False),  # as grouped, and those held go with the
+    # next statement even when it has parameters (this bench's batches are one kind each, so
+    # they hold no run of statements for one pipeline)
+    "pipelined": (True, True, True, True, True),  # as the store runs: as undeferred, and a
+    # completion's callbacks go with the commit
 }
 
 
@@ -192,7 +196,8 @@ def main() -> None:
             with psycopg.connect(args.url, autocommit=True) as admin:
                 admin.execute(f"CREATE SCHEMA {schema}")
             (postgres.Connection.hold, postgres.Connection.pipelined,
-             postgres.PostgresStore.grouping, postgres.PostgresStore.pipelining) = WAYS[way]
+             postgres.PostgresStore.grouping, postgres.PostgresStore.pipelining,
+             postgres.Connection.deferring) = WAYS[way]
             try:
                 figures.setdefault(way, []).append(asyncio.run(
                     measure(through(args.url, address, schema), args.events, args.rounds)))

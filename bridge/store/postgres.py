@@ -21,8 +21,8 @@ PostgreSQL's own lives here:
   outcomes are each written in one statement (`RECORDS`, `COMPLETIONS`, `CALLBACK_OUTCOMES`:
   arrays of their columns, the lease checks inside), its accepts as one run, and each claim in
   one statement (`CLAIM`...), where the shared jobs take several each. The statements whose
-  answer nobody reads (`BEGIN`, savepoints, `NOTIFY`) are held back and sent with the next one
-  (see `HELD`);
+  answer nobody reads (`BEGIN`, savepoints, `NOTIFY`, a completion's callbacks) are held back
+  and sent with the next one (see `HELD` and `Connection.defer`);
 - wake-ups across replicas: a transaction that makes work due sends `NOTIFY bridge_work`; every
   replica listens, so the forwarders of all replicas wake whichever one accepted the event;
 - outages: a connection that fails is replaced on the next transaction; until then callers get
@@ -43,7 +43,7 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -129,11 +129,19 @@ HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job"})
 ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job"})  # sent in one query with those held
 
 
+class _Rows(NamedTuple):
+    """A statement sent once per row whose answer nobody reads (`Connection.defer`)."""
+
+    sql: str
+    rows: list[list[Any]]
+
+
 class Connection:
     """A psycopg connection that speaks to the shared jobs as sqlite3 does."""
 
     hold = True  # hold statements as `HELD` says (bench/pg_round_trips.py compares without)
     pipelined = True  # send those held with a statement that has parameters in one pipeline
+    deferring = True  # hold rows nobody reads the answer of too (`defer`), when pipelined
 
     def __init__(self, url: str, statement_timeout: float, application: str) -> None:
         self.url = url
@@ -141,7 +149,7 @@ class Connection:
         self.settings = (f"SET statement_timeout = {int(statement_timeout * 1000)}",
                          "SET synchronous_commit = on")
         self.raw: Any = None  # a psycopg.Connection, made (again) when a transaction begins
-        self.held: list[str] = []  # statements nobody reads the answer of, not sent yet
+        self.held: list[str | _Rows] = []  # statements nobody reads the answer of, not sent yet
         self.pid = 0  # the server process serving it: its own NOTIFYs come from this pid
 
     def connect(self) -> Any:
@@ -169,24 +177,48 @@ class Connection:
         if self.hold and (sql in HELD or sql.startswith("NOTIFY ")):
             self.held.append(dialect(sql))
             return None
-        if self.held and sql in ENDS:  # one query of several statements: one round trip
-            cursor = raw.execute("; ".join([*self.release(), sql]))
+        if sql == "ROLLBACK":  # rows deferred in this transaction are undone with it
+            self.held = [statement for statement in self.held if isinstance(statement, str)]
+        if self.held and sql in ENDS and not self.deferred():  # one query: one round trip
+            cursor = raw.execute("; ".join([*self.script(), sql]))
             while cursor.nextset():  # to the answer of `sql`, the last
                 pass
         elif self.held and self.pipelined:  # the held ones and `sql`: one round trip
             cursor = self._pipeline([(sql, params)])[0]
         else:
             if self.held:
-                raw.execute("; ".join(self.release()))
+                raw.execute("; ".join(self.script()))
             cursor = raw.execute(translate(sql), list(params)) if params else \
                 raw.execute(dialect(sql))
         if sql == "COMMIT" and cursor.statusmessage != "COMMIT":
             raise psycopg.OperationalError("the transaction was rolled back at commit")
         return cursor
 
-    def release(self) -> list[str]:
+    def release(self) -> list[str | _Rows]:
         held, self.held = self.held, []
         return held
+
+    def script(self) -> list[str]:
+        """The held statements as one query's, when no rows are held (`defer` holds rows
+        only when they will go in a pipeline)."""
+        held = self.release()
+        statements = [statement for statement in held if isinstance(statement, str)]
+        if len(statements) != len(held):
+            raise AssertionError("rows held for a query that cannot carry them")
+        return statements
+
+    def deferred(self) -> bool:
+        return any(isinstance(statement, _Rows) for statement in self.held)
+
+    def defer(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """`executemany` for rows whose answer nobody reads: held, in order with the held
+        statements, and sent in the pipeline of the next statement, at the latest the COMMIT.
+        Only for rows that cannot be refused but by an outage (new ids, parents written in the
+        same transaction): an error would surface with a later change, or fail the commit."""
+        if self.hold and self.pipelined and self.deferring:
+            self.held.append(_Rows(sql, [list(row) for row in rows]))
+        else:
+            self.executemany(sql, rows)
 
     def answers(self, statements: Sequence[tuple[str, Sequence[Any]]]
                 ) -> list[list[tuple[Any, ...]]]:
@@ -202,25 +234,30 @@ class Connection:
         the pipeline has synced."""
         raw = self.raw
         with raw.pipeline():
-            for statement in self.release():
-                raw.execute(statement)
+            self._send(self.release())
             cursors = [raw.execute(translate(sql), list(params)) if params else
                        raw.execute(dialect(sql)) for sql, params in statements]
         return cursors
 
+    def _send(self, held: list[str | _Rows]) -> None:
+        """The held statements, into the pipeline that is open."""
+        for statement in held:
+            if isinstance(statement, str):
+                self.raw.execute(statement)
+            else:
+                self.raw.cursor().executemany(translate(statement.sql), statement.rows)
+
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.raw is None:
             raise psycopg.OperationalError("not connected")
-        held = self.release()
         with self.raw.cursor() as cursor:
-            if held and self.pipelined:
+            if self.held and self.pipelined:
                 with self.raw.pipeline():
-                    for statement in held:
-                        cursor.execute(statement)
+                    self._send(self.release())
                     cursor.executemany(translate(sql), [list(row) for row in rows])
                 return
-            if held:
-                self.raw.execute("; ".join(held))
+            if self.held:
+                self.raw.execute("; ".join(self.script()))
             cursor.executemany(translate(sql), [list(row) for row in rows])
 
     @property
@@ -496,8 +533,8 @@ class PostgresStore(SQLiteStore):
                 urls.append((sender_url, 1))
             callbacks.extend((new_id(), execution_id, event_id, url, supplied, b"",
                               CallbackStatus.PENDING, now, now, now) for url, supplied in urls)
-        if callbacks:
-            conn.executemany(INSERT_CALLBACK, callbacks)
+        if callbacks:  # with the next statement: the commit, most often
+            conn.defer(INSERT_CALLBACK, callbacks)
             self._new_work.add(CALLBACKS)
         return out
 
@@ -1003,6 +1040,9 @@ class _Notifying:
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.conn.executemany(sql, rows)
+
+    def defer(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.defer(sql, rows)
 
     def answers(self, statements: Sequence[tuple[str, Sequence[Any]]]
                 ) -> list[list[tuple[Any, ...]]]:
