@@ -224,7 +224,9 @@ def test_others_executions_push_no_watched_one_off_the_lists(
     its own and fill a list sized for its own. It asks for longer lists instead of following
     each of its own with a stream; none is lost or finished twice."""
     emulator.emulator.configure(finish_at=time.time() + 600)
-    bridge = make_bridge(tracked_config(receiver))
+    # Each watch lasts half a lease: 15 s, longer than the test, so no execution is given back
+    # and taken up again meanwhile (by then the start rate has fallen, and it would stream).
+    bridge = make_bridge(tracked_config(receiver).replace('lease = "2s"', 'lease = "30s"'))
     count, others = 20, 120
     for i in range(count):
         assert send_issue(bridge, f"mine-{i}").status_code == 202
