@@ -271,7 +271,7 @@ def steady(name: str, pid: int, port: int, rate: float, seconds: int,
     bridge does)."""
     count = int(rate * seconds)
     before = commits(port) if metrics else (0.0, 0.0, 0.0)
-    reads = platform_reads(platform_port)
+    reads = platform_reads(platform_port) if metrics else {}
     user0, system0 = cpu_split(pid)
     acks = asyncio.run(send(port, count, rate, f"{name}-steady{rate:.0f}"))
     done = wait_for_callbacks(set(acks), 120)
@@ -300,7 +300,7 @@ def steady(name: str, pid: int, port: int, rate: float, seconds: int,
 def saturate(name: str, pid: int, port: int, burst: int, metrics: bool,
              platform_port: int) -> float:
     """`burst` events as fast as they go; prints and returns CPU ms per event."""
-    reads = platform_reads(platform_port)
+    reads = platform_reads(platform_port) if metrics else {}
     cpu0 = loadgen.cpu_seconds(pid)
     started = time.time()
     acks = asyncio.run(send(port, burst, None, f"{name}-burst"))

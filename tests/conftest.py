@@ -26,6 +26,7 @@ import pytest
 
 from bridge.emulator import Emulator, EmulatorServer, Settings
 from tests import pg
+from tests.receiver import Receiver
 
 # BRIDGE_TEST_STORE=postgres runs every bridge the suite starts on PostgreSQL instead of SQLite.
 ON_POSTGRES = os.environ.get("BRIDGE_TEST_STORE") == "postgres"
@@ -239,6 +240,14 @@ class Bridge:
             return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A callback receiver: a real HTTP server on a free port."""
+    server = Receiver().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ from collections.abc import Callable
 from bridge.emulator import EmulatorServer
 from tests.conftest import BASE_CONFIG, Bridge, github_headers, wait_for
 from tests.receiver import Receiver
-from tests.test_tracking import receiver, send_issue, tracked_config
-
-__all__ = ["receiver"]  # the fixture, used by name
+from tests.test_tracking import send_issue, tracked_config
 
 # One line for each step that went well: the webhook, the trigger call, the execution's end and
 # the callback.
@@ -60,4 +58,3 @@ def test_warning_keeps_failures_and_drops_the_lines_of_what_went_well(
     rejected(loud, "loud-bad")
     wait_for(lambda: loud.logs().count('"msg":"rejected"') == 1)
     assert loud.logs().count('"msg":"accepted"') == before == 1
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -16,13 +16,6 @@ from tests.receiver import Receiver
 
 CALLBACK_SECRET = "whsec_cGxhdGZvcm0tY2FsbGJhY2stc2VjcmV0LTAx"
 PUSH_SECRET = "whsec_cHVzaC1zZWNyZXQtZm9yLXRlc3RzLTAxMjM0NTY3"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver().start()
-    yield server
-    server.stop()
 
 
 def tracked_config(receiver: Receiver, tracking: str = "", callbacks: str = "") -> str:

@@ -14,10 +14,9 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
-import pytest
 
 from bridge.emulator import EmulatorServer
 from tests.conftest import Bridge, github_headers, wait_for
@@ -25,13 +24,6 @@ from tests.receiver import Receiver
 from tests.test_tracking import tracked_config, verified
 
 SCALE = int(os.environ.get("CHAOS_SCALE", "1"))
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver().start()
-    yield server
-    server.stop()
 
 
 class Load:
