@@ -12,6 +12,11 @@ POST signed execution output into the operator's private network. The rules:
 - "public" excludes loopback, private, link-local, CGNAT, multicast, reserved and unspecified
   ranges, and IPv6 forms that embed one of them: IPv4-mapped, 6to4, Teredo and NAT64.
 
+A sender's URL is first put in the form the HTTP client connects to (`canonical_url`: yarl's
+parse, IDNA and Unicode normalisation applied), and every rule is checked on that form, so
+`http://１２７.０.０.１/` is seen as the loopback address it reaches. A host that is neither a
+valid DNS name nor an IP literal (`127.1`, `0x7f.1`, a backslash) is refused at the door.
+
 The reasons given name the addresses a host resolved to; they are for logs and the admin API,
 never for the public status page (`public_reason`).
 """
@@ -19,12 +24,14 @@ never for the public status page (`public_reason`).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 from aiohttp.abc import ResolveResult
 from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
 from bridge.errors import CallbackNotAllowed
 
@@ -35,6 +42,9 @@ DEFAULT_PORTS = (80, 443)
 DEFAULT_SCHEME_PORTS = {"http": 80, "https": 443}
 PREFIX = "refused by the SSRF guard: "
 PUBLIC_REASON = PREFIX + "the callback host is not a public address"
+MAX_URL = 2048
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_NUMERIC = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")  # a last label a URL parser reads as IPv4
 
 
 class Blocked(OSError):
@@ -89,6 +99,43 @@ def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
                 or ip.is_reserved or ip.is_unspecified)
 
 
+def valid_hostname(host: str) -> bool:
+    """A DNS name as the client sends it (ASCII, IDNA applied): LDH labels, and a last label
+    that is not a number (WHATWG parsers read `127.1` or `0x7f.1` as IPv4 addresses)."""
+    labels = host.rstrip(".").split(".")
+    return (0 < len(host) <= 253 and all(_LABEL.match(label) for label in labels)
+            and not _NUMERIC.match(labels[-1]))
+
+
+def canonical_url(url: str) -> str:
+    """`url` as the HTTP client will read it (yarl's parse: Unicode digits and dots folded,
+    IDNA applied), so that every check sees the host that is connected to. Refuses control
+    characters, spaces and backslashes anywhere, user info, and a host that is neither a valid
+    DNS name nor an IP literal."""
+    if len(url) > MAX_URL or any(c <= " " or c in "\\\x7f" for c in url):
+        raise CallbackNotAllowed("callback_url has a character a URL may not hold")
+    try:
+        parsed = URL(url)
+        host = parsed.raw_host or ""
+    except (ValueError, TypeError, UnicodeError):
+        raise CallbackNotAllowed("callback_url is not a valid URL") from None
+    if parsed.scheme not in ("http", "https") or not host:
+        raise CallbackNotAllowed("callback_url must be an http or https URL with a host")
+    if parsed.raw_user is not None or parsed.raw_password is not None:
+        raise CallbackNotAllowed("callback_url may not hold user info")
+    if not (is_ip_literal(host) or valid_hostname(host)):
+        raise CallbackNotAllowed("callback_url's host is not a valid hostname or address")
+    return str(parsed.with_fragment(None))
+
+
+def connect_host(url: str) -> str:
+    """The host the client connects to for `url` (after IDNA and Unicode normalisation)."""
+    try:
+        return URL(url).raw_host or ""
+    except (ValueError, TypeError, UnicodeError):
+        raise CallbackNotAllowed("callback_url is not a valid URL") from None
+
+
 def url_port(url: str) -> int:
     parts = urlsplit(url)
     try:
@@ -108,7 +155,7 @@ def check_literal(url: str, allow_private: bool, ports: tuple[int, ...] = DEFAUL
     port = url_port(url)
     if ports and port not in ports:
         raise CallbackNotAllowed(f"callback_url port {port} is not allowed")
-    host = (urlsplit(url).hostname or "").strip("[]")
+    host = connect_host(url).strip("[]")
     if not is_ip_literal(host):
         return
     if not allow_private and not is_public(host):
@@ -129,7 +176,7 @@ def allowed(url: str, patterns: tuple[str, ...]) -> bool:
     """
     try:
         parts = urlsplit(url)
-        host, port = (parts.hostname or "").lower(), url_port(url)
+        host, port = connect_host(url).lower(), url_port(url)
     except (ValueError, CallbackNotAllowed):
         return False
     if not host or "@" in parts.netloc:

@@ -34,7 +34,7 @@ from bridge.errors import (
     UnsupportedMediaType,
     error_body,
 )
-from bridge.guard import allowed, check_literal
+from bridge.guard import allowed, canonical_url, check_literal
 from bridge.metrics import Metrics, SourceTally
 from bridge.models import VerifiedEvent, new_id
 from bridge.providers import InboundRequest, Provider
@@ -356,6 +356,7 @@ class Inbound:
             return None
         if not source.allow_callback_urls:
             raise CallbackNotAllowed("this source does not accept callback_url")
+        url = canonical_url(url)  # every check below sees the host the client connects to
         if not is_http_url(url) or not allowed(url, source.allow_callback_urls):
             raise CallbackNotAllowed("callback_url is not allowed for this source")
         check_literal(url, self.config.callbacks.allow_private, self.config.callbacks.allowed_ports)

@@ -22,7 +22,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from aiohttp.helpers import proxies_from_env
 
@@ -31,7 +30,7 @@ from bridge.completion import callback_body
 from bridge.config import Config
 from bridge.errors import CallbackNotAllowed
 from bridge.guard import Blocked as GuardBlocked
-from bridge.guard import GuardedResolver, check_host, is_ip_literal, url_port
+from bridge.guard import GuardedResolver, check_host, connect_host, is_ip_literal, url_port
 from bridge.http import (
     CALLBACK_MAX_BODY,
     Blocked,
@@ -141,8 +140,8 @@ class Relay(ClaimLoop[ClaimedCallback]):
     async def check(self, url: str) -> None:
         """What the guarded resolver cannot see: IP literals (never resolved) and hosts a proxy
         resolves for us."""
-        host = (urlsplit(url).hostname or "").strip("[]")
         try:
+            host = connect_host(url).strip("[]")
             if is_ip_literal(host) or self.client(True).proxy_for(url) is not None:
                 await check_host(self.guarded_resolver(), host, url_port(url))
         except GuardBlocked as exc:

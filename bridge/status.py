@@ -12,7 +12,6 @@ from itsdangerous.encoding import base64_encode, int_to_bytes
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from bridge import guard
 from bridge.errors import BridgeError, NotFound
 from bridge.models import iso
 from bridge.providers.base import sign
@@ -61,11 +60,14 @@ class StatusTokens:
         return value.decode("ascii", "replace")
 
 
-def public_view(event: EventRecord, waiting: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """What a sender may see: states and outcomes, never headers or bodies. `waiting` is
-    `waiting()`'s reasons, by delivery id."""
+def public_view(event: EventRecord, routes: Mapping[str, RouteRecord] | None = None
+                ) -> dict[str, Any]:
+    """What a sender may see: its event's states and outcomes, and nothing of the operator's
+    configuration (no route, trigger or channel names, no filter reasons, no errors: a callback
+    URL the sender supplied shows only whether it was delivered, so the link cannot be used to
+    probe which ports or paths exist behind it). `routes` is `Store.route_states()`."""
     executions = {x.delivery_id: x for x in event.executions}
-    reasons = waiting or {}
+    paused = {name for name, route in (routes or {}).items() if route.paused}
     return {
         "id": event.id,
         "source": event.source,
@@ -74,20 +76,32 @@ def public_view(event: EventRecord, waiting: Mapping[str, str] | None = None) ->
         "received_at": event.received_at,
         "state": event.state,
         "deliveries": [
-            {"trigger": d.trigger, "status": d.status, "attempts": d.attempts,
-             "execution_id": d.execution_id, "last_error": d.last_error,
-             "waiting": reasons.get(d.id),
+            {"status": d.status, "attempts": d.attempts, "execution_id": d.execution_id,
+             "waiting": _public_waiting(d, d.route in paused),
              "next_attempt_at": d.next_attempt_at if d.status == "pending" else None,
              "execution": _execution(executions.get(d.id))}
             for d in event.deliveries
         ],
-        "filtered": [{"route": f.route, "reason": f.reason} for f in event.filtered],
-        "callbacks": [
-            {"id": c.id, "status": c.status, "attempts": c.attempts,
-             "last_error": guard.public_reason(c.last_error)}
-            for c in event.callbacks
-        ],
+        "filtered": len(event.filtered),
+        "callbacks": [{"status": c.status, "attempts": c.attempts} for c in event.callbacks],
     }
+
+
+def _public_waiting(delivery: DeliveryRecord, paused: bool) -> str | None:
+    if delivery.status == "handed_off":
+        return "handed on; its outcome will be reported here"
+    if delivery.status not in ("pending", "leased"):
+        return None
+    if delivery.channel:
+        return "sent on, not yet acknowledged" if delivery.status == "leased" else \
+            "waiting to be sent on"
+    if paused:
+        return "paused by the receiving side; it will be sent once resumed"
+    if delivery.status == "leased":
+        return "being sent now"
+    verb = "retrying" if delivery.last_error else "queued, due"
+    return f"{verb} at {iso(delivery.next_attempt_at)}" if delivery.last_error else \
+        f"{verb} {iso(delivery.next_attempt_at)}"
 
 
 # What to check when the platform refuses a route's calls (the route is then paused).
@@ -152,4 +166,4 @@ async def show(request: Request) -> JSONResponse:
     event = await store.get_event(event_id)
     if event is None:
         raise NotFound("this event is no longer stored")
-    return JSONResponse(public_view(event, waiting(event, await store.route_states())))
+    return JSONResponse(public_view(event, await store.route_states()))

@@ -283,7 +283,7 @@ def test_end_to_end_only_the_matching_route_runs_with_exactly_the_mapped_body(
     assert shown["state"] == "unrouted"
     assert shown["filtered"] == [{"route": "github->deploy", "reason": "filter did not match"}]
     status = httpx.get(skipped.json()["status_url"], timeout=10).json()
-    assert status["filtered"] == shown["filtered"]
+    assert status["filtered"] == 1  # the sender learns it was filtered, not by what
     out = subprocess.run([sys.executable, "-m", "bridge", "events", "show", event_id, "--url",
                           bridge.url, "--token", ADMIN], capture_output=True, text=True,
                          timeout=30)

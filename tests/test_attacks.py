@@ -1,0 +1,82 @@
+"""Hardening II: what an attacker, or an operator in a bad hour, reached on the previous release.
+
+Each test failed before its fix. Pure rules are tables; the rest runs against the real server,
+the real store (both dialects where the store is involved) and, for the agent, the real agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from bridge.errors import CallbackNotAllowed
+from bridge.guard import allowed, canonical_url, check_literal
+from tests.conftest import Bridge
+from tests.receiver import Receiver
+from tests.test_hardening import CALLBACKS
+
+# -- 5. Unicode forms of an address --------------------------------------------------------------
+
+LOOPBACK_FORMS = [
+    "http://①②⑦.0.0.1:{port}/",
+    "http://１２７.０.０.１:{port}/",
+    "http://127。0。0。1:{port}/",
+    "http://１６９.２５４.１６９.２５４/",
+    "http://127.1:{port}/",
+    "http://0x7f.1:{port}/",
+    "http://2130706433:{port}/",
+    "https://evil.test\\.example.com/x",
+    "http://user@example.com/",
+    "http://exa mple.com/",
+    "http://example.com/\x00",
+    "http://-bad-.example.com/",
+]
+
+
+@pytest.mark.parametrize("url", LOOPBACK_FORMS, ids=range(len(LOOPBACK_FORMS)))
+def test_a_host_is_checked_as_the_client_will_connect_to_it(url: str) -> None:
+    """Either refused as no valid host, or seen as the loopback/link-local address it is."""
+    with pytest.raises(CallbackNotAllowed):
+        check_literal(canonical_url(url.format(port=80)), False, ())
+
+
+@pytest.mark.parametrize(("url", "canonical"), [
+    ("https://hooks.example.com/cb?x=1", "https://hooks.example.com/cb?x=1"),
+    ("https://HOOKS.Example.com/cb", "https://hooks.example.com/cb"),
+    ("https://bücher.example/cb", "https://xn--bcher-kva.example/cb"),
+    ("https://ｅｘａｍｐｌｅ.com/x", "https://example.com/x"),
+    ("http://8.8.8.8/x#frag", "http://8.8.8.8/x"),
+])
+def test_a_valid_url_is_kept_in_the_form_that_is_connected_to(url: str, canonical: str) -> None:
+    assert canonical_url(url) == canonical
+
+
+def test_a_backslash_cannot_pass_a_wildcard_allow_list() -> None:
+    url = "https://evil.test\\.example.com/x"
+    with pytest.raises(CallbackNotAllowed):
+        canonical_url(url)
+    assert not allowed(url, ("https://*.example.com/*",))
+
+
+def test_unicode_addresses_are_refused_at_the_door(
+        make_bridge: Callable[..., Bridge], receiver: Receiver) -> None:
+    """With an allow-list of any host and port, no form of a loopback address gets in, and
+    nothing reaches the listener on 127.0.0.1."""
+    bridge = make_bridge(CALLBACKS + """
+[[sources]]
+name = "zap"
+provider = "token"
+secret = "zap-token"
+allow_callback_urls = ["http://*:*/*", "https://*.example.com/*"]
+""")
+    port = receiver.url.rsplit(":", 1)[1]
+    headers = {"X-Webhook-Token": "zap-token"}
+    for form in LOOPBACK_FORMS:
+        url = form.format(port=port)
+        refused = bridge.post("/hooks/zap", b"{}", headers, params={"callback_url": url})
+        assert refused.status_code == 400, (url, refused.text)
+        assert refused.json()["error"]["code"] == "callback_not_allowed"
+    assert bridge.post("/hooks/zap", b"{}", headers,
+                       params={"callback_url": "http://８.８.８.８/cb"}).status_code == 202
+    assert receiver.all() == []
