@@ -169,6 +169,15 @@ def safe_id(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def storable(text: str) -> str:
+    """Text from a body as every store can hold it, on both stores alike: a NUL (which
+    PostgreSQL's text cannot hold) becomes U+FFFD, and a lone surrogate (which JSON's
+    `\\ud800` gives and no UTF-8 can encode) a question mark."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def idempotency_key(source: str, provider_id: str | None, body: bytes) -> str:
     if provider_id:
         return f"{source}:{safe_id(provider_id)}"
@@ -241,9 +250,7 @@ class Inbound:
             answer = await self.answer(path[path.rindex("/") + 1:], scope, receive)
         except Disconnected:
             return
-        status, body, headers = answer
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send(send, answer)
 
     async def answer(self, name: str, scope: Scope, receive: Receive) -> Answer:
         provider = self.runtime.providers.get(name)
@@ -303,7 +310,7 @@ class Inbound:
         identity = provider.identify(inbound)
         event = VerifiedEvent(
             id=new_id(), source=name, provider=source.provider,
-            event_type=identity.event_type,
+            event_type=storable(identity.event_type),
             idempotency_key=idempotency_key(name, identity.provider_id, body),
             fingerprint=fingerprint_key(name, identity.event_type, provider.fingerprint(inbound))
             if identity.provider_id and provider.unsigned_id and source.body_dedupe else None,
@@ -408,11 +415,28 @@ class Hooks:
         self.inbound: Inbound | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.inbound is not None and scope["type"] == "http" and scope["method"] == "POST"
-                and is_hook_path(scope["path"])):
+        if scope["type"] == "http" and unstorable(scope):
+            await _send(send, error_answer(BadRequest(
+                "the path or query holds a NUL character, which no text can be stored with")))
+        elif (self.inbound is not None and scope["type"] == "http"
+                and scope["method"] == "POST" and is_hook_path(scope["path"])):
             await self.inbound(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+def unstorable(scope: Scope) -> bool:
+    """A NUL in the path or the query: PostgreSQL cannot store or even compare text holding
+    one, so every endpoint refuses it here, in one place, before any id or key is looked up."""
+    query: bytes = scope.get("query_string", b"")
+    return "\x00" in scope["path"] or b"\x00" in query or (
+        b"%" in query and b"%00" in query.lower())
+
+
+async def _send(send: Send, answer: Answer) -> None:
+    status, body, headers = answer
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def is_hook_path(path: str) -> bool:

@@ -267,7 +267,7 @@ def make_bridge(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Callable[.
 
     def make(extra: str = "", *, start: bool = True, base: str = BASE_CONFIG,
              env: dict[str, str] | None = None, name: str = "bridge",
-             admin: bool = True, sqlite: bool = False) -> Bridge:
+             admin: bool = True, sqlite: bool = False, postgres: bool = False) -> Bridge:
         port = free_port()
         db = tmp_path / f"{name}.db"
         text = base.format(port=port, db=db, platform=emulator.base_url, trigger_key=TRIGGER_KEY,
@@ -276,7 +276,9 @@ def make_bridge(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Callable[.
         if admin and "[admin]" not in text:
             text += f'\n[admin]\ntokens = ["{ADMIN_TOKEN}"]\n'
         store_url = None
-        if ON_POSTGRES and not sqlite and f'path = "{db}"' in text:  # the suite on PostgreSQL
+        if postgres:
+            pg.require()
+        if (ON_POSTGRES or postgres) and not sqlite and f'path = "{db}"' in text:
             store_url = stack.enter_context(pg.schema())
             text = text.replace(f'path = "{db}"', f'url = "{store_url}"')
         config = tmp_path / f"{name}.toml"

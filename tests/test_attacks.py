@@ -6,15 +6,33 @@ the real store (both dialects where the store is involved) and, for the agent, t
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
+import time
 from collections.abc import Callable
 
+import httpx
 import pytest
+import stripe
 
 from bridge.errors import CallbackNotAllowed
 from bridge.guard import allowed, canonical_url, check_literal
-from tests.conftest import Bridge
+from tests.conftest import ADMIN_TOKEN, STRIPE_SECRET, Bridge, github_headers
 from tests.receiver import Receiver
-from tests.test_hardening import CALLBACKS
+
+CALLBACKS = """
+[callbacks]
+signing_secret = "whsec_cGxhdGZvcm0tY2FsbGJhY2stc2VjcmV0LTAx"
+timeout = "1s"
+"""
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+BOTH_STORES = pytest.mark.parametrize("postgres", [False, True], ids=["sqlite", "postgres"])
+
+
+def stripe_headers(body: bytes) -> dict[str, str]:
+    header = stripe.WebhookSignature.generate_signature_header(
+        body.decode(), STRIPE_SECRET, int(time.time()))  # type: ignore[attr-defined]
+    return {"Stripe-Signature": header, "Content-Type": "application/json"}
 
 # -- 5. Unicode forms of an address --------------------------------------------------------------
 
@@ -80,3 +98,52 @@ allow_callback_urls = ["http://*:*/*", "https://*.example.com/*"]
     assert bridge.post("/hooks/zap", b"{}", headers,
                        params={"callback_url": "http://８.８.８.８/cb"}).status_code == 202
     assert receiver.all() == []
+
+
+# -- 3. One NUL byte fails only its own request ---------------------------------------------------
+
+@BOTH_STORES
+def test_a_nul_byte_fails_only_its_own_request(make_bridge: Callable[..., Bridge],
+                                                postgres: bool) -> None:
+    bridge = make_bridge(CALLBACKS + """
+[[sources]]
+name = "gh"
+provider = "github"
+secret = "gh-test-secret-8d1e"
+allow_callback_urls = ["https://*.example.com/*"]
+""", postgres=postgres)
+
+    def ordinary(i: int) -> int:
+        body = json.dumps({"n": i}).encode()
+        return bridge.post("/hooks/github", body, github_headers(body, delivery=f"ok-{i}"),
+                           ).status_code
+
+    def hostile(i: int) -> int:
+        body = json.dumps({"bad": i}).encode()
+        return bridge.post("/hooks/gh?callback_url=https://a.example.com/%00",
+                           body, github_headers(body, delivery=f"bad-{i}")).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(45) as pool:
+        good = [pool.submit(ordinary, i) for i in range(40)]
+        bad = [pool.submit(hostile, i) for i in range(5)]
+        assert [f.result() for f in good] == [202] * 40
+        assert [f.result() for f in bad] == [400] * 5
+    # Signed ids and types with a NUL are stored as every store can hold them.
+    for field in ("id", "type"):
+        event = {"id": "evt_1", "type": "charge.succeeded", "object": "event"}
+        event[field] = event[field] + "\u0000x"
+        body = json.dumps(event).encode()
+        answer = bridge.post("/hooks/stripe", body, stripe_headers(body))
+        assert answer.status_code == 202, answer.text
+    for path in ("/admin/events/%00", "/admin/events?key=%00", "/admin/events?cursor=a%00",
+                 "/admin/dead-letters?source=%00", "/console/events?key=%00",
+                 "/console/events?cursor=%00", "/console/events/feed?after=%00"):
+        answer = httpx.get(f"{bridge.url}{path}", headers=AUTH, timeout=30)
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["error"]["code"] == "bad_request"
+    for path, payload in (("/admin/routes/github->github-push/pause", {"reason": "a\u0000b"}),
+                          ("/admin/dead-letters/redrive", {"ids": ["x\u0000"]})):
+        answer = httpx.post(f"{bridge.url}{path}", headers=AUTH, timeout=30,
+                            content=json.dumps(payload).encode())
+        assert answer.status_code < 500, (path, answer.text)
+    assert "Traceback" not in bridge.logs()

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 
 from bridge.errors import InternalError, StoreUnavailable
 from bridge.models import (
@@ -125,8 +126,29 @@ def schema(script: str) -> str:
 # with parameters: a round trip more per job, a quarter of the writer's time with the database
 # 0.5 ms away; see docs/scaling.md.) An error in one of them is raised by the statement they
 # went with, as the batch's error: none of them fails but for an outage.
-HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job"})
-ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job"})  # sent in one query with those held
+HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job", "SAVEPOINT run",
+                  "RELEASE run"})
+ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job", "ROLLBACK TO run"})  # sent in one query with those held
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+class _TextDumper(StrDumperUnknown):
+    """PostgreSQL's text cannot hold NUL, and psycopg refuses such a value with a `DataError`
+    that fails the whole statement, with every change grouped into it. Text reaches the store
+    from receivers and platforms too (excerpts, errors), so it is made storable here, at the
+    one place every value passes: a NUL becomes U+FFFD, as the ingest path does on both stores.
+    """
+
+    def dump(self, obj: str) -> Any:
+        return super().dump(_storable(obj))
+
+
+class _BinaryTextDumper(StrBinaryDumper):
+    def dump(self, obj: str) -> Any:
+        return super().dump(_storable(obj))
 
 
 class _Rows(NamedTuple):
@@ -159,6 +181,8 @@ class Connection:
                     self.raw.close()
             connect: Any = psycopg.connect
             raw = connect(self.url, **self.options)
+            raw.adapters.register_dumper(str, _TextDumper)
+            raw.adapters.register_dumper(str, _BinaryTextDumper)
             for setting in self.settings:  # set here, so the URL's own `options` still apply
                 raw.execute(setting)
             self.raw = raw
@@ -375,7 +399,16 @@ class PostgresStore(SQLiteStore):
         notifying: Any = _Notifying(conn, self)
         accepts = [job for job in jobs if isinstance(job, _Accept)]
         if len(accepts) == len(jobs):
-            return self._ingest(conn, accepts), frozenset(self._new_work)
+            try:
+                return self._ingest(conn, accepts), frozenset(self._new_work)
+            except Exception as exc:
+                if outage(exc):
+                    raise
+                # One accept the server refused must fail alone, never its neighbours: the
+                # batch again, each accept in a savepoint of its own (the shared path).
+                log.warning("accepts failed together; applying them one at a time",
+                            extra={"changes": len(jobs), "error": _describe(exc)})
+                return super()._apply(notifying, jobs)
         if not self.grouping:
             return super()._apply(notifying, jobs)
         slots: list[list[int]] = []  # positions in `jobs`, by kind, in order of first arrival
@@ -969,7 +1002,7 @@ class _Accepts:
                 for job in self.jobs]
 
     def __call__(self, conn: Any) -> list[tuple[bool, Any]]:
-        return self.store._accept_all(conn, self.jobs)
+        return self.store._accept_run(conn, self.jobs)
 
 
 class _Statement:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -404,7 +405,7 @@ class SQLiteStore:
                     run.append(job)
                     continue
                 if run:
-                    out.extend(self._accept_all(conn, run))
+                    out.extend(self._accept_run(conn, run))
                     run = []
                 if isinstance(job, _Bare):  # it raises, if at all, before writing anything
                     try:
@@ -416,7 +417,7 @@ class SQLiteStore:
                     continue
                 out.append(_savepointed(conn, job))
             if run:
-                out.extend(self._accept_all(conn, run))
+                out.extend(self._accept_run(conn, run))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -426,6 +427,28 @@ class SQLiteStore:
                     pass
             raise
         return out, frozenset(self._new_work)
+
+    def _accept_run(self, conn: sqlite3.Connection,
+                    jobs: list[_Accept]) -> list[tuple[bool, Any]]:
+        """`_accept_all` in a savepoint: should the store refuse one of the accepts (a value it
+        cannot hold), the run is undone and each accept applied in a savepoint of its own, so
+        that one fails alone and its neighbours are stored."""
+        conn.execute("SAVEPOINT run")
+        try:
+            out: list[tuple[bool, Any]] = list(self._accept_all(conn, jobs))
+        except Exception as exc:
+            if outage(exc):
+                raise
+            conn.execute("ROLLBACK TO run")
+            conn.execute("RELEASE run")
+            log.warning("accepts failed together; applying them one at a time",
+                        extra={"changes": len(jobs), "error": _describe(exc)})
+            return [_savepointed(conn, functools.partial(self._accept_one, job)) for job in jobs]
+        conn.execute("RELEASE run")
+        return out
+
+    def _accept_one(self, job: _Accept, conn: sqlite3.Connection) -> Accepted:
+        return self._accept_all(conn, [job])[0][1]
 
     def _accept_all(self, conn: sqlite3.Connection,
                     jobs: list[_Accept]) -> list[tuple[bool, Accepted]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bridge.errors import InternalError
 from bridge.models import (
     Attempt,
     CallbackTargets,
@@ -425,3 +426,26 @@ def test_a_batchs_outcomes_are_written_as_one_by_one(kind: str, tmp_path: Path) 
     for other in grouped, alone:
         assert {k: v for k, v in pipelined.items() if k != "groups"} == \
             {k: v for k, v in other.items() if k != "groups"}
+
+
+@pytest.mark.parametrize("kind", STORES)
+@pytest.mark.parametrize("bad", ["push\ud800", "push\x00"], ids=["lone-surrogate", "nul"])
+def test_one_accept_the_store_refuses_fails_alone(kind: str, bad: str, tmp_path: Path) -> None:
+    """One group commit holds 40 ordinary accepts and 5 whose text the store cannot hold as it
+    is: the 40 are stored, each bad one fails (or is made storable) on its own."""
+    async def scenario(store: Store) -> None:
+        now = time.time()
+        good = [event(f"s:good-{i}", now) for i in range(40)]
+        hostile = [VerifiedEvent(new_id(), "s", "github", bad, f"s:bad-{i}", now, {}, b"{}")
+                   for i in range(5)]
+        mixed = good[:20] + hostile + good[20:]
+        results = await asyncio.gather(*(store.accept(e, delivery(e.idempotency_key))
+                                         for e in mixed), return_exceptions=True)
+        by_id = dict(zip((e.id for e in mixed), results, strict=True))
+        assert all(not isinstance(by_id[e.id], BaseException) for e in good), results
+        assert all(isinstance(by_id[e.id], InternalError) or not isinstance(
+            by_id[e.id], BaseException) for e in hostile), results
+        claimed = await store.claim("w", now, 60, 500, 30)
+        assert {c.event_id for c in claimed} >= {e.id for e in good}
+
+    run(scenario, kind, tmp_path, commit_delay=0.05)
