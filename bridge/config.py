@@ -107,6 +107,7 @@ class StoreConfig:
     prune_interval: float = 3600.0
     max_size_bytes: int | None = None
     busy_timeout: float = 2.0
+    deadline: float = 5.0  # any wait on the store: past it, 503 + Retry-After, the link is cut
     # Group commit: a batch waits at most this long for company, less when senders in a closed
     # loop are all back, not at all after a lone webhook (0: commit at once; see
     # bridge/store/writer.py).
@@ -561,7 +562,10 @@ def _store(s: _Section) -> StoreConfig:
         max_size_bytes=s.integer("max_size_bytes", None, minimum=65536),
         busy_timeout=s.duration("busy_timeout", 2.0),
         commit_delay=s.duration("commit_delay", 0.01),
+        deadline=s.duration("deadline", 5.0),
     )
+    if not 0.5 <= cfg.deadline <= 120:
+        s.fail("deadline", "must be between 500ms and 120s")
     if not 0 <= cfg.commit_delay <= 0.1:
         s.fail("commit_delay", "must be between 0 and 100ms")
     if cfg.url is not None and urlsplit(cfg.url).scheme not in ("postgresql", "postgres"):

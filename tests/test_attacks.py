@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -17,7 +21,9 @@ import stripe
 
 from bridge.errors import CallbackNotAllowed
 from bridge.guard import allowed, canonical_url, check_literal
-from tests.conftest import ADMIN_TOKEN, STRIPE_SECRET, Bridge, github_headers
+from bridge.emulator import EmulatorServer
+from tests import pg
+from tests.conftest import ADMIN_TOKEN, STRIPE_SECRET, Bridge, github_headers, wait_for
 from tests.receiver import Receiver
 
 CALLBACKS = """
@@ -147,3 +153,57 @@ allow_callback_urls = ["https://*.example.com/*"]
                             content=json.dumps(payload).encode())
         assert answer.status_code < 500, (path, answer.text)
     assert "Traceback" not in bridge.logs()
+
+
+# -- 4. A database that stops answering ----------------------------------------------------------
+
+@pytest.fixture
+def stalled_link() -> Iterator[subprocess.Popen[str]]:
+    """A relay process between the bridge and PostgreSQL, to be stopped with SIGSTOP."""
+    pg.require()
+    port = urlsplit(pg.SERVER).port or 5432
+    relay = subprocess.Popen([sys.executable, "-m", "tests.tcp_relay", str(port)],
+                             stdout=subprocess.PIPE, text=True)
+    assert relay.stdout is not None
+    relay.port = int(relay.stdout.readline())  # type: ignore[attr-defined]
+    yield relay
+    relay.send_signal(signal.SIGCONT)
+    relay.kill()
+    relay.wait()
+    relay.stdout.close()
+
+
+def test_a_stalled_database_answers_503_within_the_deadline_and_recovers(
+        make_bridge: Callable[..., Bridge], stalled_link: subprocess.Popen[str],
+        emulator: EmulatorServer) -> None:
+    bridge = make_bridge(start=False, postgres=True)
+    port = urlsplit(pg.SERVER).port or 5432
+    relayed = stalled_link.port  # type: ignore[attr-defined]
+    text = bridge.config_path.read_text().replace(f"127.0.0.1:{port}/", f"127.0.0.1:{relayed}/")
+    bridge.config_path.write_text(text.replace('busy_timeout = "300ms"',
+                                               'busy_timeout = "300ms"\ndeadline = "2s"'))
+    bridge.start()
+    first = github_post(bridge, "before")
+    assert first.status_code == 202
+    stalled_link.send_signal(signal.SIGSTOP)
+    started = time.monotonic()
+    stalled = github_post(bridge, "during")
+    assert stalled.status_code == 503, stalled.text
+    assert stalled.headers["Retry-After"] and stalled.json()["error"]["code"] == "store_unavailable"
+    listed = httpx.get(f"{bridge.url}/admin/events", headers=AUTH, timeout=60)
+    assert listed.status_code == 503 and "Retry-After" in listed.headers
+    took = time.monotonic() - started
+    stalled_link.send_signal(signal.SIGCONT)
+    # The sender retries as told; the bridge has recovered on its own, without a restart.
+    wait_for(lambda: github_post(bridge, "during").status_code in (200, 202), timeout=60)
+    assert github_post(bridge, "after").status_code == 202
+    wanted = sorted(f"github:{d}:github-push" for d in ("before", "during", "after"))
+    wait_for(lambda: sorted({c["key"] for c in emulator.emulator.calls}) == wanted, timeout=60)
+    assert len(emulator.emulator.executions_for("github-push")) == 3  # each ran once
+    print(f"a stalled store answered in {took:.1f}s (deadline 2s, two requests)")
+
+
+def github_post(bridge: Bridge, delivery: str) -> httpx.Response:
+    body = json.dumps({"ref": delivery}).encode()
+    return httpx.post(f"{bridge.url}/hooks/github", content=body, timeout=60,
+                      headers=github_headers(body, delivery=delivery))

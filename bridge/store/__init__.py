@@ -22,7 +22,7 @@ def open_store(settings: Any) -> Store:
 
         return PostgresStore(settings.url, statement_timeout=settings.statement_timeout,
                              pool_size=settings.pool_size,
-                             commit_delay=settings.commit_delay)
+                             commit_delay=settings.commit_delay, deadline=settings.deadline)
     return SQLiteStore(settings.path, busy_timeout=settings.busy_timeout,
                        max_size_bytes=settings.max_size_bytes,
-                       commit_delay=settings.commit_delay)
+                       commit_delay=settings.commit_delay, deadline=settings.deadline)

@@ -39,9 +39,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import queue
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -62,6 +65,7 @@ from bridge.models import (
 from bridge.store.base import CALLBACKS, DELIVERIES, EXECUTIONS, WORK
 from bridge.store.sqlite import (
     _CLAIMED,
+    DEFAULT_DEADLINE,
     FOR_UPDATE,
     MIGRATIONS,
     SKIP_LOCKED,
@@ -131,6 +135,15 @@ HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job", "S
 ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job", "ROLLBACK TO run"})  # sent in one query with those held
 
 
+def network_options(deadline: float) -> dict[str, Any]:
+    """libpq's own bounds on a connection, from `[store] deadline`: connecting, and a peer
+    that is gone (keepalives, unacknowledged data). A server that is up but stopped answering
+    is cut by the store's deadline (`Connection.interrupt`)."""
+    return {"connect_timeout": max(2, round(deadline)), "keepalives": 1,
+            "keepalives_idle": max(1, round(deadline)), "keepalives_interval": 1,
+            "keepalives_count": 3, "tcp_user_timeout": int(deadline * 1000)}
+
+
 def _storable(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
@@ -165,9 +178,11 @@ class Connection:
     pipelined = True  # send those held with a statement that has parameters in one pipeline
     deferring = True  # hold rows nobody reads the answer of too (`defer`), when pipelined
 
-    def __init__(self, url: str, statement_timeout: float, application: str) -> None:
+    def __init__(self, url: str, statement_timeout: float, application: str,
+                 deadline: float = DEFAULT_DEADLINE) -> None:
         self.url = url
-        self.options = {"autocommit": True, "application_name": application}
+        self.options = {"autocommit": True, "application_name": application,
+                        **network_options(deadline)}
         self.settings = (f"SET statement_timeout = {int(statement_timeout * 1000)}",
                          "SET synchronous_commit = on")
         self.raw: Any = None  # a psycopg.Connection, made (again) when a transaction begins
@@ -217,6 +232,20 @@ class Connection:
         if sql == "COMMIT" and cursor.statusmessage != "COMMIT":
             raise psycopg.OperationalError("the transaction was rolled back at commit")
         return cursor
+
+    def interrupt(self) -> None:
+        """Cut the connection from another thread (a server that stopped answering never
+        lets a blocked read return): the blocked call fails as an outage, and the next
+        transaction connects again."""
+        raw = self.raw
+        if raw is None or raw.closed:
+            return
+        with contextlib.suppress(OSError, ValueError, psycopg.Error):
+            cut = socket.socket(fileno=os.dup(raw.pgconn.socket))
+            try:
+                cut.shutdown(socket.SHUT_RDWR)
+            finally:
+                cut.close()
 
     def release(self) -> list[str | _Rows]:
         held, self.held = self.held, []
@@ -303,8 +332,9 @@ class PostgresStore(SQLiteStore):
     pipelining = True  # send runs of one-statement jobs in one pipeline (`_Pipelined`)
 
     def __init__(self, url: str, *, statement_timeout: float = 10.0, pool_size: int = 4,
-                 commit_delay: float = 0.0) -> None:
-        super().__init__(url, commit_delay=commit_delay)
+                 commit_delay: float = 0.0, deadline: float = DEFAULT_DEADLINE) -> None:
+        super().__init__(url, commit_delay=commit_delay, deadline=deadline)
+        self._reading: dict[Connection, float] = {}  # read connections in use: since when
         self.savepoints_always = True
         self.url = url
         self.statement_timeout = statement_timeout
@@ -315,7 +345,18 @@ class PostgresStore(SQLiteStore):
         self._listening = False
 
     def _connection(self, role: str) -> Connection:
-        return Connection(self.url, self.statement_timeout, f"webhook-bridge {role}")
+        return Connection(self.url, self.statement_timeout, f"webhook-bridge {role}",
+                          self.deadline)
+
+    def _interrupt_writer(self, writer: Writer) -> None:
+        self._writer_conn.interrupt()
+
+    def _stalled(self) -> None:
+        super()._stalled()
+        now = time.monotonic()
+        for conn, since in list(self._reading.items()):
+            if now - since >= self.deadline:
+                conn.interrupt()
 
     async def open(self) -> None:
         conn = self._connection("writer")
@@ -359,7 +400,8 @@ class PostgresStore(SQLiteStore):
         own commits wake them as they are answered: its own NOTIFYs are skipped.)"""
         while self._listening:
             try:
-                conn: Any = psycopg.connect(self.url, autocommit=True)
+                conn: Any = psycopg.connect(self.url, autocommit=True,
+                                            **network_options(self.deadline))
                 conn.execute(f"LISTEN {NOTIFY}")
                 while self._listening:
                     for notice in conn.notifies(timeout=1.0):
@@ -664,7 +706,7 @@ class PostgresStore(SQLiteStore):
         if self._readers is None:
             raise StoreUnavailable("the store is closed")
         try:
-            names, rows = await asyncio.to_thread(self._read, sql, params)
+            names, rows = await self._within(asyncio.to_thread(self._read, sql, params))
         except psycopg.OperationalError as exc:
             log.error("store read failed", extra={"error": _describe(exc)})
             raise StoreUnavailable("the store cannot be read") from None
@@ -677,11 +719,16 @@ class PostgresStore(SQLiteStore):
         readers = self._readers
         if readers is None:
             raise psycopg.OperationalError("the store is closed")
-        conn: Any = readers.get()  # waits while every read connection is busy
+        try:  # waits while every read connection is busy
+            conn: Any = readers.get(timeout=self.deadline)
+        except queue.Empty:
+            raise psycopg.OperationalError("no read connection came free") from None
+        self._reading[conn] = time.monotonic()
         try:
             conn.connect()
             return _query(conn, sql, params)
         finally:
+            self._reading.pop(conn, None)
             readers.put(conn)
 
 

@@ -23,7 +23,7 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -258,10 +258,15 @@ MIGRATIONS: list[str] = [
 ]
 
 
+DEFAULT_DEADLINE = 5.0  # seconds any caller waits on the store before it answers 503
+
+
 class SQLiteStore:
     def __init__(self, path: str, *, busy_timeout: float = 2.0,
-                 max_size_bytes: int | None = None, commit_delay: float = 0.0) -> None:
+                 max_size_bytes: int | None = None, commit_delay: float = 0.0,
+                 deadline: float = DEFAULT_DEADLINE) -> None:
         self.path = path
+        self.deadline = deadline  # `[store] deadline`: see `_within`
         self.commit_delay = commit_delay
         self.busy_timeout = busy_timeout
         self.max_size_bytes = max_size_bytes
@@ -351,7 +356,33 @@ class SQLiteStore:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         bare = not (savepoint or isinstance(fn, _Accept) or self.savepoints_always)
         self._writer.submit(_Bare(fn) if bare else fn, future, urgent, answers)
-        return await future
+        return await self._within(future)
+
+    async def _within(self, awaitable: Awaitable[T]) -> T:
+        """Every wait on the store ends by `deadline`: past it the caller gets
+        `StoreUnavailable` (503 + Retry-After), and a connection stuck that long is cut
+        (`_stalled`), so the store recovers on its own once the database answers again. A change
+        that commits after its caller gave up is kept: an accept's sender retries and hears
+        that it is a duplicate, so nothing is lost and nothing is stored twice."""
+        task = asyncio.ensure_future(awaitable)
+        task.add_done_callback(_retrieve)  # it may be answered after its caller gave up
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.deadline)
+        except TimeoutError:
+            self._stalled()
+            raise StoreUnavailable(
+                f"the store did not answer within {self.deadline:g}s") from None
+
+    def _stalled(self) -> None:
+        """A wait ran out: cut the writer's connection if its batch has taken that long."""
+        writer = self._writer
+        if writer is not None and writer.stuck(self.deadline):
+            log.error("the store stopped answering; interrupting the writer",
+                      extra={"deadline": self.deadline})
+            self._interrupt_writer(writer)
+
+    def _interrupt_writer(self, writer: Writer) -> None:
+        writer.conn.interrupt()
 
     def _finish(self, batch: list[tuple[Any, asyncio.Future[Any]]],
                 results: list[tuple[bool, Any]] | None, error: BaseException | None,
@@ -1543,7 +1574,10 @@ class SQLiteStore:
         if self._reader is None:
             raise StoreUnavailable("the store is closed")
         try:
-            names, rows = await self._reader._execute(_query, self._reader._conn, sql, params)
+            names, rows = await self._within(
+                self._reader._execute(_query, self._reader._conn, sql, params))
+        except StoreUnavailable:
+            raise
         except Exception as exc:
             if outage(exc):
                 log.error("store read failed", extra={"error": _describe(exc)})
@@ -1730,6 +1764,12 @@ def _execution(row: dict[str, Any]) -> ExecutionRecord:
 # memory, read-only, I/O, corrupt, full, cannot open, lock protocol, not a database). Anything
 # else (a constraint, a bad parameter, bad SQL) is a bug: retrying later will not help.
 _OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Marks an outcome as seen, so one nobody waits for any more is not logged as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _savepointed(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], Any]

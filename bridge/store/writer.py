@@ -80,6 +80,7 @@ class Writer:
         self.lone = False  # the last acknowledgement came alone: no waiting until the next one
         self.last_ask = -float("inf")  # when the last acknowledgement was queued (monotonic)
         self.enough = threading.Event()
+        self.busy_since: float | None = None  # when the batch being applied began (monotonic)
         self.stopped: asyncio.Future[None] = self.loop.create_future()
         self.thread = threading.Thread(target=self.run, name="store-writer", daemon=True)
         self.thread.start()
@@ -149,8 +150,14 @@ class Writer:
         self.gathering = False
         self.urgent = False
 
+    def stuck(self, seconds: float) -> bool:
+        """Has the batch being applied taken `seconds` or more (the database stopped answering)?"""
+        since = self.busy_since
+        return since is not None and time.monotonic() - since >= seconds
+
     def commit(self, batch: list[Job]) -> None:
         started = time.perf_counter()
+        self.busy_since = time.monotonic()
         try:
             results, new_work = self.apply(self.conn, [job for job, _ in batch])
         except Exception as exc:  # handed to the callers as a 503
@@ -158,6 +165,8 @@ class Writer:
         else:
             self.hand_back(self.finish, batch, results, None, time.perf_counter() - started,
                            new_work)
+        finally:
+            self.busy_since = None
 
     def hand_back(self, fn: Callable[..., None], *args: Any) -> None:
         try:
