@@ -5,13 +5,18 @@
 `/healthz`, `/readyz` and `/metrics`. Two loops talk to the edge:
 
 - `Puller` asks for the next batch (a long poll), checks the edge's signature over the exact
-  bytes, commits every event to the agent's own store, and only then acknowledges the batch, with
-  its next pull. An agent killed in between gets the same batch again (the edge re-offers what is
-  still leased to it first) and its store drops what it already holds. The local event's
+  bytes and every field of every item as the edge checks its own config (`check_item`: trigger
+  names, sizes, no more items than asked), commits every event to the agent's own store, and
+  only then acknowledges the batch, with its next pull, naming each delivery's generation. An
+  agent killed in between gets the same batch again (the edge re-offers what is still leased
+  to it first) and its store drops what it already holds. The local event's
   idempotency key names the edge's delivery and its generation (a redrive at the edge starts a
   new one), so a redriven delivery is sent again.
 - `Reporter` sends the store's journal (every attempt, and every finished execution, written in
   the same transaction that recorded it) to the edge, oldest first, and drops what the edge took.
+
+Every request to the edge is signed with the channel's secret (Standard Webhooks headers over the
+exact body), as the edge signs its batches: a proxy that sees the bearer token cannot write.
 
 From the store on, it is the bridge: the forwarder sends each delivery to the on-premises
 platform with the edge's own Idempotency-Key, the tracker follows the execution and the relay
@@ -27,7 +32,9 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import random
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -39,15 +46,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import __version__
-from bridge.config import Config, SourceConfig, mask_url
+from bridge.config import TRIGGER_NAME, Config, SourceConfig, mask_url
 from bridge.errors import BridgeError, SignatureError, StoreUnavailable
 from bridge.forwarder import Forwarder
 from bridge.http import Client, HttpError, Reply
 from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.models import NewDelivery, VerifiedEvent, new_id
 from bridge.providers import InboundRequest
-from bridge.providers.standard import Standard
-from bridge.relay import Relay
+from bridge.providers.standard import Standard, decode_secret
+from bridge.relay import Relay, signature_headers
 from bridge.store import Store, open_store
 from bridge.store.base import JOURNAL
 from bridge.tracker import Tracker
@@ -77,6 +84,44 @@ def parse_local_key(key: str) -> tuple[str, float] | None:
         return None
 
 
+# What one item of a batch may hold: each field as the edge's config and store make it.
+_FIELDS = {"delivery_id": re.compile(r"^[A-Za-z0-9_-]{1,64}$"),
+           "event_id": re.compile(r"^[A-Za-z0-9_-]{1,64}$"),
+           "trigger": TRIGGER_NAME,
+           "route": re.compile(r"^[^\x00-\x1f\x7f]{1,200}$"),
+           "idempotency_key": re.compile(r"^[\x21-\x7e]{1,512}$"),
+           "content_type": re.compile(r"^[\x20-\x7e]{1,200}$"),
+           "source": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
+           "provider": re.compile(r"^[a-z0-9_-]{1,64}$"),
+           "event_type": re.compile(r"^[^\x00]{0,500}$")}
+
+
+def check_item(item: Any, index: int) -> dict[str, Any]:
+    """One item of a signed batch, checked field by field before anything of it is stored or
+    sent: a fake edge holding the secret still cannot name a trigger outside
+    `/workflows/triggers/`, nor an oversized or malformed field. Raises `BatchRefused`."""
+    where = f"items[{index}]"
+    if not isinstance(item, dict):
+        raise BatchRefused(f"{where}: expected an object")
+    for name, rule in _FIELDS.items():
+        value = item.get(name)
+        if not isinstance(value, str) or not rule.match(value):
+            raise BatchRefused(f"{where}.{name}: not a valid value")
+    for name in ("generation", "received_at"):
+        value = item.get(name)
+        if not (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value)):
+            raise BatchRefused(f"{where}.{name}: expected a number")
+    body = item.get("body")
+    if not isinstance(body, str) or len(body) > MAX_BATCH_ANSWER:
+        raise BatchRefused(f"{where}.body: expected base64")
+    try:
+        item["raw"] = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise BatchRefused(f"{where}.body: expected base64") from None
+    return item
+
+
 class Link:
     """The agent's HTTP client to its edge, and what it last knew of the connection."""
 
@@ -95,12 +140,16 @@ class Link:
                                  "Content-Type": "application/json"})
         self.connected: bool | None = None  # unknown until the first answer
 
+        self.key = decode_secret(edge.signing_secret.reveal())
+
     def path(self, action: str) -> str:
         return f"/agent/v1/channels/{self.edge.channel}/{action}"
 
     async def post(self, action: str, payload: dict[str, Any]) -> Reply:
-        return await self.client.request("POST", self.path(action),
-                                         body=json.dumps(payload).encode())
+        body = json.dumps(payload).encode()
+        return await self.client.request("POST", self.path(action), body=body,
+                                         headers=signature_headers(self.key, new_id(),
+                                                                   int(time.time()), body))
 
     def up(self) -> None:
         if self.connected is not True:
@@ -159,7 +208,7 @@ class Puller(Loop):
                                               tolerance=edge.tolerance))
 
     async def run(self) -> None:
-        acked: list[str] = []  # committed here; the edge learns it with the next pull
+        acked: list[dict[str, Any]] = []  # committed here; the edge learns it with the next pull
         while not self.stopping.is_set():
             request = {"agent": self.agent_id, "ack": acked, "limit": self.edge.batch_size,
                        "wait": self.edge.wait}
@@ -199,7 +248,8 @@ class Puller(Loop):
                 continue
             self.backoff = 0.0
             self.metrics.agent_batches.labels("stored").inc()
-            acked = [item["delivery_id"] for item in items]
+            acked = [{"delivery_id": item["delivery_id"], "generation": item["generation"]}
+                     for item in items]
 
     def verify(self, reply: Reply) -> list[dict[str, Any]]:
         headers = {k.lower(): v for k, v in reply.headers.items()}
@@ -214,13 +264,12 @@ class Puller(Loop):
             items = data["items"]
             if data.get("channel") != self.edge.channel or not isinstance(items, list):
                 raise ValueError("another channel's batch")
-            for item in items:
-                item["raw"] = base64.b64decode(item["body"], validate=True)
-                float(item["generation"])
-        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise BatchRefused(f"malformed batch ({exc.__class__.__name__})") from None
-        checked: list[dict[str, Any]] = items
-        return checked
+        if len(items) > self.edge.batch_size:
+            raise BatchRefused(f"{len(items)} items where at most {self.edge.batch_size} "
+                               "were asked for")
+        return [check_item(item, i) for i, item in enumerate(items)]
 
     async def commit(self, items: list[dict[str, Any]]) -> None:
         """Every event of the batch durable in this agent's store (concurrent accepts are

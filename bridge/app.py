@@ -104,7 +104,7 @@ def create_app(config: Config, *, store: Store | None = None,
                           metrics=metrics)
     tracker = Tracker(config, store, clock=clock, metrics=metrics)
     relay = Relay(config, store, clock=clock, rng=rng, metrics=metrics)
-    edge = Edge(runtime, store, clock, lambda: tracker.targets)
+    edge = Edge(runtime, store, clock, lambda: tracker.targets, metrics)
     admin = Admin(runtime, store, metrics, clock, edge)
     keys: dict[str, str] = {}
     console = Console(admin, lambda: keys["server"])

@@ -54,6 +54,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# A trigger's name: one path segment under /workflows/triggers/, never `.` or `..`.
+TRIGGER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
 
 class Secret:
@@ -232,6 +234,8 @@ class ChannelConfig:
     tokens: tuple[Secret, ...] = ()
     signing_secret: Secret | None = None
     lease: float = 30.0  # a batch not acknowledged by then goes to any agent again
+    # A hand-off whose agent reports nothing for this long goes back to the channel.
+    report_within: float = 3600.0
     index: int = 0
 
 
@@ -656,8 +660,11 @@ def _channel(s: _Section, index: int) -> ChannelConfig:
         tokens=tuple(Secret(t) for t in s.strings("tokens") if t),
         signing_secret=s.secret("signing_secret", required=True),
         lease=s.duration("lease", 30.0),
+        report_within=s.duration("report_within", 3600.0),
         index=index,
     )
+    if cfg.report_within < 1.0:
+        s.fail("report_within", "must be at least 1s")
     if cfg.name and not _CHANNEL_NAME.match(cfg.name):
         s.fail("name", "use lower-case letters, digits, '_' or '-' (at most 64)")
     if any(len(t.reveal()) < 16 for t in cfg.tokens):
@@ -797,7 +804,7 @@ def _route(s: _Section, index: int) -> RouteConfig:
         s.fail("input", "builds the body itself: remove envelope = \"raw\"")
     if cfg.envelope not in ENVELOPES:
         s.fail("envelope", "expected 'envelope' or 'raw'")
-    if trigger and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", trigger):
+    if trigger and not TRIGGER_NAME.match(trigger):
         s.fail("trigger", "use letters, digits, '.', '_' or '-'")
     for i, url in enumerate(cfg.callbacks):
         if not is_http_url(url):

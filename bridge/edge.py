@@ -7,13 +7,19 @@ only outbound connections); the edge never connects to it.
     POST /agent/v1/channels/{name}/pull    {"agent", "ack": [delivery ids], "limit", "wait"}
     POST /agent/v1/channels/{name}/report  {"agent", "reports": [...]}
 
-A pull first marks `ack` (what the agent has committed to its own store) as handed off, then
-leases the next batch to the agent, in event order, waiting up to `wait` seconds (a long poll)
-when nothing is due. The answer is signed with the channel's secret (Standard Webhooks headers
-over the exact body), so a TLS-intercepting proxy cannot alter a batch unnoticed. A batch not
-acknowledged within the channel's `lease` goes to any agent again: the agent drops what its store
-already holds, and the platform's Idempotency-Key (the same key the edge would have sent) covers
-an agent that died between forwarding and acknowledging.
+A pull first marks `ack` (`[{"delivery_id", "generation"}]`: what the agent has committed to its
+own store) as handed off, then leases the next batch to the agent, in event order, waiting up to
+`wait` seconds (a long poll) when nothing is due. A batch not acknowledged within the channel's
+`lease` goes to any agent again: the agent drops what its store already holds, and the
+platform's Idempotency-Key (the same key the edge would have sent) covers an agent that died
+between forwarding and acknowledging.
+
+Both directions are signed with the channel's secret (Standard Webhooks headers over the exact
+body, timestamped): the edge's batches, so a TLS-intercepting proxy cannot alter one unnoticed,
+and the agent's requests, so one that sees the bearer token still cannot write. Every ack and
+report must answer a lease the agent holds (its id, and the delivery's generation): the rest is
+ignored and counted (`bridge_channel_ignored`). A hand-off whose agent reports nothing within
+the channel's `report_within` goes back to the channel. The rules are in docs/agent.md.
 
 Agents authenticate with a bearer token of the channel. Tokens are kept only as SHA-256 digests,
 compared in constant time against every digest, and swapped on reload, which is how one is
@@ -27,18 +33,21 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bridge.completion import parse_result
-from bridge.config import ChannelConfig
+from bridge.config import ChannelConfig, SourceConfig
 from bridge.errors import BadRequest, BridgeError, NotFound
 from bridge.inbound import read_body, request_headers
+from bridge.metrics import Metrics
 from bridge.models import (
     AgentAttempt,
     AgentCompletion,
@@ -47,7 +56,8 @@ from bridge.models import (
     CallbackTargets,
     new_id,
 )
-from bridge.providers.standard import decode_secret
+from bridge.providers import InboundRequest
+from bridge.providers.standard import Standard
 from bridge.relay import signature_headers
 from bridge.store import Store
 from bridge.store.base import DELIVERIES
@@ -62,6 +72,9 @@ MAX_WAITING = 256  # long polls held open at once; beyond that, answered at once
 MAX_WAIT = 60.0
 CONNECTED_WITHIN = 10.0  # an agent that pulled within this many seconds is connected
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SIGNED_WITHIN = 300.0  # an agent's request signed longer ago (or ahead) than this is refused
+log = logging.getLogger("bridge.edge")
 _STATES = ("delivered", "waiting", "dead")
 
 
@@ -77,29 +90,43 @@ def digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "replace")).digest()
 
 
+class Keys(NamedTuple):
+    """A channel's credentials as the edge checks them."""
+
+    tokens: list[bytes]  # SHA-256 digests of the agents' bearer tokens
+    key: bytes  # the signing key: the edge's batches and the agents' requests
+    verifier: Standard  # the agents' request signatures
+
+
 class Edge:
     def __init__(self, runtime: Any, store: Store, clock: Callable[[], float] = time.time,
-                 targets: Callable[[], CallbackTargets] = CallbackTargets) -> None:
+                 targets: Callable[[], CallbackTargets] = CallbackTargets,
+                 metrics: Metrics | None = None) -> None:
         self.runtime = runtime  # .config is swapped on reload
         self.store = store
         self.clock = clock
         self.targets = targets  # the tracker's, current after a reload
+        self.metrics = metrics or Metrics()
         self.waiting = 0
         self.changed = asyncio.Event()
-        self._keys: tuple[object, dict[str, tuple[list[bytes], bytes]]] = (None, {})
+        self._keys: tuple[object, dict[str, Keys]] = (None, {})
         store.watch(self._signal, frozenset({DELIVERIES}))
 
     def _signal(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    def channels(self) -> dict[str, tuple[list[bytes], bytes]]:
-        """name -> (token digests, signing key), rebuilt when the config is swapped."""
+    def channels(self) -> dict[str, Keys]:
+        """name -> its `Keys`, rebuilt when the config is swapped."""
         config = self.runtime.config
         if self._keys[0] is not config:
-            table = {c.name: ([digest(t.reveal()) for t in c.tokens],
-                              decode_secret(c.signing_secret.reveal()) if c.signing_secret
-                              else b"") for c in config.channels}
+            table = {}
+            for c in config.channels:
+                secrets = (c.signing_secret,) if c.signing_secret else ()
+                verifier = Standard(SourceConfig(name=f"channel {c.name}", provider="standard",
+                                                 secrets=secrets, tolerance=SIGNED_WITHIN))
+                table[c.name] = Keys([digest(t.reveal()) for t in c.tokens],
+                                     verifier.keys[0] if verifier.keys else b"", verifier)
             self._keys = (config, table)
         return self._keys[1]
 
@@ -110,29 +137,40 @@ class Edge:
                 return found
         raise NotFound(f"no channel named {name!r}")
 
-    def authorise(self, request: Request, name: str) -> bytes:
-        """The channel's signing key, once the bearer token is one of the channel's."""
+    def authorise(self, request: Request, name: str) -> Keys:
+        """The channel's keys, once the bearer token is one of the channel's."""
         entry = self.channels().get(name)
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         found = False
         if entry is not None:
             wanted = digest(given.strip())
-            for token in entry[0]:  # every digest compared, whatever matched
+            for token in entry.tokens:  # every digest compared, whatever matched
                 found |= hmac.compare_digest(token, wanted)
-        if scheme.lower() != "bearer" or not found:
+        if scheme.lower() != "bearer" or not found or entry is None:
             raise AgentUnauthorized("a valid agent token for this channel is required")
-        return entry[1] if entry is not None else b""
+        return entry
+
+    async def signed(self, request: Request, keys: Keys, limit: int) -> dict[str, Any]:
+        """The request's JSON object, once its signature (the channel's secret, over the exact
+        body, within `SIGNED_WITHIN`) holds: a token alone writes nothing."""
+        headers = request_headers(request.scope)
+        raw = await read_body(request.receive, headers.get("content-length"), limit)
+        keys.verifier.verify(InboundRequest(headers, raw), time.time())
+        return _json(raw)
+
+    def ignored(self, channel: str, kind: str, count: int, agent: str) -> None:
+        if count:
+            self.metrics.channel_ignored.labels(channel, kind).inc(count)
+            log.warning("agent %s ignored: they answer no lease of this agent", kind,
+                        extra={"channel": channel, "agent": agent, "count": count})
 
     async def pull(self, request: Request) -> Response:
         name = request.path_params["name"]
-        key = self.authorise(request, name)
+        keys = self.authorise(request, name)
         channel = self.channel(name)
-        data = await _json(request, MAX_PULL_BODY)
+        data = await self.signed(request, keys, MAX_PULL_BODY)
         agent = _agent(data)
-        acked = data.get("ack", [])
-        if not isinstance(acked, list) or len(acked) > MAX_BATCH or not all(
-                isinstance(a, str) and 0 < len(a) <= 64 for a in acked):
-            raise BadRequest(f"ack: expected at most {MAX_BATCH} delivery ids")
+        acked = parse_acks(data.get("ack", []))
         limit = data.get("limit", 100)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_BATCH:
             raise BadRequest(f"limit: expected an integer from 0 to {MAX_BATCH}")
@@ -146,9 +184,11 @@ class Edge:
         try:
             while True:
                 changed = self.changed
-                items = await self.store.pull_channel(
+                pulled = await self.store.pull_channel(
                     name, agent, address, acked, self.clock(), channel.lease, limit,
-                    MAX_BATCH_BYTES)
+                    MAX_BATCH_BYTES, channel.report_within)
+                self.ignored(name, "acks", pulled.ignored, agent)
+                items = pulled.items
                 acked = []
                 left = deadline - time.monotonic()
                 if items or left <= 0 or limit == 0:
@@ -173,23 +213,26 @@ class Edge:
                 "body": base64.b64encode(i.body).decode("ascii"),
             } for i in items],
         }, separators=(",", ":")).encode()
-        headers = signature_headers(key, new_id(), int(time.time()), body)
+        headers = signature_headers(keys.key, new_id(), int(time.time()), body)
         return Response(body, 200, headers=headers, media_type="application/json")
 
     async def report(self, request: Request) -> Response:
         name = request.path_params["name"]
-        self.authorise(request, name)
-        self.channel(name)
-        data = await _json(request, MAX_REPORT_BODY)
-        _agent(data)
+        keys = self.authorise(request, name)
+        channel = self.channel(name)
+        data = await self.signed(request, keys, MAX_REPORT_BODY)
+        agent = _agent(data)
         raw = data.get("reports")
         if not isinstance(raw, list) or len(raw) > MAX_REPORTS:
             raise BadRequest(f"reports: expected a list of at most {MAX_REPORTS}")
         reports = [parse_report(item, i) for i, item in enumerate(raw)]
         now = self.clock()
-        applied = await self.store.channel_report(
-            name, reports, now, now + self.runtime.config.tracking.deadline, self.targets())
-        return JSONResponse({"received": len(reports), "applied": applied})
+        done = await self.store.channel_report(
+            name, agent, reports, now, now + self.runtime.config.tracking.deadline,
+            self.targets(), channel.report_within)
+        self.ignored(name, "reports", done.ignored, agent)
+        return JSONResponse({"received": len(reports), "applied": done.applied,
+                             "ignored": done.ignored})
 
     async def overview(self, now: float) -> list[dict[str, Any]]:
         """Every configured channel: agents seen, what waits for them (events and seconds)."""
@@ -212,6 +255,26 @@ class Edge:
         return out
 
 
+def parse_acks(raw: Any) -> list[tuple[str, float]]:
+    """`[{"delivery_id", "generation"}]`: what the agent committed, each naming the lease (the
+    delivery's generation) it answers."""
+    if not isinstance(raw, list) or len(raw) > MAX_BATCH:
+        raise BadRequest(f"ack: expected at most {MAX_BATCH} acknowledgements")
+    acks = []
+    for item in raw:
+        delivery_id = item.get("delivery_id") if isinstance(item, dict) else None
+        generation = item.get("generation") if isinstance(item, dict) else None
+        if not (isinstance(delivery_id, str) and _DELIVERY_ID.match(delivery_id)
+                and _number(generation)):
+            raise BadRequest("ack: expected objects with a delivery_id and its generation")
+        acks.append((delivery_id, float(generation)))
+    return acks
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def parse_report(item: Any, index: int) -> AgentReport:
     where = f"reports[{index}]"
     if not isinstance(item, dict):
@@ -229,7 +292,7 @@ def parse_report(item: Any, index: int) -> AgentReport:
         raise BadRequest(f"{where}.kind: expected 'attempt' or 'execution'")
     delivery_id, generation = item.get("delivery_id"), item.get("generation")
     state, attempt = item.get("state"), item.get("attempt")
-    if not (isinstance(delivery_id, str) and isinstance(generation, int | float)
+    if not (isinstance(delivery_id, str) and _number(generation)
             and state in _STATES and isinstance(attempt, dict)):
         raise BadRequest(f"{where}: expected delivery_id, generation, state and attempt")
     started, latency = attempt.get("started_at"), attempt.get("latency_ms")
@@ -257,9 +320,7 @@ def _agent(data: dict[str, Any]) -> str:
     return agent
 
 
-async def _json(request: Request, limit: int) -> dict[str, Any]:
-    raw = await read_body(request.receive, request_headers(request.scope).get("content-length"),
-                          limit)
+def _json(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):

@@ -62,6 +62,10 @@ class Metrics:
         self.channel_agents = Gauge("bridge_channel_agents_connected",
                                     "Agents that pulled in the last 10 seconds", ["channel"],
                                     registry=registry)
+        self.channel_ignored = Counter(
+            "bridge_channel_ignored",
+            "Agent acknowledgements and reports that answer no lease of that agent",
+            ["channel", "kind"], registry=registry)
         # An agent's link to its edge.
         self.agent_connected = Gauge("bridge_agent_connected",
                                      "1 while the last pull from the edge succeeded",

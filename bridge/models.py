@@ -288,6 +288,28 @@ class ChannelItem:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelPull:
+    """A pull's answer from the store: the batch leased, and how many acknowledgements
+    answered no lease of that agent (ignored)."""
+
+    items: list[ChannelItem]
+    ignored: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelReported:
+    """Reports that changed something, and those that answered no lease of the agent."""
+
+    applied: int
+    ignored: int = 0
+
+
+def agent_owner(channel: str, agent: str) -> str:
+    """The lease owner an agent's deliveries carry at its edge."""
+    return f"agent:{channel}:{agent}"
+
+
+@dataclass(frozen=True, slots=True)
 class AgentAttempt:
     delivery_id: str
     generation: float

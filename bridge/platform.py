@@ -23,11 +23,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
 from bridge import __version__
 from bridge.completion import execution_id_of
-from bridge.config import Config
-from bridge.http import BadHeader, Client, HttpError, Reply
+from bridge.config import TRIGGER_NAME, Config
+from bridge.http import BadHeader, Client, HttpError, InvalidTarget, Reply
 from bridge.models import Dead, Delivered, Outcome, Pacing, Paused, RetryLater
 from bridge.retry import parse_retry_after
 
@@ -87,7 +88,7 @@ def execution_id(response: Reply) -> str | None:
 
 
 def classify(result: Reply | HttpError, now: float) -> Outcome:
-    if isinstance(result, BadHeader):
+    if isinstance(result, BadHeader | InvalidTarget):  # refused here: it would never go
         return Dead(str(result))
     if isinstance(result, HttpError):
         where = f" to {result.url}" if result.url else ""
@@ -169,6 +170,14 @@ class Pacer:
         self.not_before = max(self.not_before, self.clock() + min(seconds, 3600.0))
 
 
+def trigger_path(trigger: str) -> str:
+    """`trigger` as one quoted path segment under `/workflows/triggers/`, never by joining
+    strings: no name from any source (a config, an edge's batch) can leave that prefix."""
+    if not TRIGGER_NAME.match(trigger):
+        raise InvalidTarget(f"refused to send: not a valid trigger name: {trigger[:80]!r}")
+    return quote(trigger, safe="")
+
+
 class PlatformClient:
     """Trigger calls for one forwarder loop."""
 
@@ -187,9 +196,10 @@ class PlatformClient:
     async def trigger(self, trigger: str, body: bytes, content_type: str, key: str,
                       extra: dict[str, str] | None = None) -> Reply:
         """One trigger call. Raises `http.HttpError` when no answer came."""
+        path = trigger_path(trigger)
         await self.pacer.acquire()
         headers = {"Idempotency-Key": key, "Content-Type": content_type, **(extra or {})}
-        response = await self.http.request("POST", trigger, body=body, headers=headers)
+        response = await self.http.request("POST", path, body=body, headers=headers)
         self.pacer.observe(response)
         return response
 

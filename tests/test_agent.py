@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import os
 import re
@@ -364,22 +365,16 @@ def test_a_tampered_batch_is_refused_and_a_revoked_token_is_refused(site: Site) 
         assert executed_keys(site) == Counter(keys)  # nothing tampered ran; each event once
 
         # A token removed from the config (and the config reloaded) is refused at once.
-        r = httpx.post(f"{site.edge.url}/agent/v1/channels/plant-a/pull", timeout=10,
-                       json={"agent": "x", "limit": 0},
-                       headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
-        assert r.status_code == 200
+        pull = f"{site.edge.url}/agent/v1/channels/plant-a/pull"
+        assert agent_call(pull, {"agent": "x", "limit": 0}).status_code == 200
         site.edge.config_path.write_text(site.edge.config_path.read_text().replace(
             f'"{AGENT_TOKEN}"', f'"{OTHER_TOKEN}"'))
         assert site.edge.proc is not None
         site.edge.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: httpx.post(
-            f"{site.edge.url}/agent/v1/channels/plant-a/pull", timeout=10,
-            json={"agent": "x", "limit": 0},
-            headers={"Authorization": f"Bearer {AGENT_TOKEN}"}).status_code == 401, timeout=10)
+        wait_for(lambda: agent_call(pull, {"agent": "x", "limit": 0}).status_code == 401,
+                 timeout=10)
         wait_for(lambda: "the edge refused this agent" in site.logs(), timeout=20)
-        r = httpx.post(f"{site.edge.url}/agent/v1/channels/plant-a/pull", timeout=10,
-                       json={"agent": "x", "limit": 0},
-                       headers={"Authorization": f"Bearer {OTHER_TOKEN}"})
+        r = agent_call(pull, {"agent": "x", "limit": 0}, token=OTHER_TOKEN)
         assert r.status_code == 200
 
 
@@ -506,6 +501,21 @@ def test_the_agent_refuses_a_config_that_would_listen_outside(tmp_path: Path) ->
     assert "server.host: an agent listens on loopback only" in out.stderr
 
 
+def agent_call(url: str, payload: Any, token: str = AGENT_TOKEN,
+               secret: str | None = CHANNEL_SECRET, **headers: str) -> httpx.Response:
+    """A request as an agent makes it: the bearer token, and the body signed with the channel's
+    secret by Standard Webhooks' own library (none when `secret` is None)."""
+    body = json.dumps(payload).encode()
+    signed: dict[str, str] = {}
+    if secret is not None:
+        msg_id, now = f"msg_{time.time_ns()}", dt.datetime.now(tz=dt.timezone.utc)
+        signed = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+                  "webhook-signature": Webhook(secret).sign(msg_id, now, body.decode())}
+    return httpx.post(url, content=body, timeout=10, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json",
+        **signed, **headers})
+
+
 def test_pulls_are_authenticated_bounded_and_signed(make_bridge: Any) -> None:
     bridge = make_bridge(f"""
 [admin]
@@ -522,35 +532,32 @@ trigger = "onprem-push"
 channel = "plant-a"
 """)
     url = f"{bridge.url}/agent/v1/channels/plant-a/pull"
-    auth = {"Authorization": f"Bearer {AGENT_TOKEN}"}
     assert httpx.post(url, json={"agent": "a"}, timeout=10).status_code == 401
-    wrong = httpx.post(url, json={"agent": "a"}, timeout=10,
-                       headers={"Authorization": f"Bearer {OTHER_TOKEN}"})
+    wrong = agent_call(url, {"agent": "a"}, token=OTHER_TOKEN)
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
-    other = httpx.post(f"{bridge.url}/agent/v1/channels/plant-b/pull", json={"agent": "a"},
-                       timeout=10, headers=auth)
+    other = agent_call(f"{bridge.url}/agent/v1/channels/plant-b/pull", {"agent": "a"})
     assert other.status_code == 401  # a token is good for its own channel only
     for bad in ({"agent": "a b"}, {"agent": "a", "limit": 10**6}, {"agent": "a", "wait": 3600},
-                {"agent": "a", "ack": "x"}, {"agent": "a", "ack": ["x" * 100]}):
-        r = httpx.post(url, json=bad, timeout=10, headers=auth)
+                {"agent": "a", "ack": "x"}, {"agent": "a", "ack": ["x" * 100]},
+                {"agent": "a", "ack": [{"delivery_id": "x"}]}):
+        r = agent_call(url, bad)
         assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", bad
     body = json.dumps({"ref": "refs/heads/main"}).encode()
     assert bridge.post("/hooks/github", body, github_headers(body, delivery="p-1")
                        ).status_code == 202
-    r = httpx.post(url, json={"agent": "a", "limit": 10, "wait": 5}, timeout=10, headers=auth)
+    r = agent_call(url, {"agent": "a", "limit": 10, "wait": 5})
     assert r.status_code == 200
     batch = Webhook(CHANNEL_SECRET).verify(r.content, dict(r.headers))
     [item] = batch["items"]
     assert item["idempotency_key"] == "github:p-1:onprem-push" and item["trigger"] == "onprem-push"
     assert json.loads(base64.b64decode(item["body"]))["payload"] == {"ref": "refs/heads/main"}
     # Not acknowledged: the same agent gets it again (its own lease first), another does not.
-    again = httpx.post(url, json={"agent": "a", "limit": 10}, timeout=10, headers=auth).json()
+    again = agent_call(url, {"agent": "a", "limit": 10}).json()
     assert [i["delivery_id"] for i in again["items"]] == [item["delivery_id"]]
-    assert httpx.post(url, json={"agent": "b", "limit": 10}, timeout=10,
-                      headers=auth).json()["items"] == []
+    assert agent_call(url, {"agent": "b", "limit": 10}).json()["items"] == []
     # Acknowledged: handed off, and the event is still on its way until the agent reports.
-    r = httpx.post(url, json={"agent": "a", "ack": [item["delivery_id"]], "limit": 10},
-                   timeout=10, headers=auth)
+    ack = [{"delivery_id": item["delivery_id"], "generation": item["generation"]}]
+    r = agent_call(url, {"agent": "a", "ack": ack, "limit": 10})
     assert r.json()["items"] == []
     admin = {"Authorization": f"Bearer {ADMIN}"}
     event = httpx.get(f"{bridge.url}/admin/events/{item['event_id']}", timeout=10,
@@ -563,14 +570,11 @@ channel = "plant-a"
         "generation": item["generation"], "state": "delivered", "execution_id": "ex-1",
         "tracked": False, "attempt": {"started_at": time.time(), "latency_ms": 3.0,
                                       "outcome": "delivered", "status_code": 202}}]}
-    r = httpx.post(f"{bridge.url}/agent/v1/channels/plant-a/report", json=report, timeout=10,
-                   headers=auth)
-    assert r.json() == {"received": 1, "applied": 1}
-    r = httpx.post(f"{bridge.url}/agent/v1/channels/plant-a/report", json=report, timeout=10,
-                   headers=auth)
-    assert r.json() == {"received": 1, "applied": 0}  # the same report twice changes nothing
-    bad = httpx.post(f"{bridge.url}/agent/v1/channels/plant-a/report", timeout=10,
-                     headers=auth, json={"agent": "a", "reports": [{"kind": "nope"}]})
+    reports = f"{bridge.url}/agent/v1/channels/plant-a/report"
+    assert agent_call(reports, report).json() == {"received": 1, "applied": 1, "ignored": 0}
+    # the same report twice changes nothing
+    assert agent_call(reports, report).json() == {"received": 1, "applied": 0, "ignored": 0}
+    bad = agent_call(reports, {"agent": "a", "reports": [{"kind": "nope"}]})
     assert bad.status_code == 400
     event = wait_for(lambda: (e := httpx.get(
         f"{bridge.url}/admin/events/{item['event_id']}", timeout=10, headers=admin).json()
@@ -595,13 +599,15 @@ def test_channel_deliveries_no_agent_took_become_redrivable_dead_letters(tmp_pat
                                   {}, b"{}")
             await store.accept(event, [NewDelivery("r", "t", "github:x:t", b"{}",
                                                    "application/json", "plant-a")])
-            [item] = await store.pull_channel("plant-a", "a", None, [], now, 30, 10, 1 << 20)
+            [item] = (await store.pull_channel("plant-a", "a", None, [], now, 30, 10,
+                                               1 << 20)).items
             assert await store.expire_channels(now - 60, now) == 0  # still young
             assert await store.expire_channels(now, now) == 1
             [dead] = await store.dead_letters()
             assert dead.last_error == "no agent took it within the dedupe window"
             assert await store.redrive([dead.id], now + 1) == 1
-            [again] = await store.pull_channel("plant-a", "b", None, [], now + 1, 30, 10, 1 << 20)
+            [again] = (await store.pull_channel("plant-a", "b", None, [], now + 1, 30, 10,
+                                                1 << 20)).items
             assert again.delivery_id == item.delivery_id
             assert again.generation != item.generation  # a new generation: sent again
             assert again.idempotency_key == item.idempotency_key  # with the same key
@@ -629,8 +635,7 @@ channel = "plant-a"
     body = json.dumps({"ref": "refs/heads/main"}).encode()
     assert bridge.post("/hooks/github", body, github_headers(body, delivery="c-1")
                        ).status_code == 202
-    httpx.post(f"{bridge.url}/agent/v1/channels/plant-a/pull", json={"agent": "site-7"},
-               headers={"Authorization": f"Bearer {AGENT_TOKEN}"}, timeout=10)
+    agent_call(f"{bridge.url}/agent/v1/channels/plant-a/pull", {"agent": "site-7"})
     out = subprocess.run([sys.executable, "-m", "bridge", "channels", "list", "--url",
                           bridge.url, "--token", ADMIN], capture_output=True, text=True,
                          timeout=30)

@@ -19,9 +19,9 @@ import httpx
 import pytest
 import stripe
 
+from bridge.emulator import EmulatorServer
 from bridge.errors import CallbackNotAllowed
 from bridge.guard import allowed, canonical_url, check_literal
-from bridge.emulator import EmulatorServer
 from tests import pg
 from tests.conftest import ADMIN_TOKEN, STRIPE_SECRET, Bridge, github_headers, wait_for
 from tests.receiver import Receiver

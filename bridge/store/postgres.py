@@ -132,7 +132,8 @@ def schema(script: str) -> str:
 # went with, as the batch's error: none of them fails but for an outage.
 HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job", "SAVEPOINT run",
                   "RELEASE run"})
-ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job", "ROLLBACK TO run"})  # sent in one query with those held
+# Sent in one query with those held.
+ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job", "ROLLBACK TO run"})
 
 
 def network_options(deadline: float) -> dict[str, Any]:

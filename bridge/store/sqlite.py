@@ -40,6 +40,8 @@ from bridge.models import (
     CallbackStatus,
     CallbackTargets,
     ChannelItem,
+    ChannelPull,
+    ChannelReported,
     ClaimedCallback,
     ClaimedDelivery,
     Completion,
@@ -57,6 +59,7 @@ from bridge.models import (
     RouteState,
     TrackedExecution,
     VerifiedEvent,
+    agent_owner,
     new_id,
 )
 from bridge.store.base import CALLBACKS, DELIVERIES, EXECUTIONS, JOURNAL, WORK
@@ -254,6 +257,13 @@ MIGRATIONS: list[str] = [
         n INTEGER NOT NULL,
         PRIMARY KEY (minute, kind, name, outcome)
     );
+    """,
+    # 9: a hand-off keeps its agent (reports must answer that agent's lease) and a deadline for
+    # its next report; those handed off before, with neither, go back to their channel at once
+    # (the same Idempotency-Key: the platform runs each once)
+    """
+    UPDATE deliveries SET lease_until = 0
+     WHERE status = 'handed_off' AND lease_owner IS NULL;
     """,
 ]
 
@@ -1098,42 +1108,50 @@ class SQLiteStore:
     # channels: an edge's deliveries carried by outbound-only agents (see `bridge.edge`)
 
     async def pull_channel(self, channel: str, agent: str, address: str | None,
-                           acked: Sequence[str], now: float, lease: float, limit: int,
-                           max_bytes: int) -> list[ChannelItem]:
+                           acked: Sequence[tuple[str, float]], now: float, lease: float,
+                           limit: int, max_bytes: int,
+                           report_within: float = 3600.0) -> ChannelPull:
         """For one agent's pull, in one transaction: note the agent as seen; mark what it
-        acknowledged (committed to its own store) as handed off; lease it the next batch, in
-        event order: first what is still leased to it (a restarted agent resumes where it
-        stopped), then the oldest waiting, then leases other agents let expire. At least one
-        delivery, and no more than `max_bytes` of bodies beyond the first."""
-        owner = f"agent:{channel}:{agent}"
+        acknowledged (committed to its own store) as handed off, where the ack answers a lease
+        this agent holds, of that generation (anything else is ignored and counted: a stolen
+        token or a late ack may not hand off what the agent never held); lease it the next
+        batch, in event order: first what is still leased to it (a restarted agent resumes
+        where it stopped), then the oldest waiting, then leases other agents let expire and
+        hand-offs whose agent reported nothing within `report_within`. At least one delivery,
+        and no more than `max_bytes` of bodies beyond the first."""
+        owner = agent_owner(channel, agent)
 
-        def job(conn: sqlite3.Connection) -> list[ChannelItem]:
+        def job(conn: sqlite3.Connection) -> ChannelPull:
             conn.execute(
                 "INSERT INTO agents (channel, agent, address, first_seen, last_seen)"
                 " VALUES (?,?,?,?,?) ON CONFLICT(channel, agent) DO UPDATE SET"
                 " last_seen = excluded.last_seen, address = excluded.address",
                 (channel, agent, address, now, now))
-            if acked:
-                done = 0
-                for start in range(0, len(acked), 500):
-                    chunk = list(acked[start:start + 500])
+            done = 0
+            for start in range(0, len(acked), 500):
+                chunk = dict(acked[start:start + 500])
+                held = [row[0] for row in conn.execute(
+                    "SELECT id, created_at FROM deliveries WHERE channel = ? AND status = ?"
+                    f" AND lease_owner = ? AND id IN ({','.join('?' * len(chunk))})",
+                    (channel, DeliveryStatus.LEASED, owner, *chunk)).fetchall()
+                    if row[1] == chunk[row[0]]]
+                if held:
                     done += conn.execute(
-                        "UPDATE deliveries SET status = ?, lease_owner = NULL,"
-                        " lease_until = NULL, attempts = attempts + 1, updated_at = ?"
-                        f" WHERE channel = ? AND status IN (?, ?) AND id IN"
-                        f" ({','.join('?' * len(chunk))})",
-                        (DeliveryStatus.HANDED_OFF, now, channel, DeliveryStatus.LEASED,
-                         DeliveryStatus.PENDING, *chunk)).rowcount
+                        "UPDATE deliveries SET status = ?, lease_until = ?,"
+                        " attempts = attempts + 1, updated_at = ?"
+                        f" WHERE id IN ({','.join('?' * len(held))})",
+                        (DeliveryStatus.HANDED_OFF, now + report_within, now, *held)).rowcount
+            if acked:
                 conn.execute("UPDATE agents SET cursor = ?, acked = acked + ?"
                              " WHERE channel = ? AND agent = ?",
-                             (max(acked), done, channel, agent))
+                             (max(a[0] for a in acked), done, channel, agent))
             if limit <= 0:
-                return []
+                return ChannelPull([], len(acked) - done)
             found: list[tuple[str, int]] = []
             for sql, extra in (
                     ("status = 'leased' AND lease_owner = ?", (owner,)),
                     ("status = 'pending'", ()),
-                    ("status = 'leased' AND lease_until <= ?", (now,))):
+                    ("status IN ('leased', 'handed_off') AND lease_until <= ?", (now,))):
                 if len(found) < limit:
                     found += conn.execute(
                         f"SELECT id, length(body) FROM deliveries WHERE channel = ? AND {sql}"
@@ -1149,7 +1167,7 @@ class SQLiteStore:
                 ids.append(delivery_id)
                 size += length
             if not ids:
-                return []
+                return ChannelPull([], len(acked) - done)
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
                 f"UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
@@ -1161,38 +1179,50 @@ class SQLiteStore:
                 f" ({','.join('?' * len(rows))})", [r[1] for r in rows])}
             items = [ChannelItem(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], r[7],
                                  *events[r[1]]) for r in rows]
-            return sorted(items, key=lambda item: item.delivery_id)
+            return ChannelPull(sorted(items, key=lambda item: item.delivery_id),
+                               len(acked) - done)
 
         return await self._write(job)
 
-    async def channel_report(self, channel: str, reports: Sequence[AgentReport], now: float,
-                             track_until: float,
-                             targets: CallbackTargets) -> int:
+    async def channel_report(self, channel: str, agent: str, reports: Sequence[AgentReport],
+                             now: float, track_until: float, targets: CallbackTargets,
+                             report_within: float = 3600.0) -> ChannelReported:
         """Apply what an agent reports, once: an attempt (its log line, and the delivery
-        delivered, dead or still waiting), or a finished execution (which makes the route's
-        callbacks here). A report for a delivery redriven since (another generation), or
-        repeated after a lost answer, changes nothing. Returns how many changed something."""
+        delivered, dead or still waiting, which gives the agent `report_within` more before
+        the delivery goes back to the channel), or a finished execution (which makes the
+        route's callbacks here). Only what answers this agent's own lease counts: a report for
+        a delivery another agent holds, never pulled, or redriven since (another generation),
+        or for an execution another agent started, is ignored and counted; one repeated after
+        a lost answer changes nothing."""
 
-        def job(conn: sqlite3.Connection) -> int:
-            applied = 0
+        def job(conn: sqlite3.Connection) -> ChannelReported:
+            applied = ignored = 0
+            owner = agent_owner(channel, agent)
             for report in reports:
                 if isinstance(report, AgentCompletion):
-                    owned = conn.execute("SELECT 1 FROM executions WHERE id = ? AND channel = ?",
-                                         (report.execution_id, channel)).fetchone()
-                    if owned and self._complete(conn, report.execution_id, report.result, now,
-                                                targets):
+                    owned = conn.execute(
+                        "SELECT 1 FROM executions x JOIN deliveries d ON d.id = x.delivery_id"
+                        " WHERE x.id = ? AND x.channel = ? AND d.lease_owner = ?",
+                        (report.execution_id, channel, owner)).fetchone()
+                    if not owned:
+                        ignored += 1
+                    elif self._complete(conn, report.execution_id, report.result, now, targets):
                         applied += 1
                     continue
                 row = conn.execute(
-                    "SELECT event_id, route, trigger, status, created_at FROM deliveries"
-                    " WHERE id = ? AND channel = ?", (report.delivery_id, channel)).fetchone()
-                if row is None or row[4] != report.generation:
+                    "SELECT event_id, route, trigger, status, created_at, lease_owner"
+                    " FROM deliveries WHERE id = ? AND channel = ?",
+                    (report.delivery_id, channel)).fetchone()
+                if row is None or row[4] != report.generation or row[5] != owner:
+                    ignored += 1
                     log.warning("agent report ignored", extra={
                         "channel": channel, "delivery_id": report.delivery_id,
                         "reason": "no such delivery on this channel" if row is None else
-                        "the delivery was redriven since (another generation)"})
+                        "the delivery was redriven since (another generation)"
+                        if row[4] != report.generation else
+                        "the delivery is not leased to this agent"})
                     continue
-                event_id, route, trigger, status, _ = row
+                event_id, route, trigger, status, _, _ = row
                 a = report.attempt
                 if conn.execute("SELECT 1 FROM attempts WHERE delivery_id = ? AND started_at = ?",
                                 (report.delivery_id, a.started_at)).fetchone():
@@ -1205,9 +1235,9 @@ class SQLiteStore:
                 applied += 1
                 if status not in IN_FLIGHT:
                     continue  # already delivered (by another agent) or given up on here
-                if report.state == "delivered":
+                if report.state == "delivered":  # the owner stays: its execution's reports
                     conn.execute("UPDATE deliveries SET status = ?, execution_id = ?,"
-                                 " last_error = NULL, lease_owner = NULL, lease_until = NULL,"
+                                 " last_error = NULL, lease_until = NULL,"
                                  " updated_at = ? WHERE id = ?",
                                  (DeliveryStatus.DELIVERED, report.execution_id, now,
                                   report.delivery_id))
@@ -1221,15 +1251,18 @@ class SQLiteStore:
                              channel))
                 elif report.state == "dead":
                     conn.execute("UPDATE deliveries SET status = ?, last_error = ?,"
-                                 " lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                                 " lease_until = NULL, updated_at = ?"
                                  " WHERE id = ?", (DeliveryStatus.DEAD,
                                                    f"on the agent: {a.error}", now,
                                                    report.delivery_id))
-                else:
-                    conn.execute("UPDATE deliveries SET last_error = ?, updated_at = ?"
-                                 " WHERE id = ?", (a.error, now, report.delivery_id))
+                else:  # still trying on-premises: the agent has that much longer again
+                    conn.execute("UPDATE deliveries SET last_error = ?, updated_at = ?,"
+                                 " lease_until = CASE WHEN status = ? THEN ? ELSE lease_until"
+                                 " END WHERE id = ?",
+                                 (a.error, now, DeliveryStatus.HANDED_OFF, now + report_within,
+                                  report.delivery_id))
                 _refresh_event(conn, event_id)
-            return applied
+            return ChannelReported(applied, ignored)
 
         return await self._write(job)
 
