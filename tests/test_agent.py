@@ -508,7 +508,7 @@ def agent_call(url: str, payload: Any, token: str = AGENT_TOKEN,
     body = json.dumps(payload).encode()
     signed: dict[str, str] = {}
     if secret is not None:
-        msg_id, now = f"msg_{time.time_ns()}", dt.datetime.now(tz=dt.timezone.utc)
+        msg_id, now = f"msg_{time.time_ns()}", dt.datetime.now(tz=dt.UTC)
         signed = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
                   "webhook-signature": Webhook(secret).sign(msg_id, now, body.decode())}
     return httpx.post(url, content=body, timeout=10, headers={
