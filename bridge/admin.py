@@ -267,14 +267,22 @@ class Admin:
         unsafe_before = None if force else now - resend_deadline(0.0, lifetime)
         redriven = await self.store.redrive(ids, now, unsafe_before)
         answer: dict[str, Any] = {"redriven": redriven}
-        held = 0 if force or redriven == len(ids) else await self.store.count_unsafe(
-            ids, unsafe_before or 0.0)
-        if held:
-            answer["held"] = held
-            answer["warning"] = (f"{held} delivery(ies) may already have run on the platform, "
-                                 "which no longer remembers their Idempotency-Key: resending "
-                                 "could run the workflow twice. Redrive with force to send "
-                                 "them anyway.")
+        if force or redriven == len(ids):
+            return answer
+        forgotten = await self.store.count_unsafe(ids, unsafe_before or 0.0)
+        superseded = await self.store.count_superseded(ids)
+        warnings = []
+        if forgotten:
+            warnings.append(f"{forgotten} delivery(ies) may already have run on the platform, "
+                            "which no longer remembers their Idempotency-Key: resending could "
+                            "run the workflow twice.")
+        if superseded:
+            warnings.append(f"{superseded} delivery(ies) were superseded by a replay that was "
+                            "delivered: the workflow already ran for them, and a redrive would "
+                            "run it again.")
+        if warnings:
+            answer["held"] = forgotten + superseded
+            answer["warning"] = " ".join(warnings) + " Redrive with force to send them anyway."
         return answer
 
     async def discard(self, request: Request) -> Response:

@@ -477,6 +477,10 @@ def timeline(event: EventRecord, reasons: dict[str, str]) -> list[dict[str, Any]
         elif d.status in ("dead", "discarded"):
             steps.append({"at": d.updated_at, "kind": "dead", "state": "bad",
                           "text": f"Delivery {d.status}: {d.last_error or ''}"})
+        elif d.status == "superseded":
+            steps.append({"at": d.updated_at, "kind": "superseded", "state": "info",
+                          "text": "Superseded: a replay of this route was delivered (a redrive "
+                                  "would run the workflow again)"})
     for x in event.executions:
         started = _when(x.started_at)
         if started is not None:

@@ -24,6 +24,9 @@ class DeliveryStatus(StrEnum):
     DELIVERED = "delivered"  # the platform accepted it (2xx)
     DEAD = "dead"  # permanent failure or retries exhausted; kept for redrive
     DISCARDED = "discarded"  # an operator gave up on a dead delivery
+    # A dead delivery whose route a replay of the same event has since delivered: the event's
+    # outcome is that replay's; redriving it would run the workflow again, so only with force.
+    SUPERSEDED = "superseded"
 
 
 class ExecutionStatus(StrEnum):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -207,3 +208,34 @@ def github_post(bridge: Bridge, delivery: str) -> httpx.Response:
     body = json.dumps({"ref": delivery}).encode()
     return httpx.post(f"{bridge.url}/hooks/github", content=body, timeout=60,
                       headers=github_headers(body, delivery=delivery))
+
+
+# -- 6. Replay, then redrive -----------------------------------------------------------------------
+
+@BOTH_STORES
+def test_a_delivered_replay_supersedes_the_dead_delivery(
+        make_bridge: Callable[..., Bridge], emulator: EmulatorServer, postgres: bool) -> None:
+    bridge = make_bridge(postgres=postgres)
+    emulator.emulator.add_fault(trigger="github-push", count=1, status=422)
+    event_id = github_post(bridge, "replayed-1").json()["id"]
+
+    def admin(method: str, path: str, **kwargs: Any) -> Any:
+        return httpx.request(method, f"{bridge.url}{path}", headers=AUTH, timeout=30,
+                             **kwargs).json()
+
+    [dead] = wait_for(lambda: admin("GET", "/admin/dead-letters")["dead_letters"])
+    assert admin("POST", f"/admin/events/{event_id}/replay")["replayed"] == 1
+    wait_for(lambda: admin("GET", f"/admin/events/{event_id}")["state"] == "delivered")
+    statuses = {d["id"]: d["status"] for d in admin("GET", f"/admin/events/{event_id}")[
+        "deliveries"]}
+    assert statuses.pop(dead["id"]) == "superseded" and list(statuses.values()) == ["delivered"]
+    assert admin("GET", "/admin/dead-letters")["dead_letters"] == []
+    assert len(emulator.emulator.executions_for("github-push")) == 1
+    # Tidying up: the redrive is held, with the warning, and nothing runs twice.
+    held = admin("POST", "/admin/dead-letters/redrive", json={"ids": [dead["id"]]})
+    assert held["redriven"] == 0 and held["held"] == 1 and "superseded" in held["warning"]
+    assert admin("GET", f"/admin/events/{event_id}")["state"] == "delivered"
+    forced = admin("POST", "/admin/dead-letters/redrive", json={"ids": [dead["id"]],
+                                                                 "force": True})
+    assert forced == {"redriven": 1}  # the operator insisted: it runs again, knowingly
+    wait_for(lambda: len(emulator.emulator.executions_for("github-push")) == 2)

@@ -766,7 +766,13 @@ held AS (
     reached_at = COALESCE(d.reached_at, v.reached_at), lease_owner = NULL, lease_until = NULL,
     updated_at = v.now
   FROM v WHERE d.id = v.id AND d.status = 'leased' AND d.lease_owner = v.owner
-  RETURNING d.id, d.event_id, d.status),
+  RETURNING d.id, d.event_id, d.status, d.route, d.replay_of, d.created_at),
+superseded AS (
+  UPDATE deliveries d SET status = 'superseded', updated_at = v.now
+  FROM held JOIN v ON v.id = held.id
+  WHERE held.status = 'delivered' AND held.replay_of IS NOT NULL AND d.status = 'dead'
+    AND d.event_id = held.event_id AND d.route = held.route AND d.created_at <= held.created_at
+  RETURNING d.id),
 tried AS (
   INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome, status_code, error,
     response_excerpt)
@@ -795,7 +801,8 @@ refreshed AS (
                  AND h.status IN ('dead', 'discarded'))
       OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id
                  AND d.status IN ('dead', 'discarded')
-                 AND NOT EXISTS (SELECT 1 FROM held h WHERE h.id = d.id)) THEN 'dead'
+                 AND NOT EXISTS (SELECT 1 FROM held h WHERE h.id = d.id)
+                 AND NOT EXISTS (SELECT 1 FROM superseded s WHERE s.id = d.id)) THEN 'dead'
     ELSE 'delivered' END
   WHERE e.id IN (SELECT event_id FROM held))
 SELECT 'held', id FROM held UNION ALL SELECT DISTINCT 'resumed', name FROM resumed

@@ -831,12 +831,15 @@ class SQLiteStore:
                 " failures = failures + ?, next_attempt_at = COALESCE(?, next_attempt_at),"
                 " execution_id = COALESCE(?, execution_id), last_error = ?,"
                 " reached_at = COALESCE(reached_at, ?), lease_owner = NULL, lease_until = NULL,"
-                " updated_at = ? WHERE id = ? AND status = 'leased' AND lease_owner = ?",
+                " updated_at = ? WHERE id = ? AND status = 'leased' AND lease_owner = ?"
+                " RETURNING replay_of",
                 (status, failures, next_at if status == DeliveryStatus.PENDING else None,
                  getattr(outcome, "execution_id", None), error, reached_at, now, delivery.id,
-                 owner)).rowcount
-            if not held:
+                 owner)).fetchone()
+            if held is None:
                 return False
+            if held[0] is not None and status == DeliveryStatus.DELIVERED:
+                _supersede(conn, delivery.id, now)
             conn.execute(
                 "INSERT INTO attempts (delivery_id, started_at, latency_ms, outcome, status_code,"
                 " error, response_excerpt) VALUES (?,?,?,?,?,?,?)",
@@ -1241,6 +1244,7 @@ class SQLiteStore:
                                  " updated_at = ? WHERE id = ?",
                                  (DeliveryStatus.DELIVERED, report.execution_id, now,
                                   report.delivery_id))
+                    _supersede(conn, report.delivery_id, now)
                     if report.execution_id and report.tracked:
                         conn.execute(
                             "INSERT INTO executions (id, delivery_id, event_id, route, trigger,"
@@ -1434,6 +1438,8 @@ class SQLiteStore:
         a forced one starts afresh (`reached_at` cleared)."""
         guard = "" if unsafe_before is None else " AND (reached_at IS NULL OR reached_at >= ?)"
         extra = () if unsafe_before is None else (unsafe_before,)
+        # A superseded delivery (a replay of its route was delivered) goes only with force.
+        statuses = "('dead')" if unsafe_before is not None else "('dead', 'superseded')"
 
         def job(conn: sqlite3.Connection) -> int:
             changed = 0
@@ -1442,7 +1448,7 @@ class SQLiteStore:
                     "UPDATE deliveries SET status = 'pending', failures = 0, next_attempt_at = ?,"
                     " created_at = ?, updated_at = ?,"
                     " reached_at = CASE WHEN ? THEN NULL ELSE reached_at END"
-                    " WHERE id = ? AND status = 'dead'" + guard +
+                    f" WHERE id = ? AND status IN {statuses}" + guard +
                     " RETURNING event_id",
                     (now, now, now, unsafe_before is None, delivery_id, *extra)).fetchone()
                 if row is not None:
@@ -1477,17 +1483,29 @@ class SQLiteStore:
 
     async def dead_deliveries(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """The dead deliveries named by `ids`, each a delivery id or an event id (standing for
-        its dead deliveries); and the ids that named none."""
+        its dead deliveries), superseded ones named by their own id too; and the ids that
+        named none."""
         found: list[str] = []
         missing: list[str] = []
         for given in ids:
             rows = await self._all(
-                "SELECT id FROM deliveries WHERE status = 'dead' AND (id = ? OR event_id = ?)"
-                " ORDER BY id", (given, given))
+                "SELECT id FROM deliveries WHERE (status = 'dead' AND (id = ? OR event_id = ?))"
+                " OR (status = 'superseded' AND id = ?) ORDER BY id", (given, given, given))
             found += [r["id"] for r in rows if r["id"] not in found]
             if not rows:
                 missing.append(given)
         return found, missing
+
+    async def count_superseded(self, delivery_ids: Sequence[str]) -> int:
+        """How many of these deliveries a delivered replay of their route superseded."""
+        total = 0
+        for start in range(0, len(delivery_ids), 500):
+            chunk = list(delivery_ids[start:start + 500])
+            row = await self._one(
+                f"SELECT COUNT(*) AS n FROM deliveries WHERE id IN ({','.join('?' * len(chunk))})"
+                " AND status = 'superseded'", chunk)
+            total += int(row["n"]) if row else 0
+        return total
 
     async def count_unsafe(self, delivery_ids: Sequence[str], unsafe_before: float) -> int:
         """How many of these dead deliveries may have reached the platform before then."""
@@ -1754,6 +1772,17 @@ def _set_route(conn: sqlite3.Connection, route: str, state: RouteState, reason: 
         log.info("route resumed", extra={"route": route})
     else:
         log.warning("route paused", extra={"route": route, "reason": reason})
+
+
+def _supersede(conn: sqlite3.Connection, delivered_id: str, now: float) -> None:
+    """A replay delivered: the dead deliveries of its route made before it are superseded (out
+    of the dead letters; a redrive needs force). PostgreSQL's `RECORDS` does the same."""
+    conn.execute(
+        "UPDATE deliveries SET status = ?, updated_at = ? WHERE status = 'dead' AND id IN"
+        " (SELECT d.id FROM deliveries d JOIN deliveries r ON r.id = ?"
+        "  WHERE r.replay_of IS NOT NULL AND d.event_id = r.event_id AND d.route = r.route"
+        "  AND d.created_at <= r.created_at AND d.id <> r.id)",
+        (DeliveryStatus.SUPERSEDED, now, delivered_id))
 
 
 def _refresh_event(conn: sqlite3.Connection, event_id: str) -> None:
