@@ -60,6 +60,7 @@ from bridge.platform import resend_deadline
 from bridge.status import waiting
 from bridge.store import Store
 from bridge.store.records import EventRecord, SourceCount, plain
+from bridge.throttle import Throttle
 
 
 class Unauthorized(BridgeError):
@@ -72,10 +73,12 @@ class Unauthorized(BridgeError):
 
 class Admin:
     def __init__(self, runtime: Any, store: Store, metrics: Metrics,
-                 clock: Callable[[], float] = time.time, edge: Edge | None = None) -> None:
+                 clock: Callable[[], float] = time.time, edge: Edge | None = None,
+                 throttle: Throttle | None = None) -> None:
         self.runtime = runtime  # has .config (swapped on reload) and .failures
         self.store = store
         self.edge = edge
+        self.throttle = throttle or Throttle()
         self.metrics = metrics
         self.clock = clock
 
@@ -87,13 +90,17 @@ class Admin:
         tokens = [t.reveal().encode() for t in self.config.admin.tokens]
         if not tokens:
             raise NotFound("the admin API is disabled: set [admin] tokens")
+        client = request.client.host if request.client else None
+        self.throttle.check(client)
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         found = False
         for token in tokens:  # every token compared, whatever matched
             found |= hmac.compare_digest(token, given.strip().encode("utf-8", "replace"))
         if scheme.lower() != "bearer" or not found:
+            self.throttle.failed(client, "admin token")
             raise Unauthorized("a valid admin bearer token is required")
+        self.throttle.succeeded(client)
 
     def routes(self) -> list[Route]:
         def guarded(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:

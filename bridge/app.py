@@ -38,6 +38,7 @@ from bridge.providers import build_all
 from bridge.relay import Relay
 from bridge.status import StatusTokens
 from bridge.store import Store, open_store
+from bridge.throttle import Throttle
 from bridge.tracker import PushReceiver, Tracker, callback_targets
 from bridge.traffic import TrafficSampler
 
@@ -104,8 +105,9 @@ def create_app(config: Config, *, store: Store | None = None,
                           metrics=metrics)
     tracker = Tracker(config, store, clock=clock, metrics=metrics)
     relay = Relay(config, store, clock=clock, rng=rng, metrics=metrics)
-    edge = Edge(runtime, store, clock, lambda: tracker.targets, metrics)
-    admin = Admin(runtime, store, metrics, clock, edge)
+    throttle = Throttle()  # failed authentication, per client, for every credential
+    edge = Edge(runtime, store, clock, lambda: tracker.targets, metrics, throttle)
+    admin = Admin(runtime, store, metrics, clock, edge, throttle)
     keys: dict[str, str] = {}
     console = Console(admin, lambda: keys["server"])
     traffic = TrafficSampler(metrics, store, clock)

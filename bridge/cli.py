@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from bridge import __version__, ops, tryout
 
@@ -140,6 +141,16 @@ def check_config(config: object, dump: bool = False) -> int:
     return EXIT_OK
 
 
+def proxy_options(config: Any) -> dict[str, Any]:
+    """uvicorn believes X-Forwarded-For/-Proto only from `[server] forwarded_allow_ips`: behind
+    a TLS proxy the console then sees https (Secure cookies, its Origin check) and the client's
+    own address (the throttle's key); without it, nobody's forwarded headers are believed."""
+    allowed = config.server.forwarded_allow_ips
+    if not allowed:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(allowed)}
+
+
 def serve(config: object, log_format: str | None, log_level: str | None = None) -> int:
     import uvicorn
 
@@ -176,7 +187,7 @@ def serve(config: object, log_format: str | None, log_level: str | None = None) 
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port, log_config=None,
         http=BoundedHttpTools, limit_concurrency=config.server.max_connections,
-        access_log=False, lifespan="on", server_header=False, proxy_headers=False,
+        access_log=False, lifespan="on", server_header=False, **proxy_options(config),
         timeout_graceful_shutdown=int(config.server.shutdown_timeout),
         timeout_keep_alive=5,
     ))
@@ -336,7 +347,7 @@ def serve_workers(config: object, log_format: str | None = None,
     uvicorn.run("bridge.app:from_environment", factory=True, host=config.server.host,
                 http=BoundedHttpTools, limit_concurrency=config.server.max_connections,
                 port=config.server.port, workers=config.server.workers, log_config=None,
-                access_log=False, server_header=False, proxy_headers=False,
+                access_log=False, server_header=False, **proxy_options(config),
                 timeout_graceful_shutdown=int(config.server.shutdown_timeout))
     return EXIT_OK
 

@@ -12,6 +12,7 @@ happens before the port is bound as well.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -97,6 +98,9 @@ class ServerConfig:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # request line + headers; past it, 431
     max_headers: int = DEFAULT_MAX_HEADERS  # header fields per request; past it, 431
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # open at once per worker; past it, 503
+    # Proxies whose X-Forwarded-For/-Proto are believed (addresses or CIDRs); none by default,
+    # so a client cannot claim another address (the auth throttle's key) or scheme.
+    forwarded_allow_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -544,7 +548,13 @@ def _server(s: _Section) -> ServerConfig:
         max_header_bytes=s.integer("max_header_bytes", DEFAULT_MAX_HEADER_BYTES, minimum=1024),
         max_headers=s.integer("max_headers", DEFAULT_MAX_HEADERS, minimum=8),
         max_connections=s.integer("max_connections", DEFAULT_MAX_CONNECTIONS, minimum=1),
+        forwarded_allow_ips=s.strings("forwarded_allow_ips"),
     )
+    for address in cfg.forwarded_allow_ips:
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            s.fail("forwarded_allow_ips", f"{address!r} is not an address or network")
     if cfg.log_format not in ("json", "text"):
         s.fail("log_format", "expected 'json' or 'text'")
     if cfg.log_level not in LOG_LEVELS:

@@ -6,10 +6,14 @@ small script in `bridge/static/`), served by the bridge itself: no build step, n
 It is on when the admin API is (`[admin] tokens`), and an admin token signs in.
 
 Security, because a console is a target:
-- the session is a signed, expiring cookie (itsdangerous), `HttpOnly`, `SameSite=Strict`,
-  `Secure` behind HTTPS, scoped to /console; it carries a digest of the token that signed in,
-  so removing a token from the config (and reloading) ends its sessions;
-- every action is a POST carrying the session's CSRF token, compared in constant time;
+- the session cookie is an opaque random id (`HttpOnly`, `SameSite=Strict`, `Secure` behind
+  HTTPS or when `public_url` is https, scoped to /console); the session lives in the store,
+  keyed by the id's digest, with a keyed digest of the token that signed in, so signing out ends
+  it, removing a token from the config (and reloading) ends its sessions, and a stolen cookie
+  tells nothing about a token;
+- failed sign-ins are limited per client (`bridge.throttle`: 429 with Retry-After) and logged;
+- every action is a POST carrying the session's CSRF token, compared in constant time, with an
+  Origin, when sent, that is the console's own or `public_url`'s;
 - every page sends a strict Content-Security-Policy (no inline script, nothing from elsewhere),
   `frame-ancestors 'none'`, `no-store`, and no referrer beyond the console itself;
 - nothing secret is shown: stored headers never held signatures or credentials, the resend
@@ -27,12 +31,12 @@ import hmac
 import json
 import secrets
 import shlex
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -41,7 +45,7 @@ from starlette.templating import Jinja2Templates
 
 from bridge import chart
 from bridge.admin import Admin
-from bridge.errors import BadRequest, BridgeError, NotFound
+from bridge.errors import BadRequest, BridgeError, NotFound, TooManyAttempts
 from bridge.inbound import read_body
 from bridge.models import iso
 from bridge.signers import SIGNERS
@@ -95,7 +99,7 @@ class Console:
                  ) -> Callable[[Request], Any]:
             async def endpoint(request: Request) -> Response:
                 try:
-                    session = self.session(request)
+                    session = await self.session(request)
                     if post:
                         await self.check_csrf(request, session)
                     response: Response = await handler(request, session)
@@ -133,26 +137,31 @@ class Console:
 
     # signing in
 
-    def serializer(self) -> URLSafeTimedSerializer:
-        return URLSafeTimedSerializer(self.key(), salt="bridge.console")
-
     def token_digests(self) -> list[str]:
         if not self.config.admin.tokens:
             raise NotFound("the console is disabled: set [admin] tokens")
-        return [_digest(t.reveal()) for t in self.config.admin.tokens]
+        return [self.digest(t.reveal()) for t in self.config.admin.tokens]
 
-    def session(self, request: Request) -> dict[str, Any]:
+    def digest(self, token: str) -> str:
+        """A token as the store keeps it for a session: keyed with the server's secret key, so
+        the store's rows do not let a token be guessed offline either."""
+        return hmac.new(self.key().encode(), b"bridge.console:" + token.encode("utf-8", "replace"),
+                        hashlib.sha256).hexdigest()
+
+    async def session(self, request: Request) -> dict[str, Any]:
         digests = self.token_digests()
-        raw = request.cookies.get(COOKIE)
-        if not raw:
+        raw = request.cookies.get(COOKIE, "")
+        if not 20 <= len(raw) <= 100:
             raise SignIn("sign in")
-        try:
-            data = self.serializer().loads(raw, max_age=SESSION_AGE)
-        except BadSignature:
-            raise SignIn("sign in") from None
-        if not isinstance(data, dict) or data.get("k") not in digests:
-            raise SignIn("sign in")  # its token was removed from the config
-        return data
+        found = await self.store.find_session(_session_key(raw), time.time())
+        if found is None or found["token"] not in digests:
+            raise SignIn("sign in")  # signed out, expired, or its token was removed
+        return {"c": found["csrf"], "id": _session_key(raw)}
+
+    def same_origin(self, request: Request, origin: str) -> bool:
+        own = f"{request.url.scheme}://{request.url.netloc}"
+        public = urlsplit(self.config.public_url or "")
+        return origin in (own, f"{public.scheme}://{public.netloc}" if public.netloc else own)
 
     async def check_csrf(self, request: Request, session: dict[str, Any]) -> None:
         data = await form(request)
@@ -161,7 +170,7 @@ class Console:
             raise Forbidden("this form is out of date or was not sent by the console: "
                             "reload the page and try again")
         origin = request.headers.get("origin")
-        if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
+        if origin and not self.same_origin(request, origin):
             raise Forbidden("this request came from another site")
 
     async def login_page(self, request: Request) -> Response:
@@ -172,25 +181,44 @@ class Console:
 
     async def login(self, request: Request) -> Response:
         digests = self.token_digests()
+        client = request.client.host if request.client else None
+        throttle = self.admin.throttle
+        try:
+            throttle.check(client)
+        except TooManyAttempts as exc:
+            response = self.render(request, "login.html", {}, status=429,
+                                   extra={"failed": True, "message": exc.message})
+            response.headers.update({**HEADERS, **exc.headers()})
+            return response
         data = await form(request)
         given = str(data.get("token") or "").strip()
         found = False
         for digest in digests:  # every digest compared, whatever matched
-            found |= hmac.compare_digest(digest, _digest(given))
+            found |= hmac.compare_digest(digest, self.digest(given))
         if not given or not found:
+            throttle.failed(client, "console sign-in")
             response = self.render(request, "login.html", {}, status=401,
                                    extra={"failed": True})
             response.headers.update(HEADERS)
             return response
-        cookie = self.serializer().dumps({"k": _digest(given), "c": secrets.token_urlsafe(24)})
+        throttle.succeeded(client)
+        session_id, now = secrets.token_urlsafe(32), time.time()
+        await self.store.start_session(_session_key(session_id), self.digest(given),
+                                       secrets.token_urlsafe(24), now, now + SESSION_AGE)
         response = RedirectResponse("/console/events", 303)
-        response.set_cookie(COOKIE, cookie, max_age=SESSION_AGE, path="/console",
-                            httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
+        response.set_cookie(COOKIE, session_id, max_age=SESSION_AGE, path="/console",
+                            httponly=True, samesite="strict", secure=self.secure(request))
         response.headers.update(HEADERS)
         return response
 
+    def secure(self, request: Request) -> bool:
+        """`Secure` cookies behind HTTPS: as the request came (a trusted proxy's forwarded
+        scheme counts), or as `public_url` says the console is reached."""
+        return request.url.scheme == "https" or (self.config.public_url or "").startswith(
+            "https://")
+
     async def logout(self, request: Request, session: dict[str, Any]) -> Response:
+        await self.store.end_session(session["id"])  # the cookie is void from now on
         response = RedirectResponse("/console/login", 303)
         response.delete_cookie(COOKIE, path="/console")
         return response
@@ -430,8 +458,10 @@ async def form(request: Request) -> FormData:
     return parsed
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(b"bridge.console:" + token.encode("utf-8", "replace")).hexdigest()[:32]
+def _session_key(session_id: str) -> str:
+    """A session's key in the store: the digest of the cookie's id, so the store's rows cannot
+    be replayed as cookies."""
+    return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
 
 
 def _when(value: str | None) -> float | None:

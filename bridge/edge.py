@@ -62,6 +62,7 @@ from bridge.relay import signature_headers
 from bridge.store import Store
 from bridge.store.base import DELIVERIES
 from bridge.store.records import ChannelBacklog
+from bridge.throttle import Throttle
 
 MAX_PULL_BODY = 1024 * 1024  # a pull is small: an agent id and acknowledged ids
 MAX_REPORT_BODY = 16 * 1024 * 1024
@@ -101,7 +102,8 @@ class Keys(NamedTuple):
 class Edge:
     def __init__(self, runtime: Any, store: Store, clock: Callable[[], float] = time.time,
                  targets: Callable[[], CallbackTargets] = CallbackTargets,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, throttle: Throttle | None = None) -> None:
+        self.throttle = throttle or Throttle()
         self.runtime = runtime  # .config is swapped on reload
         self.store = store
         self.clock = clock
@@ -139,6 +141,8 @@ class Edge:
 
     def authorise(self, request: Request, name: str) -> Keys:
         """The channel's keys, once the bearer token is one of the channel's."""
+        client = request.client.host if request.client else None
+        self.throttle.check(client)
         entry = self.channels().get(name)
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         found = False
@@ -147,6 +151,7 @@ class Edge:
             for token in entry.tokens:  # every digest compared, whatever matched
                 found |= hmac.compare_digest(token, wanted)
         if scheme.lower() != "bearer" or not found or entry is None:
+            self.throttle.failed(client, "agent token")
             raise AgentUnauthorized("a valid agent token for this channel is required")
         return entry
 
@@ -155,7 +160,13 @@ class Edge:
         body, within `SIGNED_WITHIN`) holds: a token alone writes nothing."""
         headers = request_headers(request.scope)
         raw = await read_body(request.receive, headers.get("content-length"), limit)
-        keys.verifier.verify(InboundRequest(headers, raw), time.time())
+        client = request.client.host if request.client else None
+        try:
+            keys.verifier.verify(InboundRequest(headers, raw), time.time())
+        except BridgeError:
+            self.throttle.failed(client, "agent signature")
+            raise
+        self.throttle.succeeded(client)
         return _json(raw)
 
     def ignored(self, channel: str, kind: str, count: int, agent: str) -> None:

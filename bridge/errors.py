@@ -12,6 +12,7 @@
     ├── MethodNotAllowed           405 method_not_allowed
     ├── PayloadTooLarge            413 payload_too_large
     ├── UnsupportedMediaType       415 unsupported_media_type
+    ├── TooManyAttempts            429 too_many_attempts: failed sign-ins from one client (Retry-After)
     ├── InternalError              500 internal: a bug, logged once with its traceback where found
     └── StoreUnavailable           503 store_unavailable (answered with Retry-After)
 
@@ -99,6 +100,20 @@ class PayloadTooLarge(BridgeError):
 class UnsupportedMediaType(BridgeError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class TooManyAttempts(BridgeError):
+    """Too many failed authentications from one client: it waits before trying again."""
+
+    status_code = 429
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class InternalError(BridgeError):

@@ -62,10 +62,11 @@ class StatusTokens:
 
 def public_view(event: EventRecord, routes: Mapping[str, RouteRecord] | None = None
                 ) -> dict[str, Any]:
-    """What a sender may see: its event's states and outcomes, and nothing of the operator's
-    configuration (no route, trigger or channel names, no filter reasons, no errors: a callback
-    URL the sender supplied shows only whether it was delivered, so the link cannot be used to
-    probe which ports or paths exist behind it). `routes` is `Store.route_states()`."""
+    """What a sender may see: its event's states and outcomes (each delivery by the trigger it
+    starts), and nothing else of the operator's configuration: no route or channel names, no
+    filter reasons, no errors (a callback URL the sender supplied shows only whether it was
+    delivered, so the link cannot be used to probe which ports or paths exist behind it).
+    `routes` is `Store.route_states()`."""
     executions = {x.delivery_id: x for x in event.executions}
     paused = {name for name, route in (routes or {}).items() if route.paused}
     return {
@@ -76,7 +77,8 @@ def public_view(event: EventRecord, routes: Mapping[str, RouteRecord] | None = N
         "received_at": event.received_at,
         "state": event.state,
         "deliveries": [
-            {"status": d.status, "attempts": d.attempts, "execution_id": d.execution_id,
+            {"trigger": d.trigger, "status": d.status, "attempts": d.attempts,
+             "execution_id": d.execution_id,
              "waiting": _public_waiting(d, d.route in paused),
              "next_attempt_at": d.next_attempt_at if d.status == "pending" else None,
              "execution": _execution(executions.get(d.id))}

@@ -112,8 +112,8 @@ def report(view: dict[str, Any], source: str, routes: tuple[Any, ...]) -> int:
         if delivery.get("waiting"):
             line += f" (waiting: {delivery['waiting']})"
             ok = False
-        elif delivery["status"] == "dead":
-            line += f": {delivery.get('last_error')}"
+        elif delivery["status"] == "dead":  # the reason is for operators: `bridge events show`
+            line += ": see `bridge events show` for why"
             ok = False
         print(line)
     return EXIT_OK if ok else EXIT_ERROR

@@ -7,7 +7,9 @@ the real store (both dialects where the store is involved) and, for the agent, t
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -239,3 +241,99 @@ def test_a_delivered_replay_supersedes_the_dead_delivery(
                                                                  "force": True})
     assert forced == {"redriven": 1}  # the operator insisted: it runs again, knowingly
     wait_for(lambda: len(emulator.emulator.executions_for("github-push")) == 2)
+
+
+# -- 7. Failed authentication, the console's session, and a TLS proxy in front ----------------------
+
+def test_failed_authentication_is_limited_per_client_and_logged(
+        make_bridge: Callable[..., Bridge]) -> None:
+    bridge = make_bridge("""
+[[channels]]
+name = "plant-a"
+tokens = ["agent-token-plant-a-0001"]
+signing_secret = "whsec_cGxhbnQtYS1jaGFubmVsLXNpZ25pbmcta2V5"
+""")
+    guesses = [f"guess-{i:04d}-not-a-token" for i in range(12)]
+    answers = [httpx.get(f"{bridge.url}/admin/events", timeout=30,
+                         headers={"Authorization": f"Bearer {g}"}) for g in guesses]
+    assert [a.status_code for a in answers[:10]] == [401] * 10
+    assert answers[10].status_code == 429 and int(answers[10].headers["Retry-After"]) >= 1
+    assert answers[10].json()["error"]["code"] == "too_many_attempts"
+    # Over the limit, even the right token waits: guessing runs at 10 tries a minute.
+    assert httpx.get(f"{bridge.url}/admin/events", headers=AUTH, timeout=30).status_code == 429
+    pull = httpx.post(f"{bridge.url}/agent/v1/channels/plant-a/pull", json={"agent": "a"},
+                      headers={"Authorization": "Bearer agent-token-plant-a-0001"}, timeout=30)
+    assert pull.status_code == 429
+    login = httpx.post(f"{bridge.url}/console/login", data={"token": ADMIN_TOKEN}, timeout=30)
+    assert login.status_code == 429 and "Retry-After" in login.headers
+    logs = wait_for(lambda: (text := bridge.logs()).count("authentication failed") >= 10 and text)
+    assert not any(g in logs for g in guesses)  # what was tried is never logged
+
+
+def sign_in(bridge: Bridge, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(f"{bridge.url}/console/login", data={"token": ADMIN_TOKEN}, timeout=30,
+                      headers=headers or {})
+
+
+def test_signing_out_ends_the_session_and_the_cookie_is_opaque(
+        make_bridge: Callable[..., Bridge]) -> None:
+    bridge = make_bridge()
+    signed_in = sign_in(bridge)
+    assert signed_in.status_code == 303
+    cookie = signed_in.cookies["bridge_console"]
+    old_digest = hashlib.sha256(b"bridge.console:" + ADMIN_TOKEN.encode()).hexdigest()[:32]
+    assert old_digest not in cookie and ADMIN_TOKEN not in cookie
+    assert "." not in cookie  # no signed payload: an opaque id
+    page = httpx.get(f"{bridge.url}/console/events", cookies={"bridge_console": cookie},
+                     timeout=30)
+    assert page.status_code == 200
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    out = httpx.post(f"{bridge.url}/console/logout", data={"csrf": csrf.group(1)},
+                     cookies={"bridge_console": cookie}, timeout=30)
+    assert out.status_code == 303
+    replayed = httpx.get(f"{bridge.url}/console/events", cookies={"bridge_console": cookie},
+                         timeout=30)
+    assert replayed.status_code == 303 and replayed.headers["location"] == "/console/login"
+
+
+def test_behind_a_trusted_tls_proxy_the_console_is_secure_and_accepts_its_own_origin(
+        make_bridge: Callable[..., Bridge]) -> None:
+    public = "https://console.example.test"
+    bridge = make_bridge(start=False)
+    text = bridge.config_path.read_text()
+    bridge.config_path.write_text(text.replace('shutdown_timeout = "3s"\n', (
+        f'shutdown_timeout = "3s"\npublic_url = "{public}"\n'
+        'forwarded_allow_ips = ["127.0.0.1"]\n'), 1))
+    bridge.start()
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+    signed_in = sign_in(bridge, proxied)
+    assert signed_in.status_code == 303
+    assert "secure" in signed_in.headers["set-cookie"].lower()
+    cookie = signed_in.cookies["bridge_console"]
+    page = httpx.get(f"{bridge.url}/console/events", headers=proxied, timeout=30,
+                     cookies={"bridge_console": cookie})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    paused = httpx.post(f"{bridge.url}/console/routes/github->github-push/pause",
+                        data={"csrf": csrf.group(1), "reason": "proxy"}, timeout=30,
+                        headers={**proxied, "Origin": public},
+                        cookies={"bridge_console": cookie})
+    assert paused.status_code in (200, 303), paused.text
+    forged = httpx.post(f"{bridge.url}/console/routes/github->github-push/resume",
+                        data={"csrf": csrf.group(1)}, timeout=30,
+                        headers={**proxied, "Origin": "https://evil.example"},
+                        cookies={"bridge_console": cookie})
+    assert forged.status_code == 403
+
+
+def test_forwarded_headers_from_anyone_else_are_not_believed(
+        make_bridge: Callable[..., Bridge]) -> None:
+    bridge = make_bridge()
+    signed_in = sign_in(bridge, {"X-Forwarded-Proto": "https"})
+    assert "secure" not in signed_in.headers["set-cookie"].lower()
+    # A client cannot dodge the limit by claiming other addresses.
+    for i in range(11):
+        answer = httpx.get(f"{bridge.url}/admin/events", timeout=30, headers={
+            "Authorization": "Bearer wrong", "X-Forwarded-For": f"198.51.100.{i}"})
+    assert answer.status_code == 429

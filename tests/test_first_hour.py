@@ -70,7 +70,7 @@ def test_a_paused_route_with_work_waiting_costs_nothing(
     assert "check `[platform] trigger_key`" in waiting
     status = httpx.get(str(ack["status_url"])).json()
     assert status["deliveries"][0]["waiting"].startswith("paused")
-    assert "github" not in str(status["deliveries"])  # nothing of the route is shown
+    assert "github->" not in str(status["deliveries"])  # nothing of the route is shown
     printed = cli(bridge, "events", "show", str(ack["id"]))
     assert "waiting: route paused: platform answered 401" in printed.stdout
     logs = bridge.logs()

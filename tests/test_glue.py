@@ -356,3 +356,15 @@ secret = "{ALL_SECRETS[0]}"
     assert json.loads(out.stdout) == {"route": "github->deploy", "trigger": "deploy",
                                       "event_type": "push", "match": False,
                                       "reason": "filter did not match"}
+
+
+@pytest.mark.parametrize(("text", "table"), [
+    ("a=1&b=2", {"a": "1", "b": "2"}),
+    ("a=1&b=2&a=3", {"a": ["1", "3"], "b": "2"}),
+    ("a=&a=&a=x", {"a": ["", "", "x"]}),
+    ("&".join(["k=v"] * 10_000), {"k": ["v"] * 10_000}),
+], ids=["plain", "repeated", "blanks", "ten-thousand-repeats"])
+def test_a_form_keeps_every_value_of_a_repeated_field_in_order(
+        text: str, table: dict[str, object]) -> None:
+    """Linear in the fields (bench/form.py: a repeat costs what a distinct field costs)."""
+    assert glue.form(text) == table

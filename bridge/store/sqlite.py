@@ -265,6 +265,17 @@ MIGRATIONS: list[str] = [
     UPDATE deliveries SET lease_until = 0
      WHERE status = 'handed_off' AND lease_owner IS NULL;
     """,
+    # 10: console sessions, server side: the cookie holds only an opaque id (its digest is the
+    # key here), so signing out ends the session and a stolen cookie tells nothing of a token
+    """
+    CREATE TABLE console_sessions (
+        id TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -1545,6 +1556,30 @@ class SQLiteStore:
         return {row["source"]: SourceCount(row["events"], row["last"]) for row in rows}
 
     # housekeeping
+
+    # console sessions
+
+    async def start_session(self, session_id: str, token: str, csrf: str, now: float,
+                            expires_at: float) -> None:
+        """A signed-in console session: `session_id` is the digest of the cookie's id, `token`
+        a keyed digest of the admin token that signed in (removing it ends its sessions)."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM console_sessions WHERE expires_at < ?", (now,))
+            conn.execute("INSERT INTO console_sessions (id, token, csrf, created_at, expires_at)"
+                         " VALUES (?,?,?,?,?)", (session_id, token, csrf, now, expires_at))
+
+        await self._write(job)
+
+    async def find_session(self, session_id: str, now: float) -> dict[str, Any] | None:
+        return await self._one("SELECT token, csrf FROM console_sessions WHERE id = ?"
+                               " AND expires_at > ?", (session_id, now))
+
+    async def end_session(self, session_id: str) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM console_sessions WHERE id = ?", (session_id,))
+
+        await self._write(job)
 
     async def prune(self, before: float, limit: int = 1000) -> int:
         """Forget events received before `before` that have nothing left to deliver."""
