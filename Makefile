@@ -7,17 +7,19 @@ CONFIG ?= config.example.toml
 
 .PHONY: run test test-postgres bench chaos fuzz audit clean venv
 
-# `make run` installs what running needs; `make test` adds the test tools.
+# `make run` installs what running needs; `make test` adds the test tools. Both install exactly
+# the versions in requirements.lock (a constraints file), never whatever is newest that day.
 RUN_STAMP := $(VENV)/.installed-run
+LOCKED := -c requirements.lock
 
-$(RUN_STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet $(LOCKED) -e .
 	touch $(RUN_STAMP)
 
-$(STAMP): pyproject.toml $(RUN_STAMP)
-	$(BIN)/pip install --quiet -e '.[test]'
+$(STAMP): pyproject.toml requirements.lock $(RUN_STAMP)
+	$(BIN)/pip install --quiet $(LOCKED) -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -65,3 +65,34 @@ def test_locked_dependencies_have_no_known_vulnerabilities() -> None:
                              "--vulnerability-service", service, "-r", str(LOCK)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_installed_versions_are_the_locked_ones() -> None:
+    """`make run` and `make test` install with requirements.lock as constraints: what runs is
+    what was locked (and audited), not whatever was newest on the day of the install."""
+    drift = {}
+    for name, version in locked().items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # locked for another platform or Python (atheris)
+        if installed != version:
+            drift[name] = f"{installed} installed, {version} locked"
+    assert not drift, f"not the locked versions: {drift}"
+
+
+def test_the_uvicorn_protocol_override_still_takes_effect() -> None:
+    """`bridge/server.py` replaces parts of uvicorn's httptools protocol (not a public API):
+    every method it overrides or calls must still be there, and be the one that runs. A
+    uvicorn release that renames one fails here, loudly, instead of silently dropping the
+    head limits (the 431 answers are tested end to end in test_hardening)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from bridge.server import BoundedHttpTools
+
+    for name in ("data_received", "on_message_begin", "on_header", "on_headers_complete",
+                 "_unset_keepalive_if_required", "_should_upgrade", "handle_websocket_upgrade",
+                 "_unsupported_upgrade_warning", "send_400_response"):
+        assert callable(getattr(HttpToolsProtocol, name, None)), f"uvicorn has no {name}"
+    for name in ("data_received", "on_message_begin", "on_header", "on_headers_complete"):
+        assert getattr(BoundedHttpTools, name) is not getattr(HttpToolsProtocol, name)
