@@ -133,8 +133,6 @@ def tail(args: argparse.Namespace) -> int:
         params["source"] = args.source
     known: dict[str, tuple[str, str | None]] = {}
     first = True
-    if not args.json:
-        print("waiting for events (Ctrl-C to stop)", file=sys.stderr)
     try:
         while True:
             rows = call(args, "GET", "/admin/events", params=params)["events"]
@@ -145,6 +143,8 @@ def tail(args: argparse.Namespace) -> int:
                 if first or before == outcome:
                     continue  # what was there when we started is history, not news
                 _print_event(args, row, new=before is None)
+            if first:  # on stderr, in every format: a script waits for it to know it is on
+                print("waiting for events (Ctrl-C to stop)", file=sys.stderr, flush=True)
             first = False
             if len(known) > 1000:  # remember the recent ones only
                 for event_id in sorted(known)[:-500]:

@@ -126,7 +126,9 @@ class Bridge:
         self.store_url: str | None = None  # set when the bridge runs on PostgreSQL
         self.args: list[str] = []  # more options for `bridge serve`
 
-    def start(self, timeout: float = 20.0) -> Bridge:
+    def start(self, timeout: float = 120.0) -> Bridge:
+        """Start the process and wait until it answers /healthz: on a loaded machine that can
+        take a while, so the bound is generous; a process that exits fails at once."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "serve", "--config", str(self.config_path),
@@ -300,8 +302,15 @@ def make_bridge(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Callable[.
             assert secret not in logs, "a secret appeared in the bridge's logs"
 
 
+# A busy machine (CI's two cores, or the suite running twice side by side) can be several times
+# slower than a quiet one: every wait is stretched by this factor. A condition met returns at
+# once, so only a failing test waits longer.
+SLOW = float(os.environ.get("BRIDGE_TEST_SLOW", "4"))
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
+    """Poll `predicate` until it is truthy (returned) or `timeout` (times `SLOW`) passes."""
+    deadline = time.monotonic() + timeout * SLOW
     while True:
         value = predicate()
         if value:

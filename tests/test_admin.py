@@ -139,7 +139,8 @@ def test_routes_pause_and_resume(bridge: Bridge, emulator: EmulatorServer) -> No
     assert state["state"] == "paused" and state["reason"] == "maintenance"
     assert state["pending"] == 1
     admin(bridge, "POST", f"/admin/routes/{route}/resume")
-    wait_for(lambda: len(emulator.emulator.calls) == 1)
+    wait_for(lambda: [c for c in emulator.emulator.calls if c["trigger"] == "github-push"])
+    assert len([c for c in emulator.emulator.calls if c["trigger"] == "github-push"]) == 1
     assert admin(bridge, "POST", "/admin/routes/nope/pause").status_code == 404
 
 

@@ -260,7 +260,8 @@ def test_events_tail_prints_events_and_their_outcomes(make_bridge: Callable[...,
                              "0.1", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
-        time.sleep(1.5)  # its first look: what was there is history
+        assert tail.stderr is not None  # its first look is done: what was there is history
+        assert tail.stderr.readline().startswith("waiting for events")
         ack = push(bridge, "tail-1")
         lines: list[dict[str, object]] = []
         assert tail.stdout is not None
