@@ -147,13 +147,14 @@ def _short(message: str) -> str:
 def _answers(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
     out: dict[str, Any] = {"200": {"description": "OK",
                                    "content": {"application/json": {"schema": ok}}}}
-    for status in (*errors, 401, 503):
+    for status in (*errors, 401, 429, 503):
         out[str(status)] = {"description": _REASONS[status],
                             "content": {"application/json": {"schema": ERROR}}}
     return out
 
 
 _REASONS = {400: "Bad request: the message says which parameter", 401: "No valid admin token",
+            429: "Too many failed authentications from this client (Retry-After says when)",
             404: "Not found", 503: "The store is unavailable (Retry-After says when to retry)"}
 
 
