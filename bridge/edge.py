@@ -4,7 +4,7 @@ A route with `channel = "plant-a"` is not sent by this bridge's forwarder: its d
 the outbox until an agent of that channel pulls them. Every call is made by the agent (it opens
 only outbound connections); the edge never connects to it.
 
-    POST /agent/v1/channels/{name}/pull    {"agent", "ack": [delivery ids], "limit", "wait"}
+    POST /agent/v1/channels/{name}/pull    {"agent", "ack": [{...}], "limit", "wait"}
     POST /agent/v1/channels/{name}/report  {"agent", "reports": [...]}
 
 A pull first marks `ack` (`[{"delivery_id", "generation"}]`: what the agent has committed to its

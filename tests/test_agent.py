@@ -41,6 +41,7 @@ from tests.conftest import (
 )
 from tests.proxy import Proxy
 from tests.receiver import Receiver
+from tests.tcp_relay import pipe
 
 AGENT_TOKEN = "agent-token-plant-a-4c1d9e"
 OTHER_TOKEN = "agent-token-plant-b-77aa01"
@@ -666,16 +667,6 @@ class TlsFront:
         self.port = 0
         self.writers: set[asyncio.StreamWriter] = set()
 
-    async def pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -683,7 +674,7 @@ class TlsFront:
             writer.close()
             return
         self.writers |= {writer, up_writer}
-        await asyncio.gather(self.pipe(reader, up_writer), self.pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self.writers -= {writer, up_writer}
 
     def __enter__(self) -> TlsFront:
