@@ -130,10 +130,8 @@ def schema(script: str) -> str:
 # with parameters: a round trip more per job, a quarter of the writer's time with the database
 # 0.5 ms away; see docs/scaling.md.) An error in one of them is raised by the statement they
 # went with, as the batch's error: none of them fails but for an outage.
-HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job", "SAVEPOINT run",
-                  "RELEASE run"})
-# Sent in one query with those held.
-ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job", "ROLLBACK TO run"})
+HELD = frozenset({"BEGIN", "BEGIN IMMEDIATE", "SAVEPOINT job", "RELEASE job"})
+ENDS = frozenset({"COMMIT", "ROLLBACK", "ROLLBACK TO job"})  # sent in one query with those held
 
 
 def network_options(deadline: float) -> dict[str, Any]:

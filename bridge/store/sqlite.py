@@ -312,6 +312,7 @@ class SQLiteStore:
         # On PostgreSQL a failed statement aborts the transaction, so every job needs its own
         # savepoint to fail alone (SQLite's jobs that cannot fail on their own skip it).
         self.savepoints_always = False
+        self._isolating = False  # this batch applies each accept alone (see `_apply`)
 
     # lifecycle
 
@@ -457,6 +458,9 @@ class SQLiteStore:
                 if not future.done():
                     future.set_exception(failure)
             return
+        pending = self._pending  # answered changes leave the deadline's queue
+        while pending and pending[0][1].done():
+            pending.popleft()
         assert results is not None
         if self.on_commit is not None:
             self.on_commit(len(batch), seconds)
@@ -480,7 +484,26 @@ class SQLiteStore:
                ) -> tuple[list[tuple[bool, Any]], frozenset[str]]:
         """Runs on the writer's thread: one transaction, one savepoint per job, except that
         consecutive plain accepts are written together (see `_accept_all`). Returns each job's
-        outcome, and whether the batch made new work due (jobs set `_new_work`)."""
+        outcome, and whether the batch made new work due (jobs set `_new_work`).
+
+        Should the store refuse a run of accepts other than by an outage (a value it cannot
+        hold), the batch is rolled back and applied again with each accept in a savepoint of its
+        own, so that one fails alone and its neighbours are stored. Only then: a savepoint
+        around every run would cost two statements per batch on the hot path."""
+        try:
+            return self._apply_once(conn, jobs)
+        except _Isolate as refused:
+            log.warning("accepts failed together; applying them one at a time",
+                        extra={"error": refused.error})
+            self._isolating = True
+            try:
+                return self._apply_once(conn, jobs)
+            finally:
+                self._isolating = False
+
+    def _apply_once(self, conn: sqlite3.Connection,
+                    jobs: list[Callable[[sqlite3.Connection], Any]]
+                    ) -> tuple[list[tuple[bool, Any]], frozenset[str]]:
         out: list[tuple[bool, Any]] = []
         self._new_work = set()
         conn.execute("BEGIN IMMEDIATE")
@@ -516,22 +539,15 @@ class SQLiteStore:
 
     def _accept_run(self, conn: sqlite3.Connection,
                     jobs: list[_Accept]) -> list[tuple[bool, Any]]:
-        """`_accept_all` in a savepoint: should the store refuse one of the accepts (a value it
-        cannot hold), the run is undone and each accept applied in a savepoint of its own, so
-        that one fails alone and its neighbours are stored."""
-        conn.execute("SAVEPOINT run")
+        """`_accept_all`, or, once a run was refused (`_apply`), each accept in a savepoint."""
+        if self._isolating:
+            return [_savepointed(conn, functools.partial(self._accept_one, job)) for job in jobs]
         try:
-            out: list[tuple[bool, Any]] = list(self._accept_all(conn, jobs))
+            return list(self._accept_all(conn, jobs))
         except Exception as exc:
             if outage(exc):
                 raise
-            conn.execute("ROLLBACK TO run")
-            conn.execute("RELEASE run")
-            log.warning("accepts failed together; applying them one at a time",
-                        extra={"changes": len(jobs), "error": _describe(exc)})
-            return [_savepointed(conn, functools.partial(self._accept_one, job)) for job in jobs]
-        conn.execute("RELEASE run")
-        return out
+            raise _Isolate(_describe(exc)) from None
 
     def _accept_one(self, job: _Accept, conn: sqlite3.Connection) -> Accepted:
         return self._accept_all(conn, [job])[0][1]
@@ -1895,6 +1911,15 @@ def _execution(row: dict[str, Any]) -> ExecutionRecord:
 # memory, read-only, I/O, corrupt, full, cannot open, lock protocol, not a database). Anything
 # else (a constraint, a bad parameter, bad SQL) is a bug: retrying later will not help.
 _OUTAGE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+class _Isolate(BaseException):
+    """A run of accepts the store refused: the batch is rolled back and applied again with each
+    accept alone. A BaseException, so that no job's own error handling takes it for its own."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
