@@ -155,6 +155,9 @@ def _journey(title: str, url: str, source: str, body: bytes, headers: dict[str, 
     expected = len(receiver.received) + 1
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
+        # Looked at before the view: a callback is sent only once its execution is stored as
+        # finished, so a view read after it arrived shows that execution.
+        arrived = len(receiver.received) >= expected
         view: dict[str, Any] = httpx.get(ack["status_url"]).json()
         delivery = view["deliveries"][0] if view["deliveries"] else None
         if delivery and delivery["status"] == "delivered" and "forwarded" not in seen:
@@ -166,7 +169,7 @@ def _journey(title: str, url: str, source: str, body: bytes, headers: dict[str, 
             seen.add("executed")
             say("executed", f"{_ms(started)}  {execution['status']}, output "
                             f"{json.dumps(execution['output'])[:70]}...")
-        if len(receiver.received) >= expected:
+        if arrived:
             headers_in, payload = receiver.received[expected - 1]
             expect = signature_headers(decode_secret(CALLBACK_SECRET), headers_in["webhook-id"],
                                        int(headers_in["webhook-timestamp"]), payload)
