@@ -90,17 +90,16 @@ class Admin:
         tokens = [t.reveal().encode() for t in self.config.admin.tokens]
         if not tokens:
             raise NotFound("the admin API is disabled: set [admin] tokens")
-        client = request.client.host if request.client else None
-        self.throttle.check(client)
+        self.throttle.check(request)
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         found = False
         for token in tokens:  # every token compared, whatever matched
             found |= hmac.compare_digest(token, given.strip().encode("utf-8", "replace"))
         if scheme.lower() != "bearer" or not found:
-            self.throttle.failed(client, "admin token")
+            self.throttle.failed(request, "admin token")
             raise Unauthorized("a valid admin bearer token is required")
-        self.throttle.succeeded(client)
+        self.throttle.succeeded(request)
 
     def routes(self) -> list[Route]:
         def guarded(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:

@@ -32,7 +32,6 @@ import binascii
 import contextlib
 import json
 import logging
-import math
 import random
 import re
 import ssl
@@ -46,12 +45,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge import __version__
-from bridge.config import TRIGGER_NAME, Config, SourceConfig, mask_url
+from bridge.config import SOURCE_NAME, TRIGGER_NAME, Config, SourceConfig, mask_url
 from bridge.errors import BridgeError, SignatureError, StoreUnavailable
 from bridge.forwarder import Forwarder
 from bridge.http import Client, HttpError, Reply
 from bridge.metrics import CONTENT_TYPE, Metrics
-from bridge.models import NewDelivery, VerifiedEvent, new_id
+from bridge.models import DELIVERY_ID, NewDelivery, VerifiedEvent, finite_number, new_id
 from bridge.providers import InboundRequest
 from bridge.providers.standard import Standard, decode_secret
 from bridge.relay import Relay, signature_headers
@@ -85,13 +84,13 @@ def parse_local_key(key: str) -> tuple[str, float] | None:
 
 
 # What one item of a batch may hold: each field as the edge's config and store make it.
-_FIELDS = {"delivery_id": re.compile(r"^[A-Za-z0-9_-]{1,64}$"),
-           "event_id": re.compile(r"^[A-Za-z0-9_-]{1,64}$"),
+_FIELDS = {"delivery_id": DELIVERY_ID,
+           "event_id": DELIVERY_ID,  # the same shape: both are `new_id()`s
            "trigger": TRIGGER_NAME,
            "route": re.compile(r"^[^\x00-\x1f\x7f]{1,200}$"),
            "idempotency_key": re.compile(r"^[\x21-\x7e]{1,512}$"),
            "content_type": re.compile(r"^[\x20-\x7e]{1,200}$"),
-           "source": re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"),
+           "source": SOURCE_NAME,
            "provider": re.compile(r"^[a-z0-9_-]{1,64}$"),
            "event_type": re.compile(r"^[^\x00]{0,500}$")}
 
@@ -108,9 +107,7 @@ def check_item(item: Any, index: int) -> dict[str, Any]:
         if not isinstance(value, str) or not rule.match(value):
             raise BatchRefused(f"{where}.{name}: not a valid value")
     for name in ("generation", "received_at"):
-        value = item.get(name)
-        if not (isinstance(value, int | float) and not isinstance(value, bool)
-                and math.isfinite(value)):
+        if not finite_number(item.get(name)):
             raise BatchRefused(f"{where}.{name}: expected a number")
     body = item.get("body")
     if not isinstance(body, str) or len(body) > MAX_BATCH_ANSWER:
@@ -138,9 +135,8 @@ class Link:
                                  "Authorization": f"Bearer {edge.token.reveal()}",
                                  "User-Agent": f"webhook-bridge-agent/{__version__}",
                                  "Content-Type": "application/json"})
+        self.key = decode_secret(edge.signing_secret.reveal())  # signs every request
         self.connected: bool | None = None  # unknown until the first answer
-
-        self.key = decode_secret(edge.signing_secret.reveal())
 
     def path(self, action: str) -> str:
         return f"/agent/v1/channels/{self.edge.channel}/{action}"

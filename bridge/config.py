@@ -53,7 +53,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # A trigger's name: one path segment under /workflows/triggers/, never `.` or `..`.
 TRIGGER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
@@ -785,7 +785,7 @@ def _source(s: _Section, index: int) -> SourceConfig:
         options=s.rest(),
         index=index,
     )
-    if name and not _SOURCE_NAME.match(name):
+    if name and not SOURCE_NAME.match(name):
         s.fail("name", "use letters, digits, '.', '_' or '-' (at most 64)")
     if provider and provider not in PROVIDERS:
         s.fail("provider", f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")

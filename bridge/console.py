@@ -181,10 +181,9 @@ class Console:
 
     async def login(self, request: Request) -> Response:
         digests = self.token_digests()
-        client = request.client.host if request.client else None
         throttle = self.admin.throttle
         try:
-            throttle.check(client)
+            throttle.check(request)
         except TooManyAttempts as exc:
             response = self.render(request, "login.html", {}, status=429,
                                    extra={"failed": True, "message": exc.message})
@@ -196,12 +195,12 @@ class Console:
         for digest in digests:  # every digest compared, whatever matched
             found |= hmac.compare_digest(digest, self.digest(given))
         if not given or not found:
-            throttle.failed(client, "console sign-in")
+            throttle.failed(request, "console sign-in")
             response = self.render(request, "login.html", {}, status=401,
                                    extra={"failed": True})
             response.headers.update(HEADERS)
             return response
-        throttle.succeeded(client)
+        throttle.succeeded(request)
         session_id, now = secrets.token_urlsafe(32), time.time()
         await self.store.start_session(_session_key(session_id), self.digest(given),
                                        secrets.token_urlsafe(24), now, now + SESSION_AGE)

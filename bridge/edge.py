@@ -34,11 +34,10 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeGuard
+from typing import Any, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -49,11 +48,13 @@ from bridge.errors import BadRequest, BridgeError, NotFound
 from bridge.inbound import read_body, request_headers
 from bridge.metrics import Metrics
 from bridge.models import (
+    DELIVERY_ID,
     AgentAttempt,
     AgentCompletion,
     AgentReport,
     Attempt,
     CallbackTargets,
+    finite_number,
     new_id,
 )
 from bridge.providers import InboundRequest
@@ -73,7 +74,6 @@ MAX_WAITING = 256  # long polls held open at once; beyond that, answered at once
 MAX_WAIT = 60.0
 CONNECTED_WITHIN = 10.0  # an agent that pulled within this many seconds is connected
 _AGENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SIGNED_WITHIN = 300.0  # an agent's request signed longer ago (or ahead) than this is refused
 log = logging.getLogger("bridge.edge")
 _STATES = ("delivered", "waiting", "dead")
@@ -95,8 +95,13 @@ class Keys(NamedTuple):
     """A channel's credentials as the edge checks them."""
 
     tokens: list[bytes]  # SHA-256 digests of the agents' bearer tokens
-    key: bytes  # the signing key: the edge's batches and the agents' requests
     verifier: Standard  # the agents' request signatures
+
+    @property
+    def key(self) -> bytes:
+        """The channel's signing key: the edge's batches and the agents' requests."""
+        key: bytes = self.verifier.keys[0]
+        return key
 
 
 class Edge:
@@ -127,8 +132,7 @@ class Edge:
                 secrets = (c.signing_secret,) if c.signing_secret else ()
                 verifier = Standard(SourceConfig(name=f"channel {c.name}", provider="standard",
                                                  secrets=secrets, tolerance=SIGNED_WITHIN))
-                table[c.name] = Keys([digest(t.reveal()) for t in c.tokens],
-                                     verifier.keys[0] if verifier.keys else b"", verifier)
+                table[c.name] = Keys([digest(t.reveal()) for t in c.tokens], verifier)
             self._keys = (config, table)
         return self._keys[1]
 
@@ -141,8 +145,7 @@ class Edge:
 
     def authorise(self, request: Request, name: str) -> Keys:
         """The channel's keys, once the bearer token is one of the channel's."""
-        client = request.client.host if request.client else None
-        self.throttle.check(client)
+        self.throttle.check(request)
         entry = self.channels().get(name)
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         found = False
@@ -151,7 +154,7 @@ class Edge:
             for token in entry.tokens:  # every digest compared, whatever matched
                 found |= hmac.compare_digest(token, wanted)
         if scheme.lower() != "bearer" or not found or entry is None:
-            self.throttle.failed(client, "agent token")
+            self.throttle.failed(request, "agent token")
             raise AgentUnauthorized("a valid agent token for this channel is required")
         return entry
 
@@ -160,13 +163,12 @@ class Edge:
         body, within `SIGNED_WITHIN`) holds: a token alone writes nothing."""
         headers = request_headers(request.scope)
         raw = await read_body(request.receive, headers.get("content-length"), limit)
-        client = request.client.host if request.client else None
         try:
             keys.verifier.verify(InboundRequest(headers, raw), time.time())
         except BridgeError:
-            self.throttle.failed(client, "agent signature")
+            self.throttle.failed(request, "agent signature")
             raise
-        self.throttle.succeeded(client)
+        self.throttle.succeeded(request)
         return _json(raw)
 
     def ignored(self, channel: str, kind: str, count: int, agent: str) -> None:
@@ -275,15 +277,11 @@ def parse_acks(raw: Any) -> list[tuple[str, float]]:
     for item in raw:
         delivery_id = item.get("delivery_id") if isinstance(item, dict) else None
         generation = item.get("generation") if isinstance(item, dict) else None
-        if not (isinstance(delivery_id, str) and _DELIVERY_ID.match(delivery_id)
-                and _number(generation)):
+        if not (isinstance(delivery_id, str) and DELIVERY_ID.match(delivery_id)
+                and finite_number(generation)):
             raise BadRequest("ack: expected objects with a delivery_id and its generation")
         acks.append((delivery_id, float(generation)))
     return acks
-
-
-def _number(value: Any) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def parse_report(item: Any, index: int) -> AgentReport:
@@ -303,7 +301,7 @@ def parse_report(item: Any, index: int) -> AgentReport:
         raise BadRequest(f"{where}.kind: expected 'attempt' or 'execution'")
     delivery_id, generation = item.get("delivery_id"), item.get("generation")
     state, attempt = item.get("state"), item.get("attempt")
-    if not (isinstance(delivery_id, str) and _number(generation)
+    if not (isinstance(delivery_id, str) and finite_number(generation)
             and state in _STATES and isinstance(attempt, dict)):
         raise BadRequest(f"{where}: expected delivery_id, generation, state and attempt")
     started, latency = attempt.get("started_at"), attempt.get("latency_ms")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TypeGuard
 
 
 class EventState(StrEnum):
@@ -305,6 +308,15 @@ class ChannelReported:
 
     applied: int
     ignored: int = 0
+
+
+# A delivery id as the edge makes them (`new_id`) and as an agent may name one back.
+DELIVERY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def finite_number(value: object) -> TypeGuard[float]:
+    """A JSON number that is one (not a bool, NaN or infinity): a generation, a time."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def agent_owner(channel: str, agent: str) -> str:

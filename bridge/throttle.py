@@ -20,6 +20,8 @@ import math
 import time
 from collections.abc import Callable
 
+from starlette.requests import Request
+
 from bridge.errors import TooManyAttempts
 
 log = logging.getLogger("bridge.auth")
@@ -37,16 +39,16 @@ class Throttle:
         self.failures: collections.OrderedDict[str, collections.deque[float]] = (
             collections.OrderedDict())
 
-    def check(self, client: str | None) -> None:
-        """Raises `TooManyAttempts` while `client` is over the limit."""
-        failures = self._recent(client or "unknown")
+    def check(self, request: Request) -> None:
+        """Raises `TooManyAttempts` while the request's client is over the limit."""
+        failures = self._recent(client_of(request))
         if failures is not None and len(failures) >= self.limit:
             wait = max(1, math.ceil(failures[0] + self.window - self.clock()))
             raise TooManyAttempts("too many failed attempts from this address: wait and try "
                                   "again", wait)
 
-    def failed(self, client: str | None, kind: str) -> None:
-        address = client or "unknown"
+    def failed(self, request: Request, kind: str) -> None:
+        address = client_of(request)
         failures = self._recent(address)
         if failures is None:
             failures = self.failures[address] = collections.deque(maxlen=self.limit)
@@ -57,8 +59,8 @@ class Throttle:
         log.warning("authentication failed", extra={"kind": kind, "client": address,
                                                     "failures": len(failures)})
 
-    def succeeded(self, client: str | None) -> None:
-        self.failures.pop(client or "unknown", None)
+    def succeeded(self, request: Request) -> None:
+        self.failures.pop(client_of(request), None)
 
     def _recent(self, client: str) -> collections.deque[float] | None:
         failures = self.failures.get(client)
@@ -71,3 +73,8 @@ class Throttle:
             del self.failures[client]
             return None
         return failures
+
+
+def client_of(request: Request) -> str:
+    """The client's address as the server sees it (behind a trusted proxy, the forwarded one)."""
+    return request.client.host if request.client else "unknown"
