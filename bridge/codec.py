@@ -51,3 +51,9 @@ def dumps_document(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def without_nul(text: str) -> str:
+    """`text` with each NUL as U+FFFD: PostgreSQL's text cannot hold a NUL, so both stores keep
+    what a sender or receiver sent this way (SQLite would, but the two must not differ)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text

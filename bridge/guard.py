@@ -114,11 +114,7 @@ def canonical_url(url: str) -> str:
     DNS name nor an IP literal."""
     if len(url) > MAX_URL or any(c <= " " or c in "\\\x7f" for c in url):
         raise CallbackNotAllowed("callback_url has a character a URL may not hold")
-    try:
-        parsed = URL(url)
-        host = parsed.raw_host or ""
-    except (ValueError, TypeError, UnicodeError):
-        raise CallbackNotAllowed("callback_url is not a valid URL") from None
+    parsed, host = _parse(url)
     if parsed.scheme not in ("http", "https") or not host:
         raise CallbackNotAllowed("callback_url must be an http or https URL with a host")
     if parsed.raw_user is not None or parsed.raw_password is not None:
@@ -130,8 +126,14 @@ def canonical_url(url: str) -> str:
 
 def connect_host(url: str) -> str:
     """The host the client connects to for `url` (after IDNA and Unicode normalisation)."""
+    return _parse(url)[1]
+
+
+def _parse(url: str) -> tuple[URL, str]:
+    """yarl's parse and the host it connects to; its errors as `CallbackNotAllowed`."""
     try:
-        return URL(url).raw_host or ""
+        parsed = URL(url)
+        return parsed, parsed.raw_host or ""
     except (ValueError, TypeError, UnicodeError):
         raise CallbackNotAllowed("callback_url is not a valid URL") from None
 

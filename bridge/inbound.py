@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from bridge import codec, logs, outbox
-from bridge.config import Config, is_http_url
+from bridge.config import Config
 from bridge.errors import (
     BadRequest,
     BridgeError,
@@ -175,7 +175,7 @@ def storable(text: str) -> str:
     `\\ud800` gives and no UTF-8 can encode) a question mark."""
     if not text.isascii():
         text = text.encode("utf-8", "replace").decode("utf-8")
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    return codec.without_nul(text)
 
 
 def idempotency_key(source: str, provider_id: str | None, body: bytes) -> str:
@@ -308,11 +308,11 @@ class Inbound:
             status, extra, content = challenge
             return raw_answer(status, content, extra)
         identity = provider.identify(inbound)
+        event_type = storable(identity.event_type)  # as stored, and as the fingerprint holds it
         event = VerifiedEvent(
-            id=new_id(), source=name, provider=source.provider,
-            event_type=storable(identity.event_type),
+            id=new_id(), source=name, provider=source.provider, event_type=event_type,
             idempotency_key=idempotency_key(name, identity.provider_id, body),
-            fingerprint=fingerprint_key(name, identity.event_type, provider.fingerprint(inbound))
+            fingerprint=fingerprint_key(name, event_type, provider.fingerprint(inbound))
             if identity.provider_id and provider.unsigned_id and source.body_dedupe else None,
             received_at=now,
             headers=kept_headers(headers, provider.auth_headers, self.runtime.secrets), body=body,
@@ -363,8 +363,10 @@ class Inbound:
             return None
         if not source.allow_callback_urls:
             raise CallbackNotAllowed("this source does not accept callback_url")
-        url = canonical_url(url)  # every check below sees the host the client connects to
-        if not is_http_url(url) or not allowed(url, source.allow_callback_urls):
+        # An http(s) URL with a host, in the form the client connects to: every check below sees
+        # that host.
+        url = canonical_url(url)
+        if not allowed(url, source.allow_callback_urls):
             raise CallbackNotAllowed("callback_url is not allowed for this source")
         check_literal(url, self.config.callbacks.allow_private, self.config.callbacks.allowed_ports)
         return url
@@ -415,11 +417,13 @@ class Hooks:
         self.inbound: Inbound | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and unstorable(scope):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+        elif unstorable(scope):
             await _send(send, error_answer(BadRequest(
                 "the path or query holds a NUL character, which no text can be stored with")))
-        elif (self.inbound is not None and scope["type"] == "http"
-                and scope["method"] == "POST" and is_hook_path(scope["path"])):
+        elif self.inbound is not None and scope["method"] == "POST" and is_hook_path(
+                scope["path"]):
             await self.inbound(scope, receive, send)
         else:
             await self.app(scope, receive, send)

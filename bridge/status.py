@@ -90,20 +90,42 @@ def public_view(event: EventRecord, routes: Mapping[str, RouteRecord] | None = N
 
 
 def _public_waiting(delivery: DeliveryRecord, paused: bool) -> str | None:
+    kind = _wait(delivery, paused)
+    return None if kind is None else _SENDER[kind].format(due=iso(delivery.next_attempt_at))
+
+
+def _wait(delivery: DeliveryRecord, paused: bool) -> str | None:
+    """Why a delivery on its way waits, as a key of `_SENDER` and `_OPERATOR` (the same reason,
+    told to each); None once it is not waiting."""
     if delivery.status == "handed_off":
-        return "handed on; its outcome will be reported here"
+        return "handed_off"
     if delivery.status not in ("pending", "leased"):
         return None
     if delivery.channel:
-        return "sent on, not yet acknowledged" if delivery.status == "leased" else \
-            "waiting to be sent on"
+        return f"channel_{delivery.status}"
     if paused:
-        return "paused by the receiving side; it will be sent once resumed"
+        return "paused"
     if delivery.status == "leased":
-        return "being sent now"
-    verb = "retrying" if delivery.last_error else "queued, due"
-    return f"{verb} at {iso(delivery.next_attempt_at)}" if delivery.last_error else \
-        f"{verb} {iso(delivery.next_attempt_at)}"
+        return "leased"
+    return "retrying" if delivery.last_error else "queued"
+
+
+# A sender is told the state alone; an operator also which channel, why, and what to check.
+_SENDER = {"handed_off": "handed on; its outcome will be reported here",
+           "channel_leased": "sent on, not yet acknowledged",
+           "channel_pending": "waiting to be sent on",
+           "paused": "paused by the receiving side; it will be sent once resumed",
+           "leased": "being sent now",
+           "retrying": "retrying at {due}",
+           "queued": "queued, due {due}"}
+_OPERATOR = {"handed_off": "held by an agent of its channel, which sends it on-premises and "
+                           "reports the outcome here",
+             "channel_leased": "sent to an agent of channel {channel}, not yet acknowledged",
+             "channel_pending": "waiting for an agent of channel {channel} "
+                                "(bridge channels list)",
+             "leased": "being sent now",
+             "retrying": "retrying at {due}: {error}",
+             "queued": "queued, due {due}"}
 
 
 # What to check when the platform refuses a route's calls (the route is then paused).
@@ -125,26 +147,15 @@ def waiting(event: EventRecord, routes: Mapping[str, RouteRecord]) -> dict[str, 
 
 
 def _waiting(delivery: DeliveryRecord, route: RouteRecord | None) -> str | None:
-    if delivery.status == "handed_off":
-        return ("held by an agent of its channel, which sends it on-premises "
-                "and reports the outcome here")
-    if delivery.status not in ("pending", "leased"):
-        return None
-    if delivery.channel:
-        return (f"sent to an agent of channel {delivery.channel}, not yet acknowledged"
-                if delivery.status == "leased" else
-                f"waiting for an agent of channel {delivery.channel} (bridge channels list)")
-    if route is not None and route.paused:
+    kind = _wait(delivery, route is not None and route.paused)
+    if kind == "paused" and route is not None:
         reason = route.reason or "paused"
         hint = _HINTS.get(reason[:3])
         text = f"route paused: platform answered {reason}" if hint else \
             f"route paused: {reason}"
         return text + (f" ({hint})" if hint else " (bridge routes resume, or deliveries retry)")
-    if delivery.status == "leased":
-        return "being sent now"
-    if delivery.last_error:
-        return f"retrying at {iso(delivery.next_attempt_at)}: {delivery.last_error}"
-    return f"queued, due {iso(delivery.next_attempt_at)}"
+    return None if kind is None else _OPERATOR[kind].format(
+        channel=delivery.channel, due=iso(delivery.next_attempt_at), error=delivery.last_error)
 
 
 def _execution(execution: ExecutionRecord | None) -> dict[str, Any] | None:

@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 
+from bridge.codec import without_nul
 from bridge.errors import InternalError, StoreUnavailable
 from bridge.models import (
     Accepted,
@@ -143,10 +144,6 @@ def network_options(deadline: float) -> dict[str, Any]:
             "keepalives_count": 3, "tcp_user_timeout": int(deadline * 1000)}
 
 
-def _storable(text: str) -> str:
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
-
-
 class _TextDumper(StrDumperUnknown):
     """PostgreSQL's text cannot hold NUL, and psycopg refuses such a value with a `DataError`
     that fails the whole statement, with every change grouped into it. Text reaches the store
@@ -155,12 +152,12 @@ class _TextDumper(StrDumperUnknown):
     """
 
     def dump(self, obj: str) -> Any:
-        return super().dump(_storable(obj))
+        return super().dump(without_nul(obj))
 
 
 class _BinaryTextDumper(StrBinaryDumper):
     def dump(self, obj: str) -> Any:
-        return super().dump(_storable(obj))
+        return super().dump(without_nul(obj))
 
 
 class _Rows(NamedTuple):
@@ -446,8 +443,8 @@ class PostgresStore(SQLiteStore):
                 if outage(exc):
                     raise
                 # One accept the server refused must fail alone, never its neighbours: the
-                # batch again, each accept in a savepoint of its own (the shared path).
-                log.warning("accepts failed together; applying them one at a time",
+                # batch again through the shared path, which isolates a run it cannot write.
+                log.warning("accepts in one round trip failed; applying them by the shared path",
                             extra={"changes": len(jobs), "error": _describe(exc)})
                 return super()._apply(notifying, jobs)
         if not self.grouping:

@@ -384,10 +384,10 @@ class SQLiteStore:
         `answers`: a sender waits for this commit (an accept)."""
         if self._writer is None or not self._writer.open:
             raise StoreUnavailable("the store is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
         bare = not (savepoint or isinstance(fn, _Accept) or self.savepoints_always)
         self._writer.submit(_Bare(fn) if bare else fn, future, urgent, answers)
-        loop = asyncio.get_running_loop()
         self._pending.append((loop.time() + self.deadline, future))
         if self._expiry is None:
             self._expiry = loop.call_at(self._pending[0][0], self._expire)
@@ -1209,8 +1209,9 @@ class SQLiteStore:
                 conn.execute("UPDATE agents SET cursor = ?, acked = acked + ?"
                              " WHERE channel = ? AND agent = ?",
                              (max(a[0] for a in acked), done, channel, agent))
+            ignored = len(acked) - done  # acks that answered no lease of this agent
             if limit <= 0:
-                return ChannelPull([], len(acked) - done)
+                return ChannelPull([], ignored)
             found: list[tuple[str, int]] = []
             for sql, extra in (
                     ("status = 'leased' AND lease_owner = ?", (owner,)),
@@ -1231,7 +1232,7 @@ class SQLiteStore:
                 ids.append(delivery_id)
                 size += length
             if not ids:
-                return ChannelPull([], len(acked) - done)
+                return ChannelPull([], ignored)
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
                 f"UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?"
@@ -1243,8 +1244,7 @@ class SQLiteStore:
                 f" ({','.join('?' * len(rows))})", [r[1] for r in rows])}
             items = [ChannelItem(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], r[7],
                                  *events[r[1]]) for r in rows]
-            return ChannelPull(sorted(items, key=lambda item: item.delivery_id),
-                               len(acked) - done)
+            return ChannelPull(sorted(items, key=lambda item: item.delivery_id), ignored)
 
         return await self._write(job)
 
@@ -1559,24 +1559,22 @@ class SQLiteStore:
 
     async def count_superseded(self, delivery_ids: Sequence[str]) -> int:
         """How many of these deliveries a delivered replay of their route superseded."""
-        total = 0
-        for start in range(0, len(delivery_ids), 500):
-            chunk = list(delivery_ids[start:start + 500])
-            row = await self._one(
-                f"SELECT COUNT(*) AS n FROM deliveries WHERE id IN ({','.join('?' * len(chunk))})"
-                " AND status = 'superseded'", chunk)
-            total += int(row["n"]) if row else 0
-        return total
+        return await self._count(delivery_ids, "status = 'superseded'", ())
 
     async def count_unsafe(self, delivery_ids: Sequence[str], unsafe_before: float) -> int:
         """How many of these dead deliveries may have reached the platform before then."""
+        return await self._count(delivery_ids, "status = 'dead' AND reached_at < ?",
+                                 (unsafe_before,))
+
+    async def _count(self, delivery_ids: Sequence[str], condition: str,
+                     params: Sequence[Any]) -> int:
+        """How many of `delivery_ids` meet `condition`, asked 500 ids at a time."""
         total = 0
         for start in range(0, len(delivery_ids), 500):
             chunk = list(delivery_ids[start:start + 500])
             marks = ",".join("?" * len(chunk))
-            row = await self._one(
-                f"SELECT COUNT(*) AS n FROM deliveries WHERE id IN ({marks}) AND status = 'dead'"
-                " AND reached_at < ?", (*chunk, unsafe_before))
+            row = await self._one(f"SELECT COUNT(*) AS n FROM deliveries WHERE id IN ({marks})"
+                                  f" AND {condition}", (*chunk, *params))
             total += int(row["n"]) if row else 0
         return total
 
