@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import loadgen  # noqa: E402
 
-from bridge.http import Client  # noqa: E402
+from bridge.web.client import Client  # noqa: E402
 
 BODY = b'{"payload":"' + b"x" * 1180 + b'"}'
 HEADERS = {"Content-Type": "application/json", "Idempotency-Key": "bench-key-1",
@@ -160,7 +160,7 @@ def main() -> None:
         print(f"machine: {loadgen.machine()}; {args.requests} POSTs of {len(BODY)} B, "
               "32 in flight, client on core 0, server on core 1")
         clients: dict[str, Callable[[str, int], Awaitable[tuple[float, float]]]] = {
-            "aiohttp ClientSession": aiohttp_raw, "bridge.http.Client (aiohttp)": bridge_client,
+            "aiohttp ClientSession": aiohttp_raw, "bridge.web.client.Client (aiohttp)": bridge_client,
             "httpx default transport": httpx_default}
         if args.old_transport:
             clients["old hand-written transport under httpx"] = old_transport(args.old_transport)
@@ -170,7 +170,7 @@ def main() -> None:
             rate, cpu = asyncio.run(run(url, total))
             results[name] = cpu
             print(f"{name:42s} {rate:8,.0f} req/s  {cpu:7.0f} µs CPU per request")
-        base = results["bridge.http.Client (aiohttp)"]
+        base = results["bridge.web.client.Client (aiohttp)"]
         for name, cpu in results.items():
             print(f"  {name:40s} {cpu / base:5.2f}x the bridge client's CPU")
         if args.paced:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bridge.glue import form  # noqa: E402
+from bridge.ingest.filters import form  # noqa: E402
 
 
 def best(text: str, rounds: int) -> float:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 
-from bridge.models import (  # noqa: E402
+from bridge.core.models import (  # noqa: E402
     Attempt,
     CallbackTargets,
     Delivered,

@@ -24,23 +24,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import logs, status
-from bridge.admin import Admin
+from bridge.callbacks.relay import Relay
+from bridge.channels.edge import Edge
 from bridge.config import Config, load, mask_url
-from bridge.console import Console
-from bridge.edge import Edge
-from bridge.errors import BridgeError, ConfigError, StoreUnavailable, error_body
-from bridge.forwarder import Forwarder
-from bridge.inbound import Disconnected, Hooks, Inbound, Runtime
-from bridge.metrics import Metrics
-from bridge.models import iso
-from bridge.providers import build_all
-from bridge.relay import Relay
-from bridge.status import StatusTokens
+from bridge.core import logs
+from bridge.core.errors import BridgeError, ConfigError, StoreUnavailable, error_body
+from bridge.core.metrics import Metrics
+from bridge.core.models import iso
+from bridge.delivery.forwarder import Forwarder
+from bridge.ingest import status_links as status
+from bridge.ingest.hooks import Disconnected, Hooks, Inbound, Runtime
+from bridge.ingest.providers import build_all
+from bridge.ingest.status_links import StatusTokens
+from bridge.operate.admin import Admin
+from bridge.operate.console.views import Console
+from bridge.operate.traffic import TrafficSampler
 from bridge.store import Store, open_store
-from bridge.throttle import Throttle
-from bridge.tracker import PushReceiver, Tracker, callback_targets
-from bridge.traffic import TrafficSampler
+from bridge.tracking.tracker import PushReceiver, Tracker, callback_targets
+from bridge.web.throttle import Throttle
 
 log = logging.getLogger("bridge.app")
 READY_TIMEOUT = 3.0

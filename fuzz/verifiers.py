@@ -16,10 +16,10 @@ import atheris
 
 with atheris.instrument_imports():
     from bridge.config import Secret, SourceConfig
-    from bridge.errors import MalformedSignature, SignatureError
-    from bridge.models import VerifiedEvent
-    from bridge.outbox import envelope
-    from bridge.providers import SCHEMES, InboundRequest, build
+    from bridge.core.errors import MalformedSignature, SignatureError
+    from bridge.core.models import VerifiedEvent
+    from bridge.ingest.providers import SCHEMES, InboundRequest, build
+    from bridge.ingest.routing import envelope
 
 SECRETS = {"standard": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
            "discord": "d" * 64, "sendgrid": None}

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.emulator import Emulator, EmulatorServer, Settings
+from bridge.devtools.emulator import Emulator, EmulatorServer, Settings
 from tests import pg
 from tests.receiver import Receiver
 

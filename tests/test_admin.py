@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.emulator import EmulatorServer
+from bridge.devtools.emulator import EmulatorServer
 from tests.conftest import GITHUB_SECRET, Bridge, barrier, by_id, github_headers, wait_for
 
 ADMIN_TOKEN = "adm-token-5f0e9c1b2a7d"

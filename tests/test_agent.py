@@ -588,7 +588,7 @@ channel = "plant-a"
 def test_channel_deliveries_no_agent_took_become_redrivable_dead_letters(tmp_path: Path) -> None:
     """Past the dedupe window, a channel delivery nobody pulled is a dead letter; a redrive
     starts a new generation, so an agent that stored the old one takes it again."""
-    from bridge.models import NewDelivery, VerifiedEvent, new_id
+    from bridge.core.models import NewDelivery, VerifiedEvent, new_id
     from bridge.store import SQLiteStore
 
     async def scenario() -> None:

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bridge.platform import trigger_path
+from bridge.delivery.platform import trigger_path
 from tests.conftest import TRIGGER_KEY, Bridge, free_port, github_headers, wait_for
 from tests.receiver import Receiver
 

@@ -22,9 +22,9 @@ import httpx
 import pytest
 import stripe
 
-from bridge.emulator import EmulatorServer
-from bridge.errors import CallbackNotAllowed
-from bridge.guard import allowed, canonical_url, check_literal
+from bridge.core.errors import CallbackNotAllowed
+from bridge.devtools.emulator import EmulatorServer
+from bridge.web.guard import allowed, canonical_url, check_literal
 from tests import pg
 from tests.conftest import ADMIN_TOKEN, STRIPE_SECRET, Bridge, github_headers, wait_for
 from tests.receiver import Receiver
@@ -344,6 +344,6 @@ def test_forwarded_headers_from_anyone_else_are_not_believed(
 def test_the_send_time_check_sees_the_host_the_client_connects_to(url: str) -> None:
     """For a URL stored before canonical forms (or by any other path), the relay's own check
     reads the host as the client does."""
-    from bridge.guard import connect_host, is_public
+    from bridge.web.guard import connect_host, is_public
 
     assert not is_public(connect_host(url))

@@ -149,8 +149,8 @@ def test_the_envelope_is_always_valid_json_that_carries_the_body(
         body: bytes, headers: dict[str, str], event_type: str) -> None:
     import base64
 
-    from bridge.models import VerifiedEvent
-    from bridge.outbox import envelope
+    from bridge.core.models import VerifiedEvent
+    from bridge.ingest.routing import envelope
 
     event = VerifiedEvent("id-1", "src", "github", event_type, "src:key", 1.5, headers, body)
     document = json.loads(envelope(event))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bridge import codec
+from bridge.core import codec
 
 DOCUMENTS = [
     b'{"id": 123456789012345678901234567890}',

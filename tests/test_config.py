@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import Secret, load, parse, parse_duration
-from bridge.errors import ConfigError
+from bridge.core.errors import ConfigError
 from tests.conftest import free_port
 
 MINIMAL = """

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.emulator import EmulatorServer
+from bridge.devtools.emulator import EmulatorServer
 from tests.conftest import ADMIN_TOKEN, ALL_SECRETS, Bridge, github_headers, wait_for
 
 CHROMIUM = next((p for p in (os.environ.get("BRIDGE_CHROMIUM"), shutil.which("chromium"),

@@ -88,7 +88,7 @@ def test_the_uvicorn_protocol_override_still_takes_effect() -> None:
     head limits (the 431 answers are tested end to end in test_hardening)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from bridge.server import BoundedHttpTools
+    from bridge.web.server import BoundedHttpTools
 
     for name in ("data_received", "on_message_begin", "on_header", "on_headers_complete",
                  "_unset_keepalive_if_required", "_should_upgrade", "handle_websocket_upgrade",

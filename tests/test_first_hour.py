@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.emulator import EmulatorServer
+from bridge.devtools.emulator import EmulatorServer
 from tests.conftest import GITHUB_SECRET, Bridge, github_headers, wait_for
 from tests.test_admin import ADMIN, ADMIN_TOKEN, admin, cli
 

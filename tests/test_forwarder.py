@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import httpx
 
-from bridge.emulator import EmulatorServer
+from bridge.devtools.emulator import EmulatorServer
 from tests.conftest import Bridge, barrier, github_headers, wait_for
 from tests.test_durability import send_many
 from tests.test_providers import stripe_headers

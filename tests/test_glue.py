@@ -14,9 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge import glue, outbox, samples
+from bridge.cli import samples
 from bridge.config import RouteConfig
-from bridge.models import VerifiedEvent, new_id
+from bridge.core.models import VerifiedEvent, new_id
+from bridge.ingest import filters as glue
+from bridge.ingest import routing as outbox
 from tests.conftest import ALL_SECRETS, github_headers, wait_for
 
 ADMIN = "adm-token-5f0e9c1b2a7d"

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from bridge.emulator import EmulatorServer
-from bridge.guard import allowed, is_public
+from bridge.devtools.emulator import EmulatorServer
+from bridge.web.guard import allowed, is_public
 from tests.conftest import (
     GITHUB_SECRET,
     TRIGGER_KEY,

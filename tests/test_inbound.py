@@ -91,7 +91,7 @@ def test_bursts_of_new_and_repeated_keys_store_each_key_once(bridge: Bridge) -> 
 
 
 def test_status_tokens_are_what_itsdangerous_signs_and_reads() -> None:
-    from bridge.status import StatusTokens
+    from bridge.ingest.status_links import StatusTokens
 
     tokens = StatusTokens("a-status-key-of-some-length", max_age=60)
     event_id = "01a2080c-a622-7b70-88ae-744eda32195f"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from bridge.emulator import EmulatorServer
+from bridge.devtools.emulator import EmulatorServer
 from tests.conftest import BASE_CONFIG, Bridge, github_headers, wait_for
 from tests.receiver import Receiver
 from tests.test_tracking import send_issue, tracked_config

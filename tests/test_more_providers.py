@@ -32,8 +32,8 @@ from square.utils.webhooks_helper import verify_signature as square_verifies
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from twilio.request_validator import RequestValidator
 
-from bridge.errors import MalformedSignature, SignatureError
-from bridge.providers import SCHEMES, InboundRequest, build
+from bridge.core.errors import MalformedSignature, SignatureError
+from bridge.ingest.providers import SCHEMES, InboundRequest, build
 from tests.conftest import Bridge
 
 # Asymmetric keys: the provider holds the private key; the bridge is given the public one.
@@ -348,7 +348,7 @@ def test_both_rotated_secrets_verify(bridge: Bridge, name: str) -> None:
 
 def test_paddle_published_vector() -> None:
     from bridge.config import Secret, SourceConfig
-    from bridge.providers import InboundRequest, build
+    from bridge.ingest.providers import InboundRequest, build
 
     verifier = build(SourceConfig("p", "paddle", (Secret(
         "pdl_ntf_01hbpjmytsa32fhr36nqgc3kgb_WvRO0eL4Bj9rgYYIBZY6wZhG4EHy9jzh"),)))
@@ -374,7 +374,7 @@ def test_paddle_published_vector() -> None:
 )
 def test_square_published_vectors(body: bytes, key: str, url: str, signature: str) -> None:
     from bridge.config import Secret, SourceConfig
-    from bridge.providers import InboundRequest, build
+    from bridge.ingest.providers import InboundRequest, build
 
     verifier = build(SourceConfig("s", "square", (Secret(key),),
                                   options={"notification_url": url}))
@@ -383,7 +383,7 @@ def test_square_published_vectors(body: bytes, key: str, url: str, signature: st
 
 def test_twilio_published_vectors_and_port_variants() -> None:
     from bridge.config import Secret, SourceConfig
-    from bridge.providers import InboundRequest, build
+    from bridge.ingest.providers import InboundRequest, build
 
     uri = "https://mycompany.com/myapp.php?foo=1&bar=2"
     body = urlencode({"CallSid": "CA1234567890ABCDE", "Caller": "+14158675309", "Digits": "1234",
@@ -401,7 +401,7 @@ def test_twilio_published_vectors_and_port_variants() -> None:
 
 def test_sendgrid_published_vector() -> None:
     from bridge.config import Secret, SourceConfig
-    from bridge.providers import InboundRequest, build
+    from bridge.ingest.providers import InboundRequest, build
 
     key = ("MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe6"
            "2gw+2fNNRaINXvVpiglSI8eNEc6wEA3F+g==")
@@ -423,7 +423,7 @@ def test_sendgrid_published_vector() -> None:
 
 def test_hubspot_published_v3_vector() -> None:
     from bridge.config import Secret, SourceConfig
-    from bridge.providers import InboundRequest, build
+    from bridge.ingest.providers import InboundRequest, build
 
     verifier = build(SourceConfig("h", "hubspot", (Secret("yyyyyyyy-yyyy-yyyy-yyyy-yyyyyyyyyyyy"),),
                                   options={"url": "https://www.example.com/webhook_uri"}))
@@ -515,8 +515,8 @@ def test_mailgun_tokens_are_single_use(bridge: Bridge) -> None:
 
 def test_bad_public_keys_are_config_errors(tmp_path: object) -> None:
     from bridge.config import Secret, SourceConfig
-    from bridge.errors import ConfigError
-    from bridge.providers import build
+    from bridge.core.errors import ConfigError
+    from bridge.ingest.providers import build
 
     for provider in ("discord", "sendgrid"):
         with pytest.raises(ConfigError) as info:
@@ -571,7 +571,7 @@ def test_linear_signed_body_timestamp_rotation_and_tampering(bridge: Bridge) -> 
 def test_linear_replay_window_reads_only_the_signed_body() -> None:
     """A 30-day-old signed body with a fresh (unsigned) Linear-Timestamp header is stale."""
     from bridge.config import Secret, SourceConfig
-    from bridge.providers import InboundRequest, build
+    from bridge.ingest.providers import InboundRequest, build
 
     verifier = build(SourceConfig("l", "linear", (Secret("lin-new"),)))
     now = time.time()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.logs import MASK, JsonFormatter, Redactor
+from bridge.core.logs import MASK, JsonFormatter, Redactor
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,11 +9,11 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from bridge.config import RetryPolicy
-from bridge.http import BadHeader, Blocked, Broken, ConnectFailed, HttpError, Reply, Timeout
-from bridge.models import Dead, Delivered, Paused, RetryLater
-from bridge.outbox import delivery_key
-from bridge.platform import classify
-from bridge.retry import next_delay, parse_retry_after
+from bridge.core.models import Dead, Delivered, Paused, RetryLater
+from bridge.core.retry import next_delay, parse_retry_after
+from bridge.delivery.platform import classify
+from bridge.ingest.routing import delivery_key
+from bridge.web.client import BadHeader, Blocked, Broken, ConnectFailed, HttpError, Reply, Timeout
 
 POLICY = RetryPolicy(base=5, factor=2, cap=3600, max_age=3 * 86400, jitter="none")
 

@@ -18,8 +18,8 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 from svix.webhooks import Webhook as SvixWebhook
 
 from bridge.config import Secret, SourceConfig
-from bridge.errors import MalformedSignature, SignatureError
-from bridge.providers import InboundRequest, build
+from bridge.core.errors import MalformedSignature, SignatureError
+from bridge.ingest.providers import InboundRequest, build
 from tests.conftest import STANDARD_SECRET, STRIPE_SECRET, Bridge, github_headers
 
 OTHER_STANDARD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
@@ -289,7 +289,7 @@ def test_malformed_standard_header_raises_our_error_not_valueerror() -> None:
 
 @pytest.mark.parametrize("algorithm", ["sha1", "sha256", "sha512"])
 def test_keyed_hmac_matches_the_standard_library(algorithm: str) -> None:
-    from bridge.providers.base import sign
+    from bridge.ingest.providers.base import sign
 
     for key, message in [(b"k", b""), (b"secret" * 30, b"x" * 5000), (b"", b"body")]:
         for _ in range(2):  # the second call reuses the cached keyed state

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from bridge.emulator import EmulatorServer
+from bridge.devtools.emulator import EmulatorServer
 from tests.conftest import TRIGGER_KEY, Bridge, github_headers, wait_for
 from tests.receiver import Receiver
 

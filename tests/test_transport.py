@@ -1,4 +1,4 @@
-"""The outbound client (`bridge.http`, aiohttp underneath), against a real TCP server that
+"""The outbound client (`bridge.web.client`, aiohttp underneath), against a real TCP server that
 answers the way real servers do, including the awkward and the hostile ways: chunked and
 close-delimited bodies, interim 100 answers, idle connections closed by the server, truncated and
 malformed answers, slow and dripping answers, huge and gzip answers, server-sent events, and
@@ -17,8 +17,7 @@ import pytest
 from aiohttp.abc import ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from bridge.guard import GuardedResolver
-from bridge.http import (
+from bridge.web.client import (
     BadHeader,
     Blocked,
     Broken,
@@ -29,6 +28,7 @@ from bridge.http import (
     Timeout,
     lines,
 )
+from bridge.web.guard import GuardedResolver
 
 Handler = Callable[[asyncio.StreamWriter, bytes, bytes], Awaitable[bool]]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from bridge.models import (
+from bridge.core.models import (
     Accepted,
     AgentReport,
     Attempt,

@@ -51,9 +51,9 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 
-from bridge.codec import without_nul
-from bridge.errors import InternalError, StoreUnavailable
-from bridge.models import (
+from bridge.core.codec import without_nul
+from bridge.core.errors import InternalError, StoreUnavailable
+from bridge.core.models import (
     Accepted,
     CallbackStatus,
     ClaimedCallback,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bridge import codec
+from bridge.core import codec
 
 
 @dataclass(frozen=True, slots=True)

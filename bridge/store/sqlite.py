@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from bridge import codec
-from bridge.errors import BridgeError, InternalError, StoreUnavailable
-from bridge.models import (
+from bridge.core import codec
+from bridge.core.errors import BridgeError, InternalError, StoreUnavailable
+from bridge.core.models import (
     IN_FLIGHT,
     Accepted,
     AgentCompletion,
@@ -307,7 +307,7 @@ class SQLiteStore:
         self._accepting = 0  # events waiting for their commit
         self.on_commit: Callable[[int, float], None] | None = None  # (batch size, seconds)
         # An agent's store journals every outcome (attempts, finished executions) in the same
-        # transaction that records it, for its edge (see `bridge.agent`).
+        # transaction that records it, for its edge (see `bridge.channels.agent`).
         self.journaling = False
         # On PostgreSQL a failed statement aborts the transaction, so every job needs its own
         # savepoint to fail alone (SQLite's jobs that cannot fail on their own skip it).
@@ -1169,7 +1169,7 @@ class SQLiteStore:
 
         await self._write(job)
 
-    # channels: an edge's deliveries carried by outbound-only agents (see `bridge.edge`)
+    # channels: an edge's deliveries carried by outbound-only agents (see `bridge.channels.edge`)
 
     async def pull_channel(self, channel: str, agent: str, address: str | None,
                            acked: Sequence[tuple[str, float]], now: float, lease: float,

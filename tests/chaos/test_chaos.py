@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import httpx
 
-from bridge.emulator import EmulatorServer
+from bridge.devtools.emulator import EmulatorServer
 from tests.conftest import Bridge, github_headers, wait_for
 from tests.receiver import Receiver
 from tests.test_tracking import tracked_config, verified

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from bridge.errors import InternalError
-from bridge.models import (
+from bridge.core.errors import InternalError
+from bridge.core.models import (
     Attempt,
     CallbackTargets,
     Delivered,
@@ -140,7 +140,7 @@ def test_a_failing_change_is_undone_alone_and_its_batch_commits(kind: str,
     where it began and its caller gets the error; those before and after it commit. (On
     PostgreSQL a statement nobody reads the answer of travels with the next one: this is what
     keeps that from mixing changes up.)"""
-    from bridge.errors import InternalError
+    from bridge.core.errors import InternalError
 
     def put(key: str, twice: bool = False, fail_after: bool = False) -> Any:
         def job(conn: Any) -> str:
@@ -202,8 +202,8 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool,
     transaction, with every case their writes have (tracked or not, retried, dead, a route
     resumed, two deliveries of one event, a lost lease, a push and a poll of one execution, one
     change that fails)."""
-    from bridge.errors import InternalError
-    from bridge.models import Dead, RetryLater, RouteState
+    from bridge.core.errors import InternalError
+    from bridge.core.models import Dead, RetryLater, RouteState
 
     async def scenario(store: Store) -> None:
         # PostgreSQL: each group's statement made (kind, changes) and, once its answer was

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bridge.models import Attempt, Delivered, NewDelivery, RetryLater, VerifiedEvent, new_id
+from bridge.core.models import Attempt, Delivered, NewDelivery, RetryLater, VerifiedEvent, new_id
 from bridge.store import SQLiteStore, Store
 from tests import pg
 
@@ -93,7 +93,7 @@ def test_a_claim_waits_out_a_hold_skips_paused_routes_and_probes_them(kind: str,
     """What one claim weighs (on PostgreSQL, in one statement): the platform's hold, paused
     routes (their deliveries wait, one is probed when its probe is due), the limit, and
     expired leases, which are due again."""
-    from bridge.models import RouteState
+    from bridge.core.models import RouteState
 
     async def scenario(store: Store) -> None:
         now = time.time()

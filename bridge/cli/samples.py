@@ -1,0 +1,155 @@
+"""Realistic sample events for `bridge trigger`, signed as each provider signs them.
+
+Each sample is the shape the provider documents for that event (trimmed of fields no route is
+likely to read), with fresh ids and times on every call, so a sample sent twice is two events
+unless `--id` repeats the provider's delivery id. `request(provider, event, secret, ...)` returns
+the body and every header the provider would send: signature, event type, delivery id.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from bridge.core.models import iso
+from bridge.devtools import signers
+
+Body = Callable[[str, int], dict[str, Any]]  # (delivery id, now) -> the JSON document
+
+REPO = {"id": 1296269, "name": "Hello-World", "full_name": "octocat/Hello-World",
+        "html_url": "https://github.com/octocat/Hello-World", "default_branch": "main",
+        "owner": {"login": "octocat", "id": 1}}
+SENDER = {"login": "octocat", "id": 1, "type": "User"}
+
+
+def _github_push(delivery: str, now: int) -> dict[str, Any]:
+    after = uuid.uuid5(uuid.NAMESPACE_URL, delivery).hex + "00000000"
+    return {"ref": "refs/heads/main", "before": "0" * 40, "after": after[:40],
+            "repository": REPO, "pusher": {"name": "octocat", "email": "octocat@example.com"},
+            "sender": SENDER, "created": False, "deleted": False, "forced": False,
+            "head_commit": {"id": after[:40], "message": "Fix the flux capacitor",
+                            "timestamp": iso(now), "author": {"name": "octocat"}},
+            "commits": [{"id": after[:40], "message": "Fix the flux capacitor"}]}
+
+
+def _github_pull_request(delivery: str, now: int) -> dict[str, Any]:
+    number = int(uuid.uuid5(uuid.NAMESPACE_URL, delivery).int % 10000)
+    return {"action": "opened", "number": number, "repository": REPO, "sender": SENDER,
+            "pull_request": {"number": number, "state": "open", "title": "Add a webhook bridge",
+                             "html_url": f"https://github.com/octocat/Hello-World/pull/{number}",
+                             "user": SENDER, "draft": False, "created_at": iso(now),
+                             "head": {"ref": "feature", "sha": "a" * 40},
+                             "base": {"ref": "main", "sha": "b" * 40}}}
+
+
+def _github_issues(delivery: str, now: int) -> dict[str, Any]:
+    number = int(uuid.uuid5(uuid.NAMESPACE_URL, delivery).int % 10000)
+    return {"action": "opened", "repository": REPO, "sender": SENDER,
+            "issue": {"number": number, "title": "Found a bug", "state": "open",
+                      "html_url": f"https://github.com/octocat/Hello-World/issues/{number}",
+                      "user": SENDER, "labels": [{"name": "bug"}], "body": "It broke.",
+                      "created_at": iso(now)}}
+
+
+def _stripe(kind: str, obj: dict[str, Any]) -> Body:
+    def build(delivery: str, now: int) -> dict[str, Any]:
+        return {"id": delivery, "object": "event", "api_version": "2024-06-20",
+                "created": now, "type": kind, "livemode": False, "pending_webhooks": 1,
+                "request": {"id": f"req_{secrets.token_hex(7)}", "idempotency_key": None},
+                "data": {"object": {**obj, "created": now}}}
+    return build
+
+
+def _slack_mention(delivery: str, now: int) -> dict[str, Any]:
+    return {"token": "verification-token-unused", "team_id": "T0001", "api_app_id": "A0001",
+            "type": "event_callback", "event_id": delivery, "event_time": now,
+            "event": {"type": "app_mention", "user": "U0001", "text": "<@U0BOT> deploy api",
+                      "ts": f"{now}.000100", "channel": "C0001", "event_ts": f"{now}.000100"}}
+
+
+def _slack_message(delivery: str, now: int) -> dict[str, Any]:
+    body = _slack_mention(delivery, now)
+    body["event"] = {**body["event"], "type": "message", "text": "hello"}
+    return body
+
+
+def _shopify_order(delivery: str, now: int) -> dict[str, Any]:
+    number = int(uuid.uuid5(uuid.NAMESPACE_URL, delivery).int % 100000)
+    return {"id": 820982911946154508 + number, "order_number": 1000 + number,
+            "email": "jon@example.com", "created_at": iso(now), "currency": "USD",
+            "total_price": "199.65", "financial_status": "paid",
+            "line_items": [{"title": "IPod Nano - 8GB", "quantity": 1, "price": "199.00"}],
+            "customer": {"id": 115310627314723954, "first_name": "John", "last_name": "Smith"}}
+
+
+def _standard(kind: str) -> Body:
+    def build(delivery: str, now: int) -> dict[str, Any]:
+        return {"type": kind, "timestamp": iso(now),
+                "data": {"id": f"inv_{secrets.token_hex(6)}", "amount": 4200,
+                         "currency": "eur", "status": "paid"}}
+    return build
+
+
+SAMPLES: dict[str, dict[str, Body]] = {
+    "github": {"push": _github_push, "pull_request.opened": _github_pull_request,
+               "issues.opened": _github_issues},
+    "stripe": {
+        "payment_intent.succeeded": _stripe("payment_intent.succeeded", {
+            "id": "pi_3MtwBwLkdIwHu7ix28a3tqPa", "object": "payment_intent", "amount": 2000,
+            "currency": "usd", "status": "succeeded"}),
+        "checkout.session.completed": _stripe("checkout.session.completed", {
+            "id": "cs_test_a1b2c3", "object": "checkout.session", "amount_total": 2000,
+            "currency": "usd", "customer_details": {"email": "jenny@example.com"},
+            "payment_status": "paid", "status": "complete"}),
+        "invoice.paid": _stripe("invoice.paid", {
+            "id": "in_1MtHbELkdIwHu7ixl4OzzPMv", "object": "invoice", "amount_paid": 4200,
+            "currency": "usd", "customer": "cus_NffrFeUfNV2Hib", "status": "paid"}),
+    },
+    "slack": {"app_mention": _slack_mention, "message": _slack_message},
+    "shopify": {"orders/create": _shopify_order, "orders/paid": _shopify_order},
+    "standard": {"invoice.paid": _standard("invoice.paid"),
+                 "user.created": _standard("user.created")},
+}
+
+
+def events_for(provider: str) -> list[str]:
+    return list(SAMPLES.get(provider, {}))
+
+
+def new_id(provider: str) -> str:
+    """A delivery id of the provider's own form."""
+    if provider == "stripe":
+        return f"evt_{secrets.token_hex(12)}"
+    if provider == "slack":
+        return f"Ev{secrets.token_hex(5).upper()}"
+    if provider == "standard":
+        return f"msg_{secrets.token_hex(12)}"
+    return str(uuid.uuid4())
+
+
+def request(provider: str, event: str, secret: str, url: str, delivery: str | None = None,
+            payload: bytes | None = None, now: int | None = None
+            ) -> tuple[bytes, dict[str, str]]:
+    """The body and headers `provider` would send for `event` (the sample's body, or
+    `payload`). Raises KeyError for a provider without a signer, or an event without a sample
+    when no payload is given."""
+    now = int(time.time()) if now is None else now
+    delivery = delivery or new_id(provider)
+    if payload is None:
+        payload = json.dumps(SAMPLES[provider][event](delivery, now), indent=2).encode()
+    if provider == "standard":
+        headers = signers.standard(payload, secret, now, url, msg_id=delivery)
+    else:
+        headers = signers.SIGNERS[provider](payload, secret, now, url)
+    headers["Content-Type"] = "application/json"
+    if provider == "github":
+        headers["X-GitHub-Event"] = event.split(".")[0]
+        headers["X-GitHub-Delivery"] = delivery
+    elif provider == "shopify":
+        headers["X-Shopify-Topic"] = event
+        headers["X-Shopify-Webhook-Id"] = delivery
+    return payload, headers

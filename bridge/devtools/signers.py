@@ -1,0 +1,84 @@
+"""What a provider would send: headers that sign a body, for `bridge sign`, `bridge send` and the
+demo. The tests never rely on these alone; they sign with the providers' own SDKs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Callable
+
+from bridge.ingest.providers.standard import decode_secret
+
+
+def _hex(secret: str, message: bytes, algo: str = "sha256") -> str:
+    return hmac.new(secret.encode(), message, getattr(hashlib, algo)).hexdigest()
+
+
+def _b64(key: bytes, message: bytes, algo: str = "sha256") -> str:
+    return base64.b64encode(hmac.new(key, message, getattr(hashlib, algo)).digest()).decode()
+
+
+def github(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+    return {"X-Hub-Signature-256": "sha256=" + _hex(secret, body),
+            "X-GitHub-Event": _event(body, "push"), "X-GitHub-Delivery": _uid()}
+
+
+def stripe(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+    return {"Stripe-Signature": f"t={now},v1={_hex(secret, f'{now}.'.encode() + body)}"}
+
+
+def standard(body: bytes, secret: str, now: int, url: str,
+             msg_id: str | None = None) -> dict[str, str]:
+    msg_id = msg_id or f"msg_{secrets.token_hex(8)}"
+    mac = _b64(decode_secret(secret), f"{msg_id}.{now}.".encode() + body)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(now), "webhook-signature": f"v1,{mac}"}
+
+
+def slack(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+    return {"X-Slack-Signature": "v0=" + _hex(secret, f"v0:{now}:".encode() + body),
+            "X-Slack-Request-Timestamp": str(now)}
+
+
+def shopify(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+    return {"X-Shopify-Hmac-Sha256": _b64(secret.encode(), body),
+            "X-Shopify-Webhook-Id": _uid(), "X-Shopify-Topic": "orders/create"}
+
+
+def token(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+    return {"X-Webhook-Token": secret}
+
+
+def _prefixed(header: str, prefix: str, algo: str = "sha256", b64: bool = False
+              ) -> Callable[[bytes, str, int, str], dict[str, str]]:
+    def sign(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+        mac = _b64(secret.encode(), body, algo) if b64 else _hex(secret, body, algo)
+        return {header: prefix + mac}
+
+    return sign
+
+
+SIGNERS: dict[str, Callable[[bytes, str, int, str], dict[str, str]]] = {
+    "github": github, "stripe": stripe, "standard": standard, "slack": slack,
+    "shopify": shopify, "token": token,
+    "bitbucket": _prefixed("X-Hub-Signature", "sha256="),
+    "jira": _prefixed("X-Hub-Signature", "sha256="),
+    "intercom": _prefixed("X-Hub-Signature", "sha1=", "sha1"),
+    "typeform": _prefixed("Typeform-Signature", "sha256=", b64=True),
+    "pagerduty": _prefixed("X-PagerDuty-Signature", "v1="),
+}
+
+
+def _event(body: bytes, default: str) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return default
+    return "pull_request" if isinstance(data, dict) and "pull_request" in data else default
+
+
+def _uid() -> str:
+    raw = secrets.token_hex(16)
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
