@@ -31,9 +31,10 @@ from bridge.core import logs
 from bridge.core.errors import BridgeError, ConfigError, StoreUnavailable, error_body
 from bridge.core.metrics import Metrics
 from bridge.core.models import iso
+from bridge.core.supervisor import Supervisor
 from bridge.delivery.forwarder import Forwarder
 from bridge.ingest import status_links as status
-from bridge.ingest.hooks import Disconnected, Hooks, Inbound, Runtime
+from bridge.ingest.hooks import Hooks, Inbound, Runtime
 from bridge.ingest.providers import build_all
 from bridge.ingest.status_links import StatusTokens
 from bridge.operate.admin import Admin
@@ -41,6 +42,7 @@ from bridge.operate.console.views import Console
 from bridge.operate.traffic import TrafficSampler
 from bridge.store import Store, open_store
 from bridge.tracking.tracker import PushReceiver, Tracker, callback_targets
+from bridge.web.asgi import Disconnected
 from bridge.web.throttle import Throttle
 
 log = logging.getLogger("bridge.app")
@@ -131,16 +133,20 @@ def create_app(config: Config, *, store: Store | None = None,
                     "route": name, "reason": state.reason, "since": iso(state.changed_at)})
         if config_path is not None:
             _on_sighup(lambda: reload(runtime, tracker, config_path))
-        tasks = [asyncio.create_task(_prune_loop(store, config, clock), name="prune"),
-                 asyncio.create_task(traffic.run(), name="traffic")]
-        loops: list[Forwarder | Tracker | Relay] = [forwarder, tracker, relay]
+        supervisor = Supervisor()
+        supervisor.spawn(lambda: _prune_loop(store, config, clock), "prune")
+        supervisor.spawn(traffic.run, "traffic")
         if any(route.channel is None for route in config.routes) and config.forwarder.enabled:
-            tasks.append(asyncio.create_task(forwarder.run(), name="forwarder"))
+            supervisor.start(forwarder, "forwarder")
+        else:
+            supervisor.loops.append(forwarder)  # stopped all the same (it may hold a hand-off)
         if tracking:
-            tasks.append(asyncio.create_task(tracker.run(), name="tracker"))
-        elif any(route.channel is None for route in config.routes):
-            log.warning("executions are not followed: set [platform] api_key to track them")
-        tasks.append(asyncio.create_task(relay.run(), name="relay"))
+            supervisor.start(tracker, "tracker")
+        else:
+            supervisor.loops.append(tracker)
+            if any(route.channel is None for route in config.routes):
+                log.warning("executions are not followed: set [platform] api_key to track them")
+        supervisor.start(relay, "relay")
         log.info("bridge started", extra={"config": config.origin,
                                           "store": mask_url(config.store.url or "")
                                           or config.store.path,
@@ -149,10 +155,7 @@ def create_app(config: Config, *, store: Store | None = None,
         try:
             yield
         finally:
-            await asyncio.gather(*(loop.stop() for loop in loops))
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await supervisor.stop()
             with contextlib.suppress(BridgeError):
                 await traffic.flush()  # the last few seconds' counts
             await store.close()

@@ -16,6 +16,7 @@ import pytest
 
 from bridge.cli import samples
 from bridge.config import RouteConfig
+from bridge.core import expressions
 from bridge.core.models import VerifiedEvent, new_id
 from bridge.ingest import filters as glue
 from bridge.ingest import routing as outbox
@@ -31,10 +32,10 @@ SLACK_COMMAND = (b"token=unused&team_id=T0001&channel_name=ops&user_name=ada&com
 def route(filter_: str | None = None, input_: dict[str, Any] | None = None,
           envelope: str = "envelope") -> RouteConfig:
     problems: list[str] = []
-    mapping = glue.compile_mapping(input_, "input", problems) if input_ else None
+    mapping = expressions.compile_mapping(input_, "input", problems) if input_ else None
     assert not problems, problems
     return RouteConfig(name="r", source="s", trigger="t", envelope=envelope,
-                       filter=glue.compile_expression(filter_) if filter_ else None,
+                       filter=expressions.compile_expression(filter_) if filter_ else None,
                        input=mapping)
 
 

@@ -8,9 +8,8 @@ import random
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from bridge.config import RetryPolicy
 from bridge.core.models import Dead, Delivered, Paused, RetryLater
-from bridge.core.retry import next_delay, parse_retry_after
+from bridge.core.retry import RetryPolicy, next_delay, parse_retry_after
 from bridge.delivery.platform import classify
 from bridge.ingest.routing import delivery_key
 from bridge.web.client import BadHeader, Blocked, Broken, ConnectFailed, HttpError, Reply, Timeout

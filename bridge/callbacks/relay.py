@@ -15,9 +15,6 @@ Sender-supplied URLs (`?callback_url=`) go through a client whose resolver is th
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import random
 import time
@@ -25,7 +22,7 @@ from collections.abc import Callable
 
 from aiohttp.helpers import proxies_from_env
 
-from bridge import __version__
+from bridge import __version__, signing
 from bridge.callbacks.bodies import callback_body
 from bridge.config import Config
 from bridge.core import logs
@@ -34,12 +31,11 @@ from bridge.core.loop import ClaimLoop, owner_id
 from bridge.core.metrics import Metrics
 from bridge.core.models import Attempt, ClaimedCallback, Dead, Delivered, Outcome, RetryLater
 from bridge.core.retry import parse_retry_after, schedule
-from bridge.delivery.platform import EXCERPT
-from bridge.ingest.providers.standard import decode_secret
 from bridge.store import Store
 from bridge.store.base import CALLBACKS
 from bridge.web.client import (
     CALLBACK_MAX_BODY,
+    EXCERPT,
     Blocked,
     Client,
     ConnectFailed,
@@ -52,12 +48,6 @@ from bridge.web.guard import GuardedResolver, check_host, connect_host, is_ip_li
 
 log = logging.getLogger("bridge.relay")
 lines = logs.EventLines("bridge.relay", trusted=("callback_id", "status_code"))
-
-
-def signature_headers(key: bytes, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    mac = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return {"webhook-id": webhook_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": "v1," + base64.b64encode(mac).decode()}
 
 
 def proxy_hosts() -> frozenset[str]:
@@ -79,7 +69,7 @@ class Relay(ClaimLoop[ClaimedCallback]):
         self.store = store
         self.rng = rng or random.Random()
         secret = settings.signing_secret
-        self.key = decode_secret(secret.reveal()) if secret else None
+        self.key = signing.decode_secret(secret.reveal()) if secret else None
         self.owner = owner_id("relay")
         self.clients: dict[bool, Client] = {}  # guarded? -> client
         self.resolver: GuardedResolver | None = None
@@ -127,7 +117,7 @@ class Relay(ClaimLoop[ClaimedCallback]):
             body = callback_body(item.completion)
             headers = {}
             if self.key is not None:
-                headers = signature_headers(self.key, item.id, int(time.time()), body)
+                headers = signing.headers(self.key, item.id, int(time.time()), body)
             reply = await self.client(guarded).request("POST", item.url, body=body,
                                                        headers=headers)
             outcome = self.classify(reply)

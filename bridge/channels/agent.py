@@ -44,15 +44,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge import __version__
-from bridge.callbacks.relay import Relay, signature_headers
+from bridge import __version__, signing
+from bridge.callbacks.relay import Relay
 from bridge.config import SOURCE_NAME, TRIGGER_NAME, Config, SourceConfig, mask_url
 from bridge.core.errors import BridgeError, SignatureError, StoreUnavailable
 from bridge.core.metrics import CONTENT_TYPE, Metrics
 from bridge.core.models import DELIVERY_ID, NewDelivery, VerifiedEvent, finite_number, new_id
+from bridge.core.retry import backoff
+from bridge.core.supervisor import Supervisor
 from bridge.delivery.forwarder import Forwarder
 from bridge.ingest.providers import InboundRequest
-from bridge.ingest.providers.standard import Standard, decode_secret
+from bridge.ingest.providers.standard import Standard
 from bridge.store import Store, open_store
 from bridge.store.base import JOURNAL
 from bridge.tracking.tracker import Tracker
@@ -135,7 +137,7 @@ class Link:
                                  "Authorization": f"Bearer {edge.token.reveal()}",
                                  "User-Agent": f"webhook-bridge-agent/{__version__}",
                                  "Content-Type": "application/json"})
-        self.key = decode_secret(edge.signing_secret.reveal())  # signs every request
+        self.key = signing.decode_secret(edge.signing_secret.reveal())  # signs every request
         self.connected: bool | None = None  # unknown until the first answer
 
     def path(self, action: str) -> str:
@@ -144,7 +146,7 @@ class Link:
     async def post(self, action: str, payload: dict[str, Any]) -> Reply:
         body = json.dumps(payload).encode()
         return await self.client.request("POST", self.path(action), body=body,
-                                         headers=signature_headers(self.key, new_id(),
+                                         headers=signing.headers(self.key, new_id(),
                                                                    int(time.time()), body))
 
     def up(self) -> None:
@@ -176,13 +178,14 @@ class Loop:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.stopping = asyncio.Event()
-        self.backoff = 0.0
+        self.failures = 0  # in a row; any success sets it back to 0
 
     async def pause(self) -> None:
         """Wait before trying again: 0.5 s doubling to 30 s, with jitter."""
-        self.backoff = min(BACKOFF_MAX, max(0.5, self.backoff * 2))
+        self.failures += 1
+        delay = backoff(self.failures, 0.5, 2.0, BACKOFF_MAX, "equal")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), self.backoff * random.uniform(0.5, 1))
+            await asyncio.wait_for(self.stopping.wait(), delay)
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -232,7 +235,7 @@ class Puller(Loop):
             self.link.up()
             acked = []  # the edge answered this pull, so it applied the acknowledgement
             if not items:
-                self.backoff = 0.0
+                self.failures = 0
                 continue
             try:
                 await self.commit(items)
@@ -242,7 +245,7 @@ class Puller(Loop):
                 self.metrics.agent_batches.labels("store_failed").inc()
                 await self.pause()
                 continue
-            self.backoff = 0.0
+            self.failures = 0
             self.metrics.agent_batches.labels("stored").inc()
             acked = [{"delivery_id": item["delivery_id"], "generation": item["generation"]}
                      for item in items]
@@ -333,7 +336,7 @@ class Reporter(Loop):
             except StoreUnavailable:
                 await self.pause()
                 continue
-            self.backoff = 0.0
+            self.failures = 0
             self.metrics.agent_reports.inc(len(reports))
             log.debug("reported", extra={"reports": len(reports), "answer": reply.text(200)})
 
@@ -384,10 +387,9 @@ def create_agent(config: Config, *, clock: Callable[[], float] = time.time) -> S
         reporter = Reporter(store, link, agent_id, metrics, clock)
         app.state.store = store
         app.state.link = link
-        loops: list[Any] = [forwarder, relay, puller, reporter]
-        if tracking:
-            loops.append(tracker)
-        tasks = [asyncio.create_task(loop.run(), name=type(loop).__name__) for loop in loops]
+        supervisor = Supervisor()
+        for loop in (forwarder, relay, puller, reporter, *((tracker,) if tracking else ())):
+            supervisor.start(loop)
         log.info("agent started", extra={"edge": config.edge.url if config.edge else None,
                                           "channel": config.edge.channel if config.edge else None,
                                           "agent": agent_id,
@@ -396,10 +398,7 @@ def create_agent(config: Config, *, clock: Callable[[], float] = time.time) -> S
         try:
             yield
         finally:
-            await asyncio.gather(*(loop.stop() for loop in loops))
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await supervisor.stop()
             await link.client.aclose()
             await store.close()
             log.info("agent stopped")

@@ -42,8 +42,7 @@ from typing import Any, NamedTuple
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from bridge.callbacks.bodies import parse_result
-from bridge.callbacks.relay import signature_headers
+from bridge import signing
 from bridge.config import ChannelConfig, SourceConfig
 from bridge.core.errors import BadRequest, BridgeError, NotFound
 from bridge.core.metrics import Metrics
@@ -57,12 +56,13 @@ from bridge.core.models import (
     finite_number,
     new_id,
 )
-from bridge.ingest.hooks import read_body, request_headers
+from bridge.delivery.results import parse_result
 from bridge.ingest.providers import InboundRequest
 from bridge.ingest.providers.standard import Standard
 from bridge.store import Store
 from bridge.store.base import DELIVERIES
 from bridge.store.records import ChannelBacklog
+from bridge.web.asgi import read_body, request_headers
 from bridge.web.throttle import Throttle
 
 MAX_PULL_BODY = 1024 * 1024  # a pull is small: an agent id and acknowledged ids
@@ -226,7 +226,7 @@ class Edge:
                 "body": base64.b64encode(i.body).decode("ascii"),
             } for i in items],
         }, separators=(",", ":")).encode()
-        headers = signature_headers(keys.key, new_id(), int(time.time()), body)
+        headers = signing.headers(keys.key, new_id(), int(time.time()), body)
         return Response(body, 200, headers=headers, media_type="application/json")
 
     async def report(self, request: Request) -> Response:

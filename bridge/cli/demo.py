@@ -25,10 +25,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bridge.callbacks.relay import signature_headers
+from bridge import signing
 from bridge.devtools.emulator import Emulator, EmulatorServer, Settings
 from bridge.devtools.signers import github, stripe
-from bridge.ingest.providers.standard import decode_secret
 
 CALLBACK_SECRET = "whsec_ZGVtby1jYWxsYmFjay1zaWduaW5nLWtleS0wMDA="
 GITHUB_SECRET = "demo-github-secret"
@@ -171,7 +170,7 @@ def _journey(title: str, url: str, source: str, body: bytes, headers: dict[str, 
                             f"{json.dumps(execution['output'])[:70]}...")
         if arrived:
             headers_in, payload = receiver.received[expected - 1]
-            expect = signature_headers(decode_secret(CALLBACK_SECRET), headers_in["webhook-id"],
+            expect = signing.headers(signing.decode_secret(CALLBACK_SECRET), headers_in["webhook-id"],
                                        int(headers_in["webhook-timestamp"]), payload)
             valid = expect["webhook-signature"] == headers_in["webhook-signature"]
             say("callback", f"{_ms(started)}  {json.loads(payload)['type']}, webhook-id "

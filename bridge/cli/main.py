@@ -185,7 +185,7 @@ def serve(config: object, log_format: str | None, log_level: str | None = None) 
         emulator = EmulatorServer(Emulator(settings), config.emulator.host, config.emulator.port)
         emulator.start()
         log.info("platform emulator started", extra={"url": emulator.base_url})
-    BoundedHttpTools.configure(config.server)
+    BoundedHttpTools.configure(config.server.max_header_bytes, config.server.max_headers)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port, log_config=None,
         http=BoundedHttpTools, limit_concurrency=config.server.max_connections,
@@ -345,7 +345,7 @@ def serve_workers(config: object, log_format: str | None = None,
         if value:
             os.environ[name] = value
     log.info("config loaded", extra={"config": config.origin, "workers": config.server.workers})
-    BoundedHttpTools.configure(config.server)
+    BoundedHttpTools.configure(config.server.max_header_bytes, config.server.max_headers)
     uvicorn.run("bridge.app:from_environment", factory=True, host=config.server.host,
                 http=BoundedHttpTools, limit_concurrency=config.server.max_connections,
                 port=config.server.port, workers=config.server.workers, log_config=None,

@@ -23,14 +23,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bridge import signing
 from bridge.core.errors import ConfigError
+from bridge.core.expressions import Expression, ExpressionError, compile_expression, compile_mapping
+from bridge.core.retry import RetryPolicy
+from bridge.web.server import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY = 25 * 1024 * 1024
 DEFAULT_DB_PATH = "data/bridge.db"
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024
-DEFAULT_MAX_HEADERS = 100
 DEFAULT_MAX_CONNECTIONS = 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_MAX_RESPONSE = 1024 * 1024
@@ -118,15 +120,6 @@ class StoreConfig:
     # loop are all back, not at all after a lone webhook (0: commit at once; see
     # bridge/store/writer.py).
     commit_delay: float = 0.01
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    base: float = 5.0
-    factor: float = 2.0
-    cap: float = 3600.0
-    max_age: float = 3 * DAY
-    jitter: str = "full"  # full | none
 
 
 @dataclass(frozen=True)
@@ -225,8 +218,8 @@ class RouteConfig:
     callbacks: tuple[str, ...] = ()
     envelope: str = "envelope"
     channel: str | None = None  # delivered by that channel's agents, not this bridge's platform
-    filter: Any = field(default=None, compare=False)  # glue.Expression: take the event if true
-    input: Any = field(default=None, compare=False)  # {key: glue.Expression | table}: the body
+    filter: Expression | None = field(default=None, compare=False)  # take the event if true
+    input: dict[str, Any] | None = field(default=None, compare=False)  # {key: Expression | table}
 
 
 @dataclass(frozen=True)
@@ -707,17 +700,11 @@ def _edge(s: _Section) -> EdgeConfig:
 
 
 def _check_whsec(s: _Section, key: str, secret: Secret | None) -> None:
-    import base64
-    import binascii
-
     if not secret or not secret.reveal():
         return
-    raw = secret.reveal().removeprefix("whsec_")
     try:
-        ok = bool(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
-    except (binascii.Error, ValueError):
-        ok = False
-    if not ok:
+        signing.decode_secret(secret.reveal())
+    except ValueError:
         s.fail(key, "expected 'whsec_' followed by base64")
 
 
@@ -824,8 +811,6 @@ def _route(s: _Section, index: int) -> RouteConfig:
 
 
 def _expression(s: _Section, key: str) -> Any:
-    from bridge.ingest.filters import ExpressionError, compile_expression
-
     text = s.string(key)
     if text is None:
         return None
@@ -837,8 +822,6 @@ def _expression(s: _Section, key: str) -> Any:
 
 
 def _mapping(s: _Section, key: str) -> Any:
-    from bridge.ingest.filters import compile_mapping
-
     value = s._take(key, (dict,), "a table of JMESPath expressions, such as "
                     "{ title = \"body.issue.title\" }", None)
     if value is None:

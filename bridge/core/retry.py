@@ -1,12 +1,43 @@
-"""Retry policy as data plus pure functions; callers inject the random generator."""
+"""Retry policy as data plus pure functions; callers inject the random generator.
+
+`backoff` is the one formula every loop waits by (forwarder and relay through `next_delay`, the
+tracker's polls, the agent's reconnects); each passes its own base, factor, cap and jitter."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from bridge.config import RetryPolicy
 from bridge.core.models import Dead, Outcome, RetryLater
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A retry schedule, as `[forwarder.retry]` and `[callbacks.retry]` configure it."""
+
+    base: float = 5.0  # seconds before the first retry (the ceiling's start)
+    factor: float = 2.0  # the ceiling's growth per failure
+    cap: float = 3600.0  # the ceiling's limit
+    max_age: float = 3 * DAY  # past this age there is no next attempt: the delivery is dead
+    jitter: str = "full"  # full | none
+
+
+def backoff(failures: int, base: float, factor: float, cap: float, jitter: str = "none",
+            rng: random.Random | None = None) -> float:
+    """The wait after `failures` (>= 1) failures in a row: a ceiling of base * factor**(n-1),
+    capped at `cap`. Jitter: "none" waits the ceiling; "full" is uniform in [0, ceiling] but
+    never below base/2 (a burst of failures never retries at once); "equal" is uniform in
+    [ceiling/2, ceiling]. Pure but for `rng`, which tests seed."""
+    ceiling = min(cap, base * factor ** max(0, failures - 1))
+    if jitter == "none":
+        return ceiling
+    rng = rng or random.Random()
+    if jitter == "full":
+        return max(min(base / 2, ceiling), rng.uniform(0, ceiling))
+    return ceiling * rng.uniform(0.5, 1)
 
 
 def next_delay(failures: int, policy: RetryPolicy, rng: random.Random,
@@ -18,10 +49,7 @@ def next_delay(failures: int, policy: RetryPolicy, rng: random.Random,
     [0, ceiling] but never below base/2, so a burst of failures does not retry instantly.
     A server's Retry-After is honoured as a lower bound. Past `max_age` there is no next time.
     """
-    ceiling = min(policy.cap, policy.base * policy.factor ** max(0, failures - 1))
-    delay = ceiling
-    if policy.jitter == "full":
-        delay = max(min(policy.base / 2, ceiling), rng.uniform(0, ceiling))
+    delay = backoff(failures, policy.base, policy.factor, policy.cap, policy.jitter, rng)
     if retry_after is not None:
         delay = max(delay, retry_after)
     if age + delay > policy.max_age:

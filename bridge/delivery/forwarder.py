@@ -34,10 +34,10 @@ from bridge.core.models import (
     iso,
 )
 from bridge.core.retry import schedule
-from bridge.delivery.platform import EXCERPT, PlatformClient, classify, pacing, resend_deadline
+from bridge.delivery.platform import PlatformClient, classify, pacing, resend_deadline
 from bridge.store import Store
 from bridge.store.base import DELIVERIES
-from bridge.web.client import HttpError, Reply
+from bridge.web.client import EXCERPT, HttpError, Reply
 
 OUTCOMES = {Delivered: "delivered", RetryLater: "retried", Dead: "dead", Paused: "paused"}
 log = logging.getLogger("bridge.forwarder")

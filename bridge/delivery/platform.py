@@ -26,14 +26,13 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from bridge import __version__
-from bridge.callbacks.bodies import execution_id_of
 from bridge.config import TRIGGER_NAME, Config
 from bridge.core.models import Dead, Delivered, Outcome, Pacing, Paused, RetryLater
 from bridge.core.retry import parse_retry_after
+from bridge.delivery.results import execution_id_of
 from bridge.web.client import BadHeader, Client, HttpError, InvalidTarget, Reply
 
 log = logging.getLogger("bridge.platform")
-EXCERPT = 512
 LOW_WATER = 0.1  # slow down once fewer than 10 % of the window's requests remain
 
 

@@ -10,7 +10,7 @@ import json
 import secrets
 from collections.abc import Callable
 
-from bridge.ingest.providers.standard import decode_secret
+from bridge import signing
 
 
 def _hex(secret: str, message: bytes, algo: str = "sha256") -> str:
@@ -33,8 +33,7 @@ def stripe(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
 def standard(body: bytes, secret: str, now: int, url: str,
              msg_id: str | None = None) -> dict[str, str]:
     msg_id = msg_id or f"msg_{secrets.token_hex(8)}"
-    mac = _b64(decode_secret(secret), f"{msg_id}.{now}.".encode() + body)
-    return {"webhook-id": msg_id, "webhook-timestamp": str(now), "webhook-signature": f"v1,{mac}"}
+    return signing.headers(signing.decode_secret(secret), msg_id, now, body)
 
 
 def slack(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:

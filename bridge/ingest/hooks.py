@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -40,6 +40,21 @@ from bridge.ingest import routing as outbox
 from bridge.ingest.providers import InboundRequest, Provider
 from bridge.ingest.status_links import StatusTokens, public_view, settled
 from bridge.store import Store
+from bridge.web.asgi import (
+    Answer,
+    ASGIApp,
+    Disconnected,
+    Receive,
+    Scope,
+    Send,
+    error_answer,
+    json_answer,
+    raw_answer,
+    read_body,
+    request_headers,
+    send_answer,
+    unstorable,
+)
 from bridge.web.guard import allowed, canonical_url, check_literal
 
 log = logging.getLogger("bridge.inbound")
@@ -49,19 +64,6 @@ MAX_WAITERS = 256  # requests held open by ?wait= at once; past it, answered wit
 # past this many tries the sender gets a 503 and retries (their items keep changing under it).
 RENDER_TRIES = 5
 REJECTIONS_KEPT = 100  # requests refused at the door, remembered for the console
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-# (status, body, headers): an answer ready to send.
-Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
-_JSON = (b"content-type", b"application/json")
-
-
-class Disconnected(Exception):
-    """The sender went away before its body arrived; there is nobody to answer."""
 
 # Never stored or forwarded: credentials, signatures, and hop-by-hop framing.
 _DROP_EXACT = frozenset({
@@ -85,57 +87,6 @@ def kept_headers(headers: dict[str, str], drop: frozenset[str] = frozenset(),
     return {name: value for name, value in headers.items()
             if _keep(name) and name not in drop and value not in secrets
             and value.rpartition(" ")[2] not in secrets}
-
-
-def request_headers(scope: Scope) -> dict[str, str]:
-    """Lower-cased headers; a repeated header's values are joined with ', ' (RFC 9110)."""
-    out: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        out[name] = f"{out[name]}, {value}" if name in out else value
-    return out
-
-
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
-    """The raw body; past `limit` bytes stop reading and answer 413."""
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise Disconnected
-        chunk: bytes = message.get("body", b"")
-        more = message.get("more_body", False)
-        if not chunks and not more:  # the usual case: the whole body in one message
-            if len(chunk) > limit:
-                raise PayloadTooLarge(f"body exceeds {limit} bytes")
-            return chunk
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds {limit} bytes")
-        chunks.append(chunk)
-        if not more:
-            return b"".join(chunks)
-
-
-def raw_answer(status: int, body: bytes, headers: dict[str, str] | None = None) -> Answer:
-    out = [(b"content-length", str(len(body)).encode())]
-    if headers:
-        out += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    return status, body, out
-
-
-def json_answer(payload: Any, status: int, headers: dict[str, str] | None = None) -> Answer:
-    status, body, out = raw_answer(status, codec.dumps(payload), headers)
-    out.insert(0, _JSON)
-    return status, body, out
-
-
-def error_answer(exc: BridgeError) -> Answer:
-    return json_answer(error_body(exc.code, exc.message), exc.status_code, exc.headers())
 
 
 def decode_body(body: bytes, encoding: str | None, allowed: bool, limit: int) -> bytes:
@@ -251,7 +202,7 @@ class Inbound:
             answer = await self.answer(path[path.rindex("/") + 1:], scope, receive)
         except Disconnected:
             return
-        await _send(send, answer)
+        await send_answer(send, answer)
 
     async def answer(self, name: str, scope: Scope, receive: Receive) -> Answer:
         provider = self.runtime.providers.get(name)
@@ -421,27 +372,13 @@ class Hooks:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
         elif unstorable(scope):
-            await _send(send, error_answer(BadRequest(
+            await send_answer(send, error_answer(BadRequest(
                 "the path or query holds a NUL character, which no text can be stored with")))
         elif self.inbound is not None and scope["method"] == "POST" and is_hook_path(
                 scope["path"]):
             await self.inbound(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-
-def unstorable(scope: Scope) -> bool:
-    """A NUL in the path or the query: PostgreSQL cannot store or even compare text holding
-    one, so every endpoint refuses it here, in one place, before any id or key is looked up."""
-    query: bytes = scope.get("query_string", b"")
-    return "\x00" in scope["path"] or b"\x00" in query or (
-        b"%" in query and b"%00" in query.lower())
-
-
-async def _send(send: Send, answer: Answer) -> None:
-    status, body, headers = answer
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def is_hook_path(path: str) -> bool:

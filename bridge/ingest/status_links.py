@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 
 from bridge.core.errors import BridgeError, NotFound
 from bridge.core.models import iso
-from bridge.ingest.providers.base import sign
+from bridge.signing import sign
 from bridge.store import Store
 from bridge.store.records import DeliveryRecord, EventRecord, ExecutionRecord, RouteRecord
 

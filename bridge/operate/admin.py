@@ -46,7 +46,6 @@ from bridge.core.metrics import CONTENT_TYPE, Metrics
 from bridge.core.models import RouteState, VerifiedEvent
 from bridge.delivery.platform import resend_deadline
 from bridge.ingest import routing as outbox
-from bridge.ingest.hooks import read_body, request_headers
 from bridge.ingest.status_links import waiting
 from bridge.operate.openapi import (
     DEAD_FILTERS,
@@ -60,6 +59,7 @@ from bridge.operate.openapi import (
 )
 from bridge.store import Store
 from bridge.store.records import EventRecord, SourceCount, plain
+from bridge.web.asgi import read_body, request_headers
 from bridge.web.throttle import Throttle
 
 

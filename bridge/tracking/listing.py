@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote
 
-from bridge.callbacks.bodies import execution_id_of, parse_result
 from bridge.core.models import ExecutionResult, TrackedExecution
 from bridge.core.retry import parse_retry_after
+from bridge.delivery.results import execution_id_of, parse_result
 from bridge.web.client import Client, HttpError
 
 log = logging.getLogger("bridge.tracker")

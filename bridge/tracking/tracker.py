@@ -26,20 +26,21 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from bridge.callbacks.bodies import execution_id_of, parse_result
 from bridge.config import Config, SourceConfig
 from bridge.core import logs
 from bridge.core.errors import BadRequest, NotFound
 from bridge.core.loop import ClaimLoop, owner_id
 from bridge.core.metrics import Metrics
 from bridge.core.models import CallbackTargets, ExecutionResult, ExecutionStatus, TrackedExecution
+from bridge.core.retry import backoff
 from bridge.delivery.platform import base_url, platform_headers
-from bridge.ingest.hooks import read_body, request_headers
+from bridge.delivery.results import execution_id_of, parse_result
 from bridge.ingest.providers import InboundRequest
 from bridge.ingest.providers.standard import Standard
 from bridge.store import Store
 from bridge.store.base import EXECUTIONS
 from bridge.tracking.listing import FETCH, UNSEEN, Listing
+from bridge.web.asgi import read_body, request_headers
 from bridge.web.client import Client, HttpError, lines
 
 log = logging.getLogger("bridge.tracker")
@@ -164,7 +165,7 @@ class Tracker(ClaimLoop[TrackedExecution]):
         return result
 
     async def _later(self, item: TrackedExecution, result: ExecutionResult | None) -> None:
-        delay = min(self.settings.poll_max, self.settings.poll_initial * 1.5 ** item.checks)
+        delay = backoff(item.checks + 1, self.settings.poll_initial, 1.5, self.settings.poll_max)
         status = result.status if result is not None and result.status in (
             ExecutionStatus.PENDING, ExecutionStatus.RUNNING) else None
         now = self.clock()

@@ -53,6 +53,7 @@ DEFAULT_MAX_BODY = 1 << 20
 CALLBACK_MAX_BODY = 64 * 1024
 KEEPALIVE_EXPIRY = 4.0  # below the 5 s idle timeout common servers (uvicorn, nginx) apply
 MAX_LINE = 1 << 20  # one server-sent-events line
+EXCERPT = 512  # bytes of an answer kept with an attempt (for operators, never parsed)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

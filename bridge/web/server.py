@@ -22,7 +22,8 @@ import os
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from bridge.config import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, ServerConfig
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_HEADERS = 100
 
 _ENV_BYTES = "BRIDGE_MAX_HEADER_BYTES"
 _ENV_COUNT = "BRIDGE_MAX_HEADERS"
@@ -45,11 +46,12 @@ class BoundedHttpTools(HttpToolsProtocol):
     _header_count = 0
 
     @classmethod
-    def configure(cls, server: ServerConfig) -> None:
-        cls.max_header_bytes = server.max_header_bytes
-        cls.max_headers = server.max_headers
-        os.environ[_ENV_BYTES] = str(server.max_header_bytes)  # for worker processes
-        os.environ[_ENV_COUNT] = str(server.max_headers)
+    def configure(cls, max_header_bytes: int, max_headers: int) -> None:
+        """`[server] max_header_bytes` and `max_headers`, for this process and its workers."""
+        cls.max_header_bytes = max_header_bytes
+        cls.max_headers = max_headers
+        os.environ[_ENV_BYTES] = str(max_header_bytes)  # for worker processes
+        os.environ[_ENV_COUNT] = str(max_headers)
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's own, with the head's size checked after each read and a refusal from

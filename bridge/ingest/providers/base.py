@@ -11,14 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bridge.config import SOURCE_KEYS, SourceConfig, did_you_mean
 from bridge.core import codec
 from bridge.core.errors import ConfigError, MalformedSignature, SignatureError
+from bridge.signing import any_match, sign
 
 ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 MAX_JSON_DEPTH = 64
@@ -183,37 +182,6 @@ def timestamped_signatures(header: str, separator: str, ts_key: str,
     if timestamp is None:
         raise MalformedSignature("signature header has no timestamp")
     return timestamp, signatures
-
-
-def any_match(expected: list[bytes], provided: list[bytes]) -> bool:
-    """Constant-time: every pair is compared, whatever matched earlier."""
-    found = False
-    for exp in expected:
-        for got in provided:
-            found |= hmac.compare_digest(exp, got)
-    return found
-
-
-def sign(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
-    """HMAC of `message`. The keyed state (the hashed inner and outer pads) is computed once per
-    key and copied for each message, which halves the cost of a short message's HMAC."""
-    keyed = _KEYED.get((key, algorithm))
-    if keyed is None:
-        if len(_KEYED) >= 256:  # keys come from config; a bound all the same
-            _KEYED.clear()
-        keyed = _KEYED[(key, algorithm)] = _keyed_hmac(key, digestmod=algorithm)
-    mac = keyed.copy()
-    mac.update(message)
-    digest: bytes = mac.digest()
-    return digest
-
-
-_keyed_hmac: Callable[..., Any]
-try:  # the C object that hmac.HMAC wraps: copying it directly skips a Python-level layer
-    from _hashlib import hmac_new as _keyed_hmac
-except ImportError:  # pragma: no cover - Python built without OpenSSL
-    _keyed_hmac = hmac.new
-_KEYED: dict[tuple[bytes, str], Any] = {}
 
 
 def decode_hex(value: str) -> bytes:

@@ -26,12 +26,11 @@ from bridge.ingest.providers.base import (
     Identity,
     InboundRequest,
     Provider,
-    any_match,
     body_field,
     decode_b64,
     decode_hex,
-    sign,
 )
+from bridge.signing import any_match, sign
 
 
 class BodyHmac(Provider):

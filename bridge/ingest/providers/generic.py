@@ -23,11 +23,10 @@ from bridge.ingest.providers.base import (
     Identity,
     InboundRequest,
     Provider,
-    any_match,
     decode_b64,
     decode_hex,
-    sign,
 )
+from bridge.signing import any_match, sign
 
 _TOKEN = re.compile(r"\{(body|timestamp|id)\}")
 _NAMING = frozenset({"id_header", "event_header"})

@@ -15,8 +15,9 @@ import dataclasses
 
 from bridge.config import SourceConfig
 from bridge.core.errors import SignatureError
-from bridge.ingest.providers.base import Identity, InboundRequest, Provider, any_match, body_field
+from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field
 from bridge.ingest.providers.standard import Standard
+from bridge.signing import any_match
 
 
 class GitLab(Provider):

@@ -8,34 +8,12 @@ message id (`webhook-id` / `svix-id`), stable across retries. Event type: the bo
 
 from __future__ import annotations
 
-import base64
-import binascii
-
+from bridge import signing
 from bridge.config import SourceConfig
-from bridge.core.errors import ConfigError, MalformedSignature, SignatureError
-from bridge.ingest.providers.base import (
-    Identity,
-    InboundRequest,
-    Provider,
-    any_match,
-    body_field,
-    decode_b64,
-    sign,
-)
+from bridge.core.errors import ConfigError, SignatureError
+from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field
 
 PREFIXES = ("svix", "webhook")  # svix-* wins when both are present, as in Svix's library
-
-
-def decode_secret(secret: str) -> bytes:
-    """`whsec_<base64>` -> key bytes; padding may be missing. Raises ValueError."""
-    raw = secret.removeprefix("whsec_")
-    try:
-        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64") from None
-    if not key:
-        raise ValueError("empty key")
-    return key
 
 
 class Standard(Provider):
@@ -44,10 +22,10 @@ class Standard(Provider):
 
     def __init__(self, source: SourceConfig) -> None:
         super().__init__(source)
-        self.keys = []
+        self.keys: list[bytes] = []
         for i, secret in enumerate(source.secrets):
             try:
-                self.keys.append(decode_secret(secret.reveal()))
+                self.keys.append(signing.decode_secret(secret.reveal()))
             except ValueError:
                 key = "secret" if len(source.secrets) == 1 else f"secrets[{i}]"
                 raise ConfigError(
@@ -66,20 +44,9 @@ class Standard(Provider):
 
     def verify(self, request: InboundRequest, now: float) -> None:
         msg_id, timestamp, header = self.headers(request)
-        provided: list[bytes] = []
-        entries = header.split()
-        for entry in entries:
-            version, sep, value = entry.partition(",")
-            if not sep:
-                raise MalformedSignature("webhook-signature entries must be 'v1,<base64>'")
-            if version == "v1":
-                provided.append(decode_b64(value))
+        provided = signing.signatures(header)
         ts = self.check_timestamp(timestamp, now)
-        if not provided:
-            raise SignatureError("no v1 signature")
-        message = f"{msg_id}.{ts}.".encode() + request.body
-        if not any_match([sign(key, message) for key in self.keys], provided):
-            raise SignatureError("signature does not match")
+        signing.check(self.keys, msg_id, ts, provided, request.body)
 
     def identify(self, request: InboundRequest) -> Identity:
         msg_id = request.header("svix-id") if "svix-signature" in request.headers else None

@@ -13,11 +13,10 @@ from bridge.ingest.providers.base import (
     Identity,
     InboundRequest,
     Provider,
-    any_match,
     body_field,
-    sign,
     timestamped_signatures,
 )
+from bridge.signing import any_match, sign
 
 
 class Stripe(Provider):

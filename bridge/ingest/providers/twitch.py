@@ -11,15 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from bridge.core.errors import MalformedSignature, SignatureError
-from bridge.ingest.providers.base import (
-    Identity,
-    InboundRequest,
-    Provider,
-    any_match,
-    body_field,
-    decode_hex,
-    sign,
-)
+from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field, decode_hex
+from bridge.signing import any_match, sign
 
 PREFIX = "twitch-eventsub-message-"
 

@@ -46,12 +46,12 @@ from starlette.templating import Jinja2Templates
 from bridge.core.errors import BadRequest, BridgeError, NotFound, TooManyAttempts
 from bridge.core.models import iso
 from bridge.devtools.signers import SIGNERS
-from bridge.ingest.hooks import read_body
 from bridge.ingest.status_links import waiting
 from bridge.operate.admin import Admin
 from bridge.operate.console import chart
 from bridge.store import Store
 from bridge.store.records import EventRecord
+from bridge.web.asgi import read_body
 
 HERE = Path(__file__).parent
 COOKIE = "bridge_console"
