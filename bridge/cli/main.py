@@ -252,7 +252,8 @@ def migrate(config: object) -> int:
     from bridge.config import Config, mask_url
     from bridge.core import logs
     from bridge.core.errors import StoreUnavailable
-    from bridge.store import MIGRATIONS, open_store
+    from bridge.store import open_store
+    from bridge.store.migrate import latest
 
     assert isinstance(config, Config)
     logs.configure("text", config.secrets())
@@ -268,7 +269,7 @@ def migrate(config: object) -> int:
         print(f"bridge: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
     where = mask_url(config.store.url) if config.store.url else config.store.path
-    print(f"ok: {where} is at schema version {len(MIGRATIONS)}")
+    print(f"ok: {where} is at schema version {latest()}")
     return EXIT_OK
 
 

@@ -1,17 +1,23 @@
 """Durable storage.
 
-    base.py     the `Store` protocol: everything the rest of the bridge may ask of a store
-    sqlite.py   `SQLiteStore`: one SQLite file, group commit through one writer thread
-    postgres.py `PostgresStore`: the same transactions on PostgreSQL, shared by replicas
-    writer.py   that writer thread
+    roles.py        the role protocols (ingest, outbox, executions, ...) and `Store`, all of them
+    records.py      what reads return
+    dialect.py      what differs between SQLite and PostgreSQL, as named slots in each statement
+    engine.py       group commit through one writer thread (`writer.py`), deadlines, answers
+    ingest.py ...   each role's jobs, written once (`core.SQLStore` gathers them)
+    sqlite.py       `SQLiteStore`: one SQLite file
+    postgres*.py    `PostgresStore`: the same jobs on PostgreSQL, shared by replicas, with its
+                    pipelined fast paths
+    migrate.py      numbered `.sql` migrations per dialect (`migrations/`)
 """
 
 from typing import Any
 
 from bridge.store.base import Store
-from bridge.store.sqlite import MIGRATIONS, SQLiteStore, outage
+from bridge.store.faults import outage
+from bridge.store.sqlite import SQLiteStore
 
-__all__ = ["MIGRATIONS", "SQLiteStore", "Store", "open_store", "outage"]
+__all__ = ["SQLiteStore", "Store", "open_store", "outage"]
 
 
 def open_store(settings: Any) -> Store:

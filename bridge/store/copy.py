@@ -15,7 +15,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from bridge.store.postgres import Connection, PostgresStore, translate
+from bridge.store.dialect import POSTGRES, placeholders
+from bridge.store.postgres import Connection, PostgresStore
 
 # Parents before children; every table of the schema.
 TABLES = ("meta", "routes", "events", "event_items", "nonces", "deliveries", "attempts",
@@ -39,8 +40,8 @@ def copy(source: str, target: str, progress: Callable[[str, int, int], None]) ->
         for table in TABLES:
             columns = [row[1] for row in src.execute(f"PRAGMA table_info({table})")]
             total = src.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-            sql = translate(f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
-                            f" ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING")
+            sql = POSTGRES.render(f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+                                  f" ({placeholders(len(columns))}) ON CONFLICT DO NOTHING")
             done = added = 0
             cursor = src.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid")
             while rows := cursor.fetchmany(CHUNK):

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -57,8 +56,8 @@ class Writer:
     carries on with the next. `stop()` applies what was queued before it, then closes the
     connection."""
 
-    def __init__(self, conn: sqlite3.Connection,
-                 apply: Callable[[sqlite3.Connection, list[Any]],
+    def __init__(self, conn: Any,
+                 apply: Callable[[Any, list[Any]],
                                  tuple[list[tuple[bool, Any]], frozenset[str]]],
                  finish: Callable[..., None], delay: float = 0.0) -> None:
         self.conn = conn

@@ -144,9 +144,9 @@ def test_a_failing_change_is_undone_alone_and_its_batch_commits(kind: str,
 
     def put(key: str, twice: bool = False, fail_after: bool = False) -> Any:
         def job(conn: Any) -> str:
-            conn.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+            conn.execute("INSERT INTO meta (key, value) VALUES ({p}, 'v')", (key,))
             if twice:  # the primary key refuses it
-                conn.execute("INSERT INTO meta (key, value) VALUES (?, 'v')", (key,))
+                conn.execute("INSERT INTO meta (key, value) VALUES ({p}, 'v')", (key,))
             if fail_after:
                 raise LookupError(f"{key} changed its mind")
             return key
@@ -174,17 +174,16 @@ def test_a_failing_change_is_undone_alone_and_its_batch_commits(kind: str,
 
 @pytest.mark.parametrize("kind", STORES)
 def test_a_percent_sign_reaches_the_database_as_written(kind: str, tmp_path: Path) -> None:
-    """The shared statements are written with `?` placeholders; on PostgreSQL they become
-    psycopg's `%s`, and a literal `%` must survive that whether or not the statement has
-    parameters."""
+    """The shared statements are templates (`{p}` a placeholder); on PostgreSQL the dialect
+    escapes a literal `%` for psycopg when the statement has parameters, and only then."""
     async def scenario(store: Store) -> None:
         read = store._all  # type: ignore[attr-defined]
         assert await read("SELECT '50%' AS v", ()) == [{"v": "50%"}]
-        assert await read("SELECT ? AS v, '5%' AS w", ("x%",)) == [{"v": "x%", "w": "5%"}]
+        assert await read("SELECT {p} AS v, '5%' AS w", ("x%",)) == [{"v": "x%", "w": "5%"}]
 
         def job(conn: Any) -> str:
             conn.execute("INSERT INTO meta (key, value) VALUES ('pct', '100%')")
-            return str(conn.execute("SELECT value FROM meta WHERE key = ?", ("pct",)
+            return str(conn.execute("SELECT value FROM meta WHERE key = {p}", ("pct",)
                                     ).fetchone()[0])
 
         assert await store._write(job) == "100%"  # type: ignore[attr-defined]
@@ -242,7 +241,7 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool,
             def execute(self: Any, sql: str, params: Any = ()) -> Any:
                 if sql == "COMMIT" and self.deferred():  # rows held for the commit's round trip
                     calls.append(("commit", sum(len(held.rows) for held in self.held
-                                                if isinstance(held, postgres._Rows))))
+                                                if isinstance(held, postgres.DeferredRows))))
                 return executed(self, sql, params)
 
             patch = pytest.MonkeyPatch()

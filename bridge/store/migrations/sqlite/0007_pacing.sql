@@ -1,0 +1,9 @@
+-- 7: pacing shared by every process sending to the platform: the rate limit's token bucket
+-- and the hold a 429 (or a nearly spent X-RateLimit-Remaining) asked for
+CREATE TABLE pacing (
+    key TEXT PRIMARY KEY,
+    tokens REAL,
+    rate REAL,
+    updated_at REAL NOT NULL,
+    not_before REAL
+);
