@@ -209,7 +209,7 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool,
         # read, (kind, changes, True); and each run of statements sent in one pipeline.
         calls: list[tuple[Any, ...]] = []
         if hasattr(store, "grouping"):
-            from bridge.store import postgres
+            from bridge.store import postgres, postgres_connection
 
             store.grouping = grouping  # type: ignore[attr-defined]
             store.pipelining = pipelining  # type: ignore[attr-defined]
@@ -241,7 +241,7 @@ def outcomes_batch_scenario(snapshots: list[dict[str, Any]], grouping: bool,
             def execute(self: Any, sql: str, params: Any = ()) -> Any:
                 if sql == "COMMIT" and self.deferred():  # rows held for the commit's round trip
                     calls.append(("commit", sum(len(held.rows) for held in self.held
-                                                if isinstance(held, postgres.DeferredRows))))
+                                                if isinstance(held, postgres_connection.DeferredRows))))
                 return executed(self, sql, params)
 
             patch = pytest.MonkeyPatch()
