@@ -31,8 +31,8 @@ from bridge.core.loop import ClaimLoop, owner_id
 from bridge.core.metrics import Metrics
 from bridge.core.models import Attempt, ClaimedCallback, Dead, Delivered, Outcome, RetryLater
 from bridge.core.retry import parse_retry_after, schedule
-from bridge.store import Store
-from bridge.store.base import CALLBACKS
+from bridge.store.kinds import CALLBACKS
+from bridge.store.roles import Callbacks
 from bridge.web.client import (
     CALLBACK_MAX_BODY,
     EXCERPT,
@@ -59,7 +59,7 @@ def proxy_hosts() -> frozenset[str]:
 class Relay(ClaimLoop[ClaimedCallback]):
     name = "relay"
 
-    def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
+    def __init__(self, config: Config, store: Callbacks, *, clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None, metrics: Metrics | None = None) -> None:
         settings = config.callbacks
         self.metrics = metrics or Metrics()

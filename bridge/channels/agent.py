@@ -56,7 +56,7 @@ from bridge.delivery.forwarder import Forwarder
 from bridge.ingest.providers import InboundRequest
 from bridge.ingest.providers.standard import Standard
 from bridge.store import Store, open_store
-from bridge.store.base import JOURNAL
+from bridge.store.kinds import JOURNAL
 from bridge.tracking.tracker import Tracker
 from bridge.web.client import Client, HttpError, Reply
 

@@ -59,9 +59,9 @@ from bridge.core.models import (
 from bridge.delivery.results import parse_result
 from bridge.ingest.providers import InboundRequest
 from bridge.ingest.providers.standard import Standard
-from bridge.store import Store
-from bridge.store.base import DELIVERIES
+from bridge.store.kinds import DELIVERIES
 from bridge.store.records import ChannelBacklog
+from bridge.store.roles import Channels
 from bridge.web.asgi import read_body, request_headers
 from bridge.web.throttle import Throttle
 
@@ -105,7 +105,7 @@ class Keys(NamedTuple):
 
 
 class Edge:
-    def __init__(self, runtime: Any, store: Store, clock: Callable[[], float] = time.time,
+    def __init__(self, runtime: Any, store: Channels, clock: Callable[[], float] = time.time,
                  targets: Callable[[], CallbackTargets] = CallbackTargets,
                  metrics: Metrics | None = None, throttle: Throttle | None = None) -> None:
         self.throttle = throttle or Throttle()

@@ -35,8 +35,8 @@ from bridge.core.models import (
 )
 from bridge.core.retry import schedule
 from bridge.delivery.platform import PlatformClient, classify, pacing, resend_deadline
-from bridge.store import Store
-from bridge.store.base import DELIVERIES
+from bridge.store.kinds import DELIVERIES
+from bridge.store.roles import Outbox
 from bridge.web.client import EXCERPT, HttpError, Reply
 
 OUTCOMES = {Delivered: "delivered", RetryLater: "retried", Dead: "dead", Paused: "paused"}
@@ -48,7 +48,7 @@ lines = logs.EventLines("bridge.forwarder", trusted=(  # names and ids of our ow
 class Forwarder(ClaimLoop[ClaimedDelivery]):
     name = "forwarder"
 
-    def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
+    def __init__(self, config: Config, store: Outbox, *, clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None,
                  track_deadline: float | None = None, metrics: Metrics | None = None) -> None:
         settings = config.forwarder

@@ -39,7 +39,7 @@ from bridge.core.models import VerifiedEvent, new_id
 from bridge.ingest import routing as outbox
 from bridge.ingest.providers import InboundRequest, Provider
 from bridge.ingest.status_links import StatusTokens, public_view, settled
-from bridge.store import Store
+from bridge.store.roles import Ingest
 from bridge.web.asgi import (
     Answer,
     ASGIApp,
@@ -181,7 +181,7 @@ class Runtime:
 
 
 class Inbound:
-    def __init__(self, runtime: Runtime, store: Store, tokens: StatusTokens,
+    def __init__(self, runtime: Runtime, store: Ingest, tokens: StatusTokens,
                  metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
         self.runtime = runtime
         self.store = store

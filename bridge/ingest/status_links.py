@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 from itsdangerous.encoding import base64_encode, int_to_bytes
@@ -15,8 +15,12 @@ from starlette.responses import JSONResponse
 from bridge.core.errors import BridgeError, NotFound
 from bridge.core.models import iso
 from bridge.signing import sign
-from bridge.store import Store
 from bridge.store.records import DeliveryRecord, EventRecord, ExecutionRecord, RouteRecord
+from bridge.store.roles import Ingest, Routes
+
+
+class StatusStore(Ingest, Routes, Protocol):
+    """What the status view reads: the event, and whether its route is paused."""
 
 
 class InvalidToken(BridgeError):
@@ -66,7 +70,7 @@ def public_view(event: EventRecord, routes: Mapping[str, RouteRecord] | None = N
     starts), and nothing else of the operator's configuration: no route or channel names, no
     filter reasons, no errors (a callback URL the sender supplied shows only whether it was
     delivered, so the link cannot be used to probe which ports or paths exist behind it).
-    `routes` is `Store.route_states()`."""
+    `routes` is `Routes.route_states()`."""
     executions = {x.delivery_id: x for x in event.executions}
     paused = {name for name, route in (routes or {}).items() if route.paused}
     return {
@@ -137,7 +141,7 @@ _HINTS = {"401": "check `[platform] trigger_key`",
 def waiting(event: EventRecord, routes: Mapping[str, RouteRecord]) -> dict[str, str]:
     """Why each delivery still on its way waits, and until when, by delivery id: the route
     paused and why, with what to check; the retry and its last error, with the time of the
-    next attempt. `routes` is `Store.route_states()`."""
+    next attempt. `routes` is `Routes.route_states()`."""
     reasons: dict[str, str] = {}
     for delivery in event.deliveries:
         reason = _waiting(delivery, routes.get(delivery.route))
@@ -174,7 +178,7 @@ def settled(event: EventRecord) -> bool:
 
 async def show(request: Request) -> JSONResponse:
     tokens: StatusTokens = request.app.state.tokens
-    store: Store = request.app.state.store
+    store: StatusStore = request.app.state.store
     event_id = tokens.read(request.path_params["token"])
     event = await store.get_event(event_id)
     if event is None:

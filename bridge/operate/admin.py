@@ -57,8 +57,8 @@ from bridge.operate.openapi import (
     check_body,
     check_query,
 )
-from bridge.store import Store
 from bridge.store.records import EventRecord, SourceCount, plain
+from bridge.store.roles import Operator
 from bridge.web.asgi import read_body, request_headers
 from bridge.web.throttle import Throttle
 
@@ -72,7 +72,7 @@ class Unauthorized(BridgeError):
 
 
 class Admin:
-    def __init__(self, runtime: Any, store: Store, metrics: Metrics,
+    def __init__(self, runtime: Any, store: Operator, metrics: Metrics,
                  clock: Callable[[], float] = time.time, edge: Edge | None = None,
                  throttle: Throttle | None = None) -> None:
         self.runtime = runtime  # has .config (swapped on reload) and .failures

@@ -17,15 +17,15 @@ from collections.abc import Callable
 
 from bridge.core.errors import StoreUnavailable
 from bridge.core.metrics import Metrics
-from bridge.store import Store
 from bridge.store.records import TrafficCount
+from bridge.store.roles import Traffic
 
 log = logging.getLogger("bridge.traffic")
 INTERVAL = 5.0
 
 
 class TrafficSampler:
-    def __init__(self, metrics: Metrics, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(self, metrics: Metrics, store: Traffic, clock: Callable[[], float]) -> None:
         self.metrics = metrics
         self.store = store
         self.clock = clock

@@ -13,8 +13,8 @@
 
 from typing import Any
 
-from bridge.store.base import Store
 from bridge.store.faults import outage
+from bridge.store.roles import Store
 from bridge.store.sqlite import SQLiteStore
 
 __all__ = ["SQLiteStore", "Store", "open_store", "outage"]

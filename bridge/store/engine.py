@@ -21,9 +21,9 @@ from bridge.core.models import (
     VerifiedEvent,
     new_id,
 )
-from bridge.store.base import DELIVERIES, JOURNAL, WORK
 from bridge.store.dialect import Dialect, Session, placeholders
 from bridge.store.faults import RefusedRun, describe, job_error, outage, retrieve
+from bridge.store.kinds import DELIVERIES, JOURNAL, WORK
 from bridge.store.rows import MAX_PARAMS, filtered_column, insert_rows
 from bridge.store.writer import Writer
 

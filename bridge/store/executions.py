@@ -11,9 +11,9 @@ from bridge.core.models import (
     TrackedExecution,
     new_id,
 )
-from bridge.store.base import CALLBACKS
 from bridge.store.dialect import Session, placeholders
 from bridge.store.engine import CombinableJob, Engine
+from bridge.store.kinds import CALLBACKS
 from bridge.store.records import (
     ExecutionRecord,
 )

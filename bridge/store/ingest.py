@@ -15,9 +15,9 @@ from bridge.core.models import (
     VerifiedEvent,
     new_id,
 )
-from bridge.store.base import DELIVERIES
 from bridge.store.dialect import Session, placeholders
 from bridge.store.engine import BUSY_SENDERS, AcceptJob, Engine
+from bridge.store.kinds import DELIVERIES
 from bridge.store.records import (
     AttemptRecord,
     CallbackRecord,

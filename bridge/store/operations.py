@@ -1,4 +1,4 @@
-"""What operators read and do (admin API, console, housekeeping): the `Admin` role."""
+"""What operators read and do (admin API, console, housekeeping): the `Operations` role."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from bridge.core.models import (
     RouteState,
     new_id,
 )
-from bridge.store.base import DELIVERIES
 from bridge.store.dialect import Session, placeholders
 from bridge.store.engine import Engine
+from bridge.store.kinds import DELIVERIES
 from bridge.store.records import (
     DeadLetter,
     EventSummary,

@@ -17,9 +17,9 @@ from bridge.core.models import (
     RetryLater,
     RouteState,
 )
-from bridge.store.base import DELIVERIES, EXECUTIONS
 from bridge.store.dialect import Session, placeholders
 from bridge.store.engine import CombinableJob, Engine
+from bridge.store.kinds import DELIVERIES, EXECUTIONS
 from bridge.store.records import (
     RouteRecord,
 )

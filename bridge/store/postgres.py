@@ -32,7 +32,6 @@ from bridge.core.models import (
     TrackedExecution,
     new_id,
 )
-from bridge.store.base import CALLBACKS, DELIVERIES, EXECUTIONS, WORK
 from bridge.store.core import SQLStore
 from bridge.store.dialect import POSTGRES
 from bridge.store.engine import (
@@ -42,6 +41,7 @@ from bridge.store.engine import (
     first_of_each_key,
 )
 from bridge.store.faults import describe, outage
+from bridge.store.kinds import CALLBACKS, DELIVERIES, EXECUTIONS, WORK
 from bridge.store.migrate import migrate_postgres
 from bridge.store.postgres_batches import (
     CALLBACK_OUTCOMES,

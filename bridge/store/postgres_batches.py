@@ -14,7 +14,6 @@ from bridge.core.models import (
     Accepted,
     new_id,
 )
-from bridge.store.base import DELIVERIES
 from bridge.store.engine import (
     AcceptJob,
     CombinableJob,
@@ -22,6 +21,7 @@ from bridge.store.engine import (
     savepointed,
 )
 from bridge.store.faults import describe, outage
+from bridge.store.kinds import DELIVERIES
 from bridge.store.postgres_connection import NOTIFY, Connection
 from bridge.store.rows import CLAIMED_COLUMNS
 

@@ -12,7 +12,7 @@ lease and then reopened, so a crashed tracker's executions are picked up again w
 Past `deadline` (24 h) an unfinished execution becomes `timed_out`.
 
 Completions, from here or from a platform push (`POST /platform/events`), go through
-`Store.complete_execution`, which applies a terminal state once and creates the callbacks.
+`Executions.complete_execution`, which applies a terminal state once and creates the callbacks.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from bridge.delivery.platform import base_url, platform_headers
 from bridge.delivery.results import execution_id_of, parse_result
 from bridge.ingest.providers import InboundRequest
 from bridge.ingest.providers.standard import Standard
-from bridge.store import Store
-from bridge.store.base import EXECUTIONS
+from bridge.store.kinds import EXECUTIONS
+from bridge.store.roles import Executions
 from bridge.tracking.listing import FETCH, UNSEEN, Listing
 from bridge.web.asgi import read_body, request_headers
 from bridge.web.client import Client, HttpError, lines
@@ -56,7 +56,7 @@ def callback_targets(config: Config) -> CallbackTargets:
 class Tracker(ClaimLoop[TrackedExecution]):
     name = "tracker"
 
-    def __init__(self, config: Config, store: Store, *, clock: Callable[[], float] = time.time,
+    def __init__(self, config: Config, store: Executions, *, clock: Callable[[], float] = time.time,
                  metrics: Metrics | None = None) -> None:
         settings = config.tracking
         self.metrics = metrics or Metrics()

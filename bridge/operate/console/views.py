@@ -49,8 +49,8 @@ from bridge.devtools.signers import SIGNERS
 from bridge.ingest.status_links import waiting
 from bridge.operate.admin import Admin
 from bridge.operate.console import chart
-from bridge.store import Store
 from bridge.store.records import EventRecord
+from bridge.store.roles import Operator
 from bridge.web.asgi import read_body
 
 HERE = Path(__file__).parent
@@ -87,7 +87,7 @@ class Console:
         self.templates.env.filters["ms"] = lambda v: "" if v is None else f"{v:.0f} ms"
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Operator:
         return self.admin.store
 
     @property
