@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,14 +76,30 @@ _SECOND: tuple[int, str] = (-1, "")
 
 
 def new_id() -> str:
-    """A UUIDv7: time-ordered, so inserts land at the end of the primary-key index."""
-    ms = (time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF
+    """A UUIDv7: time-ordered, so inserts land at the end of the primary-key index; and strictly
+    increasing within a process (RFC 9562, 6.2, method 1: a 12-bit counter in `rand_a`, started
+    at random each millisecond, the millisecond borrowed from the next one on overflow), so ids
+    made one after another sort as they were made, and two stores given the same changes in
+    the same order claim in the same order."""
     rand = int.from_bytes(os.urandom(10), "big")
-    a = 0x7000 | (rand >> 68)  # version 7 + 12 random bits
-    b = 0x8000 | ((rand >> 54) & 0x3FFF)  # variant 10 + 14 random bits
-    c = rand & 0x3F_FFFF_FFFF_FFFF & 0xFFFF_FFFF_FFFF  # 48 random bits
+    with _ID_LOCK:
+        ms = max((time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF, _LAST_ID[0])
+        if ms == _LAST_ID[0]:
+            seq = _LAST_ID[1] + 1
+            if seq > 0xFFF:  # 4,096 in one millisecond: take the next one
+                ms, seq = ms + 1, (rand >> 64) & 0x7FF
+        else:
+            seq = (rand >> 64) & 0x7FF  # a random start, with room to count up
+        _LAST_ID[0], _LAST_ID[1] = ms, seq
+    a = 0x7000 | seq  # version 7 + the counter
+    b = 0x8000 | ((rand >> 48) & 0x3FFF)  # variant 10 + 14 random bits
+    c = rand & 0xFFFF_FFFF_FFFF  # 48 random bits
     h = f"{ms:012x}"
     return f"{h[:8]}-{h[8:]}-{a:04x}-{b:04x}-{c:012x}"
+
+
+_ID_LOCK = threading.Lock()
+_LAST_ID = [0, 0]  # the millisecond and the counter of the last id made
 
 
 @dataclass(frozen=True, slots=True)

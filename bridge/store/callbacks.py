@@ -24,12 +24,12 @@ class CallbackJobs(Engine):
         def job(conn: Session) -> list[ClaimedCallback]:
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM callbacks WHERE status = {p} AND next_attempt_at <= {p}"
-                " ORDER BY next_attempt_at LIMIT {p}" + SKIP_LOCKED,
+                " ORDER BY next_attempt_at, id LIMIT {p}" + SKIP_LOCKED,
                 (CallbackStatus.PENDING, now, limit))]
             if len(ids) < limit:
                 ids += [r[0] for r in conn.execute(
                     "SELECT id FROM callbacks WHERE status = {p} AND lease_until <= {p}"
-                    " ORDER BY lease_until LIMIT {p}" + SKIP_LOCKED,
+                    " ORDER BY lease_until, id LIMIT {p}" + SKIP_LOCKED,
                     (CallbackStatus.LEASED, now, limit - len(ids)))]
             if not ids:
                 return []

@@ -40,7 +40,7 @@ class ExecutionJobs(Engine):
                 "SELECT id FROM executions WHERE status IN ('pending', 'running')"
                 " AND next_check_at <= {p} AND (lease_until IS NULL OR lease_until <= {p})"
                 " AND channel IS NULL"
-                " ORDER BY next_check_at LIMIT {p}" + SKIP_LOCKED, (now, now, limit))]
+                " ORDER BY next_check_at, id LIMIT {p}" + SKIP_LOCKED, (now, now, limit))]
             if not ids:
                 return []
             marks = placeholders(len(ids))

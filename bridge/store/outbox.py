@@ -87,13 +87,13 @@ class OutboxJobs(Engine):
         # whole backlog per claim.
         due = [r[0] for r in conn.execute(
             f"SELECT id FROM deliveries WHERE status = {{p}} AND next_attempt_at <= {{p}}"
-            f"{skip} AND channel IS NULL ORDER BY next_attempt_at"
+            f"{skip} AND channel IS NULL ORDER BY next_attempt_at, id"
             f" LIMIT {{p}}{SKIP_LOCKED}",
             (DeliveryStatus.PENDING, now, *paused, limit))]
         if len(due) < limit:
             due += [r[0] for r in conn.execute(
                 f"SELECT id FROM deliveries WHERE status = {{p}} AND lease_until <= {{p}}"
-                f"{skip} AND channel IS NULL ORDER BY lease_until"
+                f"{skip} AND channel IS NULL ORDER BY lease_until, id"
                 f" LIMIT {{p}}{SKIP_LOCKED}",
                 (DeliveryStatus.LEASED, now, *paused, limit - len(due)))]
         marks = placeholders(len(due))
@@ -122,7 +122,7 @@ class OutboxJobs(Engine):
             "UPDATE deliveries SET status = {p}, lease_owner = {p}, lease_until = {p}"
             " WHERE id = (SELECT id FROM deliveries WHERE route = {p} AND channel IS NULL AND"
             "  ((status = {p} AND next_attempt_at <= {p}) OR (status = {p} AND lease_until <= {p}))"
-            f"  ORDER BY next_attempt_at LIMIT 1) RETURNING {CLAIMED_COLUMNS}",
+            f"  ORDER BY next_attempt_at, id LIMIT 1) RETURNING {CLAIMED_COLUMNS}",
             (DeliveryStatus.LEASED, owner, now + lease, route, DeliveryStatus.PENDING, now,
              DeliveryStatus.LEASED, now)).fetchall()
         return [claimed_delivery(row, probe=True) for row in rows]

@@ -165,10 +165,11 @@ class PostgresStore(SQLStore):
         (`PipelinedRun`): under load a batch's acknowledgements, outcomes and claims are one
         round trip, where each was one of its own.
 
-        Moving a change up to its kind's first is safe because nothing in one batch waits for
-        another change of the same batch: every caller hears of its change only once the batch
-        has committed, so the changes of a batch were all made without knowing of each other,
-        and any order among them is one in which they could have arrived."""
+        A change joins the first of its kind only across changes of other kinds that are grouped
+        too (which touch other rows: outcomes, completions and callback outcomes name different
+        tables), never across any other change, so the batch ends as it would applied in turn;
+        `tests/store/test_differential.py` holds the two to that. Accepts alone go first: they
+        only add rows, and a claim in the batch then already sees their deliveries."""
         notifying: Any = NotifyingSession(conn, self)
         accepts = [job for job in jobs if isinstance(job, AcceptJob)]
         if len(accepts) == len(jobs):
@@ -191,6 +192,10 @@ class PostgresStore(SQLStore):
                 job.kind if isinstance(job, CombinableJob) else None
             if kind is None:
                 slots.append([i])
+                # Any other change may touch what a later one of a kind does (a claim takes a
+                # delivery a later outcome names, a pause a later delivery resumes): the
+                # changes after it start groups of their own after it, as if applied in turn.
+                first = {k: v for k, v in first.items() if k == "accept"}
             elif kind in first:
                 slots[first[kind]].append(i)
             else:
@@ -292,8 +297,11 @@ class PostgresStore(SQLStore):
                          track_until, attempt.started_at, attempt.latency_ms, attempt.outcome,
                          attempt.status_code, attempt.error, attempt.response_excerpt))
         columns = column_arrays(rows)
-        if len(set(columns[0])) < len(jobs):
-            raise WriteEachAlone  # one delivery twice: each outcome must see the one before it
+        # One delivery twice, or two of one event's route (a replay delivered supersedes the
+        # dead ones before it, one of which may die in this batch): each outcome must see the
+        # one before it.
+        if len({(job.args[0].event_id, job.args[0].route) for job in jobs}) < len(jobs):
+            raise WriteEachAlone
         return RECORDS, columns
 
     def _records_read(self, conn: Any, jobs: list[CombinableJob], answer: list[tuple[Any, ...]]

@@ -151,11 +151,11 @@ paused AS (SELECT name FROM routes WHERE state = 'paused'),
 due AS (
   SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= {{p}} AND channel IS NULL
     AND route NOT IN (SELECT name FROM paused) AND NOT EXISTS (SELECT 1 FROM hold)
-  ORDER BY next_attempt_at LIMIT {{p}} FOR UPDATE SKIP LOCKED),
+  ORDER BY next_attempt_at, id LIMIT {{p}} FOR UPDATE SKIP LOCKED),
 expired AS (
   SELECT id FROM deliveries WHERE status = 'leased' AND lease_until <= {{p}} AND channel IS NULL
     AND route NOT IN (SELECT name FROM paused) AND NOT EXISTS (SELECT 1 FROM hold)
-  ORDER BY lease_until LIMIT GREATEST({{p}}::bigint - (SELECT count(*) FROM due), 0)
+  ORDER BY lease_until, id LIMIT GREATEST({{p}}::bigint - (SELECT count(*) FROM due), 0)
   FOR UPDATE SKIP LOCKED),
 leased AS (
   UPDATE deliveries SET status = 'leased', lease_owner = {{p}}, lease_until = {{p}}
@@ -171,7 +171,7 @@ CLAIM_EXECUTIONS = """
 WITH due AS (
   SELECT id FROM executions WHERE status IN ('pending', 'running') AND next_check_at <= {p}
     AND (lease_until IS NULL OR lease_until <= {p}) AND channel IS NULL
-  ORDER BY next_check_at LIMIT {p} FOR UPDATE SKIP LOCKED)
+  ORDER BY next_check_at, id LIMIT {p} FOR UPDATE SKIP LOCKED)
 UPDATE executions SET lease_owner = {p}, lease_until = {p}
 WHERE id IN (SELECT id FROM due) AND status IN ('pending', 'running')
   AND (lease_until IS NULL OR lease_until <= {p})
@@ -180,10 +180,10 @@ RETURNING id, delivery_id, event_id, route, trigger, status, deadline_at, checks
 CLAIM_CALLBACKS = """
 WITH due AS (
   SELECT id FROM callbacks WHERE status = 'pending' AND next_attempt_at <= {p}
-  ORDER BY next_attempt_at LIMIT {p} FOR UPDATE SKIP LOCKED),
+  ORDER BY next_attempt_at, id LIMIT {p} FOR UPDATE SKIP LOCKED),
 expired AS (
   SELECT id FROM callbacks WHERE status = 'leased' AND lease_until <= {p}
-  ORDER BY lease_until LIMIT GREATEST({p}::bigint - (SELECT count(*) FROM due), 0)
+  ORDER BY lease_until, id LIMIT GREATEST({p}::bigint - (SELECT count(*) FROM due), 0)
   FOR UPDATE SKIP LOCKED),
 leased AS (
   UPDATE callbacks SET status = 'leased', lease_owner = {p}, lease_until = {p}
