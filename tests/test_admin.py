@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,14 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.devtools.emulator import EmulatorServer
-from tests.conftest import GITHUB_SECRET, Bridge, barrier, by_id, github_headers, wait_for
-
-ADMIN_TOKEN = "adm-token-5f0e9c1b2a7d"
-ADMIN = f"""
-[admin]
-tokens = ["{ADMIN_TOKEN}"]
-"""
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+from tests.support.admin import ADMIN, ADMIN_TOKEN, AUTH, admin, cli
+from tests.support.harness import GITHUB_SECRET, Bridge, barrier, by_id, github_headers, wait_for
 
 
 def send(bridge: Bridge, i: int, event: str = "push", prefix: str = "adm") -> httpx.Response:
@@ -33,9 +26,6 @@ def send(bridge: Bridge, i: int, event: str = "push", prefix: str = "adm") -> ht
                                                              event=event))
 
 
-def admin(bridge: Bridge, method: str, path: str, **kwargs: object) -> httpx.Response:
-    return httpx.request(method, f"{bridge.url}{path}", headers=AUTH, timeout=30,
-                         **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -188,10 +178,6 @@ def test_metrics_move_as_expected(bridge: Bridge, emulator: EmulatorServer) -> N
     assert metric(bridge, "bridge_route_paused", route="github->github-push") == 0
 
 
-def cli(bridge: Bridge, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BRIDGE_URL": bridge.url, "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN}
-    return subprocess.run([sys.executable, "-m", "bridge", *args], input=stdin.decode()
-                          if stdin else None, capture_output=True, text=True, env=env, timeout=60)
 
 
 def test_cli_against_a_running_bridge(bridge: Bridge, emulator: EmulatorServer) -> None:

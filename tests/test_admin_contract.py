@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Bridge, github_headers
-from tests.test_admin import ADMIN, ADMIN_TOKEN, admin
+from tests.support.admin import ADMIN, ADMIN_TOKEN, admin
+from tests.support.harness import Bridge, github_headers
 
 
 def test_the_admin_api_keeps_its_published_contract(make_bridge: Callable[..., Bridge],

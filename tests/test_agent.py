@@ -29,8 +29,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests import netns
-from tests.conftest import (
+from tests.support import netns
+from tests.support.harness import (
     API_KEY,
     GITHUB_SECRET,
     TRIGGER_KEY,
@@ -39,9 +39,9 @@ from tests.conftest import (
     github_headers,
     wait_for,
 )
-from tests.proxy import Proxy
-from tests.receiver import Receiver
-from tests.tcp_relay import pipe
+from tests.support.proxy import Proxy
+from tests.support.receiver import Receiver
+from tests.support.tcp_relay import pipe
 
 AGENT_TOKEN = "agent-token-plant-a-4c1d9e"
 OTHER_TOKEN = "agent-token-plant-b-77aa01"

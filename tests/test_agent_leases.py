@@ -29,8 +29,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge.delivery.platform import trigger_path
-from tests.conftest import TRIGGER_KEY, Bridge, free_port, github_headers, wait_for
-from tests.receiver import Receiver
+from tests.support.harness import TRIGGER_KEY, Bridge, free_port, github_headers, wait_for
+from tests.support.receiver import Receiver
 
 AGENT_TOKEN = "agent-token-plant-a-leases-91"
 SECRET = "whsec_" + base64.b64encode(b"plant-a-lease-signing-key-000").decode()

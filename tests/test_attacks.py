@@ -25,9 +25,9 @@ import stripe
 from bridge.core.errors import CallbackNotAllowed
 from bridge.devtools.emulator import EmulatorServer
 from bridge.web.guard import allowed, canonical_url, check_literal
-from tests import pg
-from tests.conftest import ADMIN_TOKEN, STRIPE_SECRET, Bridge, github_headers, wait_for
-from tests.receiver import Receiver
+from tests.support import pg
+from tests.support.harness import ADMIN_TOKEN, STRIPE_SECRET, Bridge, github_headers, wait_for
+from tests.support.receiver import Receiver
 
 CALLBACKS = """
 [callbacks]

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bridge.config import Secret, load, parse, parse_duration
 from bridge.core.errors import ConfigError
-from tests.conftest import free_port
+from tests.support.cli import run_cli
+from tests.support.harness import free_port
 
 MINIMAL = """
 [[sources]]
@@ -115,9 +114,6 @@ def test_no_config_gives_loopback_defaults() -> None:
     assert config.store.path == "data/bridge.db" and config.sources == ()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True,
-                          env=env, timeout=60)
 
 
 def test_check_config_masks_secrets(tmp_path: Path) -> None:

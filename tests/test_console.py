@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from bridge.devtools.emulator import EmulatorServer
-from tests.conftest import ADMIN_TOKEN, ALL_SECRETS, Bridge, github_headers, wait_for
+from tests.support.harness import ADMIN_TOKEN, ALL_SECRETS, Bridge, github_headers, wait_for
 
 CHROMIUM = next((p for p in (os.environ.get("BRIDGE_CHROMIUM"), shutil.which("chromium"),
                              "/usr/bin/chromium") if p and os.path.exists(p)), None)

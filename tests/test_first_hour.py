@@ -18,8 +18,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.devtools.emulator import EmulatorServer
-from tests.conftest import GITHUB_SECRET, Bridge, github_headers, wait_for
-from tests.test_admin import ADMIN, ADMIN_TOKEN, admin, cli
+from tests.support.admin import ADMIN, ADMIN_TOKEN, admin, cli
+from tests.support.harness import GITHUB_SECRET, Bridge, github_headers, wait_for
 
 
 def commits(bridge: Bridge) -> float:
@@ -288,7 +288,7 @@ def test_a_delivered_event_whose_workflow_failed_shows_it_in_the_table(
 
 
 def test_config_mistakes_are_explained(tmp_path: Path) -> None:
-    from tests.test_config import run_cli
+    from tests.support.cli import run_cli
 
     path = tmp_path / "c.toml"
     path.write_text(f'[[route]]\nsource = "github"\n[[sources]]\nname = "github"\n'

@@ -11,9 +11,9 @@ from collections.abc import Callable
 import httpx
 
 from bridge.devtools.emulator import EmulatorServer
-from tests.conftest import Bridge, barrier, github_headers, wait_for
-from tests.test_durability import send_many
-from tests.test_providers import stripe_headers
+from tests.support.harness import Bridge, barrier, github_headers, wait_for
+from tests.support.load import send_many
+from tests.support.signatures import stripe_headers
 
 
 def calls(emulator: EmulatorServer, trigger: str | None = None) -> list[dict[str, object]]:
@@ -171,7 +171,7 @@ def test_unrouted_events_are_stored_and_never_sent(make_bridge: Callable[..., Br
     ack = bridge.post("/hooks/github", body, github_headers(body, delivery="u1", event="ping"))
     assert ack.status_code == 202
     body = b'{"type":"x"}'
-    from tests.test_providers import standard_headers
+    from tests.support.signatures import standard_headers
 
     assert bridge.post("/hooks/standard", body, standard_headers(body)).status_code == 202
     barrier(bridge, emulator)

@@ -20,7 +20,7 @@ from bridge.core import expressions
 from bridge.core.models import VerifiedEvent, new_id
 from bridge.ingest import filters as glue
 from bridge.ingest import routing as outbox
-from tests.conftest import ALL_SECRETS, github_headers, wait_for
+from tests.support.harness import ALL_SECRETS, github_headers, wait_for
 
 ADMIN = "adm-token-5f0e9c1b2a7d"
 TWILIO_FORM = (b"ToCountry=US&ToState=CA&SmsMessageSid=SM1234&NumMedia=0&From=%2B14155550100"
@@ -247,7 +247,7 @@ events = ["never"]
 
 def test_end_to_end_only_the_matching_route_runs_with_exactly_the_mapped_body(
         make_bridge: Any, emulator: Any) -> None:
-    from tests.conftest import BASE_CONFIG
+    from tests.support.harness import BASE_CONFIG
 
     base = BASE_CONFIG.split("[[routes]]")[0]
     bridge = make_bridge(GLUE_ROUTES, base=base)
@@ -295,7 +295,7 @@ def test_end_to_end_only_the_matching_route_runs_with_exactly_the_mapped_body(
 
 def test_reload_applies_new_filters_to_new_events_only(make_bridge: Any,
                                                        emulator: Any) -> None:
-    from tests.conftest import BASE_CONFIG
+    from tests.support.harness import BASE_CONFIG
 
     base = BASE_CONFIG.split("[[routes]]")[0]
     bridge = make_bridge(GLUE_ROUTES, base=base)

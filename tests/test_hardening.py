@@ -25,7 +25,8 @@ from twilio.request_validator import RequestValidator
 
 from bridge.devtools.emulator import EmulatorServer
 from bridge.web.guard import allowed, is_public
-from tests.conftest import (
+from tests.support.admin import ADMIN, admin
+from tests.support.harness import (
     GITHUB_SECRET,
     TRIGGER_KEY,
     Bridge,
@@ -35,7 +36,6 @@ from tests.conftest import (
     sqlite_only,
     wait_for,
 )
-from tests.test_admin import ADMIN, admin
 
 
 def peak_rss_mb(bridge: Bridge) -> float:
@@ -548,7 +548,7 @@ def test_a_delivery_that_never_reached_the_platform_keeps_retrying(
 
 def test_check_config_masks_credentials_in_urls_and_warns_about_max_age(tmp_path: Path) -> None:
     """11. `check-config` prints no URL credentials; a max_age beyond the key lifetime warns."""
-    from tests.test_config import run_cli
+    from tests.support.cli import run_cli
 
     path = tmp_path / "c.toml"
     path.write_text(f"""

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Bridge, github_headers
+from tests.support.harness import Bridge, github_headers
 
 SMALL = """
 [[sources]]

@@ -7,9 +7,9 @@ import json
 from collections.abc import Callable
 
 from bridge.devtools.emulator import EmulatorServer
-from tests.conftest import BASE_CONFIG, Bridge, github_headers, wait_for
-from tests.receiver import Receiver
-from tests.test_tracking import send_issue, tracked_config
+from tests.support.harness import BASE_CONFIG, Bridge, github_headers, wait_for
+from tests.support.receiver import Receiver
+from tests.support.tracking import send_issue, tracked_config
 
 # One line for each step that went well: the webhook, the trigger call, the execution's end and
 # the callback.

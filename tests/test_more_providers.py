@@ -34,7 +34,7 @@ from twilio.request_validator import RequestValidator
 
 from bridge.core.errors import MalformedSignature, SignatureError
 from bridge.ingest.providers import SCHEMES, InboundRequest, build
-from tests.conftest import Bridge
+from tests.support.harness import Bridge
 
 # Asymmetric keys: the provider holds the private key; the bridge is given the public one.
 DISCORD_KEYS = [SigningKey.generate() for _ in range(3)]
@@ -273,7 +273,7 @@ def config() -> str:
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory) -> object:
-    from tests.conftest import ADMIN_TOKEN, BASE_CONFIG, free_port
+    from tests.support.harness import ADMIN_TOKEN, BASE_CONFIG, free_port
 
     tmp = tmp_path_factory.mktemp("providers")
     port = free_port()

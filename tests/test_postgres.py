@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import pg
-from tests.conftest import BASE_CONFIG, free_port, github_headers, wait_for
+from tests.support import pg
+from tests.support.harness import BASE_CONFIG, free_port, github_headers, wait_for
 
 ADMIN = "adm-token-5f0e9c1b2a7d"
 
@@ -154,7 +154,7 @@ def test_the_database_going_away_answers_503_and_the_bridge_recovers(
 
 def test_a_pause_through_one_replica_holds_on_all(
         pg_url: str, make_bridge: Any, emulator: Any) -> None:
-    from tests.test_providers import stripe_event, stripe_headers
+    from tests.support.signatures import stripe_event, stripe_headers
 
     a, b, c = (make_bridge(base=on_postgres(pg_url), name=f"replica-{i}") for i in range(3))
     admin = {"Authorization": f"Bearer {ADMIN}"}

@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import pytest
-import stripe
-from standardwebhooks.webhooks import Webhook as StandardWebhook
-from svix.webhooks import Webhook as SvixWebhook
 
 from bridge.config import Secret, SourceConfig
 from bridge.core.errors import MalformedSignature, SignatureError
 from bridge.ingest.providers import InboundRequest, build
-from tests.conftest import STANDARD_SECRET, STRIPE_SECRET, Bridge, github_headers
+from tests.support.harness import STANDARD_SECRET, Bridge, github_headers
+from tests.support.signatures import standard_headers, stripe_event, stripe_headers
 
 OTHER_STANDARD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 ROTATION = f"""
@@ -60,24 +56,10 @@ header = "X-Gitlab-Token"
 """
 
 
-def stripe_event(event_id: str = "evt_1", kind: str = "invoice.paid") -> bytes:
-    return json.dumps({"id": event_id, "type": kind, "data": {"object": {"amount": 42}}}).encode()
 
 
-def stripe_headers(body: bytes, secret: str = STRIPE_SECRET, at: int | None = None) -> dict[str, str]:
-    at = int(time.time()) if at is None else at
-    header = stripe.WebhookSignature.generate_signature_header(body.decode(), secret, at)
-    return {"Stripe-Signature": header, "Content-Type": "application/json"}
 
 
-def standard_headers(body: bytes, secret: str = STANDARD_SECRET, msg_id: str = "msg_1",
-                     at: int | None = None, svix: bool = False) -> dict[str, str]:
-    when = datetime.fromtimestamp(int(time.time()) if at is None else at, tz=UTC)
-    signer = SvixWebhook(secret) if svix else StandardWebhook(secret)
-    signature = signer.sign(msg_id, when, body.decode())
-    prefix = "svix" if svix else "webhook"
-    return {f"{prefix}-id": msg_id, f"{prefix}-timestamp": str(int(when.timestamp())),
-            f"{prefix}-signature": signature, "Content-Type": "application/json"}
 
 
 def flip(body: bytes) -> bytes:
@@ -93,14 +75,14 @@ CASES: dict[str, tuple[str, bytes, Signer, dict[str, str]]] = {
     "standard": ("standard", b'{"type":"user.created","data":{}}', standard_headers,
                  {"secret": OTHER_STANDARD_SECRET}),
     "svix": ("standard", b'{"type":"user.created","data":{}}',
-             lambda body, **kw: standard_headers(body, svix=True, **kw),
+             lambda body, **kw: standard_headers(body, svix=True, msg_id="msg_svix", **kw),
              {"secret": OTHER_STANDARD_SECRET}),
 }
 
 
-@pytest.fixture
-def bridge(make_bridge: Callable[..., Bridge]) -> Bridge:
-    return make_bridge(ROTATION)
+@pytest.fixture(scope="module")
+def bridge(make_module_bridge: Callable[..., Bridge]) -> Bridge:
+    return make_module_bridge(ROTATION)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -11,62 +11,17 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from bridge.devtools.emulator import EmulatorServer
-from tests.conftest import TRIGGER_KEY, Bridge, github_headers, wait_for
-from tests.receiver import Receiver
+from tests.support.harness import TRIGGER_KEY, Bridge, github_headers, wait_for
+from tests.support.receiver import Receiver
+from tests.support.tracking import send_issue, tracked_config, verified
 
-CALLBACK_SECRET = "whsec_cGxhdGZvcm0tY2FsbGJhY2stc2VjcmV0LTAx"
 PUSH_SECRET = "whsec_cHVzaC1zZWNyZXQtZm9yLXRlc3RzLTAxMjM0NTY3"
 
 
-def tracked_config(receiver: Receiver, tracking: str = "", callbacks: str = "") -> str:
-    return f"""
-[callbacks]
-signing_secret = "{CALLBACK_SECRET}"
-{callbacks}
-[callbacks.retry]
-base = "200ms"
-cap = "1s"
-
-[tracking]
-poll_initial = "100ms"
-poll_max = "300ms"
-lease = "2s"
-poll_interval = "100ms"
-{tracking}
-
-[[sources]]
-name = "zap"
-provider = "token"
-secret = "zap-token"
-id_header = "X-Request-Id"
-allow_callback_urls = ["http://*:*", "https://*.example.com/*"]
-
-[[routes]]
-source = "github"
-trigger = "notify"
-events = ["issues.*"]
-callbacks = ["{receiver.url}/done"]
-
-[[routes]]
-source = "zap"
-trigger = "zap-flow"
-"""
 
 
-def send_issue(bridge: Bridge, delivery: str, query: str = "") -> httpx.Response:
-    body = json.dumps({"action": "opened",
-                       "issue": {"title": "Ünïcode ✓", "delivery": delivery}}).encode()
-    return bridge.post(f"/hooks/github{query}", body,
-                       github_headers(body, delivery=delivery, event="issues"))
 
 
-def verified(message: dict[str, object]) -> dict[str, object]:
-    """Verify a received callback with the official Standard Webhooks library."""
-    body = message["body"]
-    assert isinstance(body, bytes)
-    headers = message["headers"]
-    assert isinstance(headers, dict)
-    return Webhook(CALLBACK_SECRET).verify(body.decode(), headers)  # type: ignore[no-any-return]
 
 
 def test_completion_reaches_the_callback_signed_once(

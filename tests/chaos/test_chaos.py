@@ -19,9 +19,9 @@ from collections.abc import Callable
 import httpx
 
 from bridge.devtools.emulator import EmulatorServer
-from tests.conftest import Bridge, github_headers, wait_for
-from tests.receiver import Receiver
-from tests.test_tracking import tracked_config, verified
+from tests.support.harness import Bridge, github_headers, wait_for
+from tests.support.receiver import Receiver
+from tests.support.tracking import tracked_config, verified
 
 SCALE = int(os.environ.get("CHAOS_SCALE", "1"))
 

@@ -21,7 +21,7 @@ from bridge.core.models import (
     new_id,
 )
 from bridge.store import Store
-from tests.store.test_leases import STORES, run
+from tests.support.stores import STORES, run
 
 
 def event(key: str, now: float, **extra: object) -> VerifiedEvent:

@@ -40,7 +40,7 @@ from bridge.core.models import (
     VerifiedEvent,
 )
 from bridge.store import SQLiteStore, Store
-from tests import pg
+from tests.support import pg
 
 START = 1_900_000_000.0
 ROUTES = ("r1", "r2")

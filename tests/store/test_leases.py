@@ -5,36 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bridge.core.models import Attempt, Delivered, NewDelivery, RetryLater, VerifiedEvent, new_id
-from bridge.store import SQLiteStore, Store
-from tests import pg
-
-STORES = ("sqlite", "postgres")
-
-
-def run(coro: Callable[[Store], Coroutine[Any, Any, None]], kind: str, tmp: Path,
-        commit_delay: float = 0.0) -> None:
-    async def main(store: Store) -> None:
-        await store.open()
-        try:
-            await coro(store)
-        finally:
-            await store.close()
-
-    if kind == "sqlite":
-        asyncio.run(main(SQLiteStore(str(tmp / "store.db"), commit_delay=commit_delay)))
-        return
-    pg.require()
-    from bridge.store.postgres import PostgresStore
-
-    with pg.schema() as url:
-        asyncio.run(main(PostgresStore(url, commit_delay=commit_delay)))
+from bridge.store import Store
+from tests.support.stores import STORES, run
 
 
 async def _accept(store: Store, n: int, now: float) -> None:
