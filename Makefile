@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.example.toml
 
-.PHONY: run test test-postgres bench chaos fuzz audit clean venv
+.PHONY: run test test-postgres lint contract fuzz-check check bench chaos fuzz audit clean venv
 
 # `make run` installs what running needs; `make test` adds the test tools. Both install exactly
 # the versions in requirements.lock (a constraints file), never whatever is newest that day.
@@ -15,11 +15,13 @@ LOCKED := -c requirements.lock
 $(RUN_STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(LOCKED) -e .
+	@echo "installing what the bridge runs on (about a minute on a fresh machine)..."
+	$(BIN)/pip install --progress-bar off $(LOCKED) -e . | grep -E '^(Collecting|Successfully)' || true
 	touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock $(RUN_STAMP)
-	$(BIN)/pip install --quiet $(LOCKED) -e '.[test]'
+	@echo "installing the test tools (about three minutes on a fresh machine)..."
+	$(BIN)/pip install --progress-bar off $(LOCKED) -e '.[test]' | grep -E '^(Collecting|Successfully)' || true
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,13 +29,31 @@ venv: $(STAMP)
 run: $(RUN_STAMP)
 	$(BIN)/bridge serve --config $(CONFIG)
 
+# The suite across every core (pytest-xdist); JOBS=1 runs it in one process.
+JOBS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS)
 
 # The whole suite with every bridge it starts on PostgreSQL ($$BRIDGE_TEST_POSTGRES, default
 # the local server's `test` database; each bridge gets a schema of its own).
 test-postgres: $(STAMP)
-	BRIDGE_TEST_STORE=postgres $(BIN)/python -m pytest --ignore=tests/chaos
+	BRIDGE_TEST_STORE=postgres $(BIN)/python -m pytest -n $(JOBS) --ignore=tests/chaos
+
+# Checks that are steps of CI of their own, each failing it: the linters and the type checker,
+# the admin API against its OpenAPI document (schemathesis), and bounded fuzzing (atheris).
+lint: $(STAMP)
+	$(BIN)/ruff check bridge tests bench fuzz
+	$(BIN)/mypy
+	@! grep -rn "type: ignore" bridge --include='*.py' || { echo "no type: ignore in bridge/"; exit 1; }
+	$(BIN)/hadolint Dockerfile
+
+contract: $(STAMP)
+	$(BIN)/python -m pytest -m step tests/steps/test_admin_contract.py
+
+fuzz-check: $(STAMP)
+	$(BIN)/python -m pytest -m step tests/steps/test_fuzz.py
+
+check: test lint contract fuzz-check
 
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py

@@ -184,7 +184,7 @@ def test_usage_errors_exit_2() -> None:
 
 
 def test_example_config_is_valid() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     result = run_cli("check-config", "--config", str(root / "config.example.toml"))
     assert result.returncode == 0, result.stderr
 

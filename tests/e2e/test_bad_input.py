@@ -169,18 +169,3 @@ def test_the_envelope_is_always_valid_json_that_carries_the_body(
         assert document["payload"].encode() == body
     else:
         assert document["payload"] == json.loads(body)
-
-
-def test_coverage_guided_fuzzing_of_the_verifiers() -> None:
-    """A bounded atheris run over every verifier and the envelope (fuzz/verifiers.py)."""
-    pytest.importorskip("atheris", reason="atheris installs only where a wheel exists")
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "fuzz" / "verifiers.py"
-    # A fixed seed keeps CI repeatable; `make fuzz` runs open-ended with fresh seeds.
-    result = subprocess.run([sys.executable, str(script), "-seed=1", "-atheris_runs=20000"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Done 20000" in result.stderr

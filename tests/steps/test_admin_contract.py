@@ -20,6 +20,8 @@ import pytest
 from tests.support.admin import ADMIN, ADMIN_TOKEN, admin
 from tests.support.harness import Bridge, github_headers
 
+pytestmark = pytest.mark.step  # a step of CI of its own: `make contract`
+
 
 def test_the_admin_api_keeps_its_published_contract(make_bridge: Callable[..., Bridge],
                                                     tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ def stalled_link() -> Iterator[subprocess.Popen[str]]:
     """A relay process between the bridge and PostgreSQL, to be stopped with SIGSTOP."""
     pg.require()
     port = urlsplit(pg.SERVER).port or 5432
-    relay = subprocess.Popen([sys.executable, "-m", "tests.tcp_relay", str(port)],
+    relay = subprocess.Popen([sys.executable, "-m", "tests.support.tcp_relay", str(port)],
                              stdout=subprocess.PIPE, text=True)
     assert relay.stdout is not None
     relay.port = int(relay.stdout.readline())  # type: ignore[attr-defined]
