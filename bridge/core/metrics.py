@@ -25,7 +25,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
-        # Delivery outcomes by route, for the console's traffic (`bridge/traffic.py`).
+        # Delivery outcomes by route, for the console's traffic (`bridge/operate/traffic.py`).
         self.deliveries: collections.Counter[tuple[str, str]] = collections.Counter()
         self.inbound = InboundTallies()
         registry.register(self.inbound)

@@ -21,7 +21,7 @@ Enabled only when `[admin] tokens` lists at least one token; otherwise every /ad
     GET  /admin/sources                counts and the last verification failure (reason only)
     GET  /admin/channels               agents of each channel, and the lag of what waits for them
     POST /admin/prune                  {"limit"?}: forget events older than the dedupe window
-    GET  /admin/openapi.json           the contract of all of the above (`bridge/openapi.py`)
+    GET  /admin/openapi.json           the contract of all of the above (`bridge/operate/openapi.py`)
 """
 
 from __future__ import annotations

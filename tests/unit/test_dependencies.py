@@ -82,7 +82,7 @@ def test_the_installed_versions_are_the_locked_ones() -> None:
 
 
 def test_the_uvicorn_protocol_override_still_takes_effect() -> None:
-    """`bridge/server.py` replaces parts of uvicorn's httptools protocol (not a public API):
+    """`bridge/web/server.py` replaces parts of uvicorn's httptools protocol (not a public API):
     every method it overrides or calls must still be there, and be the one that runs. A
     uvicorn release that renames one fails here, loudly, instead of silently dropping the
     head limits (the 431 answers are tested end to end in test_hardening)."""
