@@ -17,11 +17,17 @@ from collections import Counter
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from bridge.devtools.emulator import EmulatorServer
 from tests.support.harness import Bridge, github_headers, wait_for
 from tests.support.receiver import Receiver
 from tests.support.tracking import tracked_config, verified
+
+# Processes killed, cut and restarted under load: these run one after another on one
+# worker (`--dist loadgroup`), never beside each other.
+pytestmark = pytest.mark.xdist_group("heavy")
+
 
 SCALE = int(os.environ.get("CHAOS_SCALE", "1"))
 

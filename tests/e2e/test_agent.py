@@ -43,6 +43,11 @@ from tests.support.proxy import Proxy
 from tests.support.receiver import Receiver
 from tests.support.tcp_relay import pipe
 
+# Processes killed, cut and restarted under load: these run one after another on one
+# worker (`--dist loadgroup`), never beside each other.
+pytestmark = pytest.mark.xdist_group("heavy")
+
+
 AGENT_TOKEN = "agent-token-plant-a-4c1d9e"
 OTHER_TOKEN = "agent-token-plant-b-77aa01"
 CHANNEL_SECRET = "whsec_" + base64.b64encode(b"plant-a-channel-signing-key-01").decode()

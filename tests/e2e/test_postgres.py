@@ -20,6 +20,11 @@ import pytest
 from tests.support import pg
 from tests.support.harness import BASE_CONFIG, free_port, github_headers, wait_for
 
+# Processes killed, cut and restarted under load: these run one after another on one
+# worker (`--dist loadgroup`), never beside each other.
+pytestmark = pytest.mark.xdist_group("heavy")
+
+
 ADMIN = "adm-token-5f0e9c1b2a7d"
 
 
