@@ -234,18 +234,20 @@ class Bridge:
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Read the bridge's real store directly: its SQLite file, or its PostgreSQL schema
         when the suite runs on PostgreSQL (BRIDGE_TEST_STORE=postgres). Only for what the
-        admin API does not show (bytes as stored, internal columns)."""
+        admin API does not show (bytes as stored, internal columns). `sql` is a template, as
+        the store's own statements are (`{p}` a placeholder)."""
+        from bridge.store.dialect import POSTGRES, SQLITE
+
         if self.store_url:
             import psycopg
 
-            from bridge.store.postgres import translate
-
             with psycopg.connect(self.store_url, autocommit=True) as conn:
-                rows = conn.execute(translate(sql), list(params) or None).fetchall()
+                rows = conn.execute(POSTGRES.render(sql, bool(params)),  # type: ignore[arg-type]
+                                    list(params) or None).fetchall()
             return [tuple(row) for row in rows]
         conn = sqlite3.connect(self.db, timeout=10)
         try:
-            return conn.execute(sql, params).fetchall()
+            return conn.execute(SQLITE.render(sql), params).fetchall()
         finally:
             conn.close()
 
