@@ -134,18 +134,14 @@ def create_app(config: Config, *, store: Store | None = None,
         if config_path is not None:
             _on_sighup(lambda: reload(runtime, tracker, config_path))
         supervisor = Supervisor()
-        supervisor.spawn(lambda: _prune_loop(store, config, clock), "prune")
-        supervisor.spawn(traffic.run, "traffic")
+        supervisor.spawn(_prune_loop(store, config, clock), "prune")
+        supervisor.spawn(traffic.run(), "traffic")
         if any(route.channel is None for route in config.routes) and config.forwarder.enabled:
             supervisor.start(forwarder, "forwarder")
-        else:
-            supervisor.loops.append(forwarder)  # stopped all the same (it may hold a hand-off)
         if tracking:
             supervisor.start(tracker, "tracker")
-        else:
-            supervisor.loops.append(tracker)
-            if any(route.channel is None for route in config.routes):
-                log.warning("executions are not followed: set [platform] api_key to track them")
+        elif any(route.channel is None for route in config.routes):
+            log.warning("executions are not followed: set [platform] api_key to track them")
         supervisor.start(relay, "relay")
         log.info("bridge started", extra={"config": config.origin,
                                           "store": mask_url(config.store.url or "")

@@ -51,11 +51,16 @@ def signatures(header: str) -> list[bytes]:
         if not sep:
             raise MalformedSignature("webhook-signature entries must be 'v1,<base64>'")
         if version == "v1":
-            try:
-                provided.append(base64.b64decode(value.strip(), validate=True))
-            except (binascii.Error, ValueError):
-                raise MalformedSignature("signature is not base64") from None
+            provided.append(decode_b64(value))
     return provided
+
+
+def decode_b64(value: str) -> bytes:
+    """A base64 signature's bytes; MalformedSignature (400) when it is not base64."""
+    try:
+        return base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedSignature("signature is not base64") from None
 
 
 def check(keys: list[bytes], msg_id: str, timestamp: int, provided: list[bytes], body: bytes) -> None:

@@ -36,12 +36,21 @@ def receiver() -> Iterator[Receiver]:
     server.stop()
 
 
-@pytest.fixture
-def emulator() -> Iterator[EmulatorServer]:
+@contextlib.contextmanager
+def _emulator() -> Iterator[EmulatorServer]:
+    """The platform stand-in on a real socket, with the suite's keys."""
     server = EmulatorServer(Emulator(Settings(trigger_key=TRIGGER_KEY, api_key=API_KEY,
                                               execution_delay=0.2))).start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    with _emulator() as server:
+        yield server
 
 
 @contextlib.contextmanager
@@ -96,10 +105,8 @@ def make_bridge(tmp_path: Path, emulator: EmulatorServer) -> Iterator[Callable[.
 
 @pytest.fixture(scope="module")
 def module_emulator() -> Iterator[EmulatorServer]:
-    server = EmulatorServer(Emulator(Settings(trigger_key=TRIGGER_KEY, api_key=API_KEY,
-                                              execution_delay=0.2))).start()
-    yield server
-    server.stop()
+    with _emulator() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

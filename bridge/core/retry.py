@@ -34,10 +34,10 @@ def backoff(failures: int, base: float, factor: float, cap: float, jitter: str =
     ceiling = min(cap, base * factor ** max(0, failures - 1))
     if jitter == "none":
         return ceiling
-    rng = rng or random.Random()
+    uniform = rng.uniform if rng is not None else random.uniform
     if jitter == "full":
-        return max(min(base / 2, ceiling), rng.uniform(0, ceiling))
-    return ceiling * rng.uniform(0.5, 1)
+        return max(min(base / 2, ceiling), uniform(0, ceiling))
+    return ceiling * uniform(0.5, 1)
 
 
 def next_delay(failures: int, policy: RetryPolicy, rng: random.Random,

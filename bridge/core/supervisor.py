@@ -8,8 +8,8 @@ awaited. Leases make a cancelled claim safe to take again after a restart.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 
 class Loop(Protocol):
@@ -30,11 +30,9 @@ class Supervisor:
         self.loops.append(loop)
         self.tasks.append(asyncio.create_task(loop.run(), name=name or type(loop).__name__))
 
-    def spawn(self, work: Callable[[], Awaitable[None]], name: str) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run a task with no stop of its own: it is cancelled on stop."""
-        async def run() -> None:
-            await work()
-        self.tasks.append(asyncio.create_task(run(), name=name))
+        self.tasks.append(asyncio.create_task(work, name=name))
 
     async def stop(self) -> None:
         await asyncio.gather(*(loop.stop() for loop in self.loops))

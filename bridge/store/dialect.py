@@ -34,14 +34,15 @@ class Dialect:
     def render(self, template: str, bound: bool = True) -> str:
         """The statement for this database; `bound`: it is sent with parameters. The same few
         hundred templates come back again and again: each is rendered once."""
+        escape = bound and self.percent is not None
         try:
-            return self._rendered[template, bound]
+            return self._rendered[template, escape]
         except KeyError:
             pass
-        text = template.replace("%", self.percent) if bound and self.percent else template
+        text = template.replace("%", self.percent) if self.percent and escape else template
         sql = text.format_map(self.slots())
         if len(self._rendered) < 4096:  # templates with runtime lists vary: a bound all the same
-            self._rendered[template, bound] = sql
+            self._rendered[template, escape] = sql
         return sql
 
     def slots(self) -> dict[str, Any]:

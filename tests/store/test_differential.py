@@ -40,6 +40,7 @@ from bridge.core.models import (
     VerifiedEvent,
 )
 from bridge.store import SQLiteStore, Store
+from tests.store.fixtures.write_store import view
 from tests.support import pg
 
 START = 1_900_000_000.0
@@ -368,7 +369,7 @@ class TwoStores(RuleBasedStateMachine):
             events = {}
             for event_id in sorted(self.events):
                 record = await s.get_event(event_id)
-                events[event_id] = None if record is None else observable(record)
+                events[event_id] = view(record)
             dead = sorted((d.event_id, d.route, d.attempts, d.last_error)
                           for d in await s.dead_letters(limit=1000))
             return (events, dead, await s.counts(), await s.pending_by_route(),
@@ -377,24 +378,6 @@ class TwoStores(RuleBasedStateMachine):
                     await s.next_callback_due())
 
         self.same(state)
-
-
-def observable(record: Any) -> Any:
-    """An event as an operator sees it, without the ids each store makes for itself."""
-    ids = {d.id: (d.route, d.idempotency_key) for d in record.deliveries}
-    deliveries = sorted(
-        (d.route, d.idempotency_key, d.status, d.attempts, d.failures, d.next_attempt_at,
-         d.execution_id, d.last_error, ids.get(d.replay_of or "", d.replay_of is not None),
-         d.created_at, d.updated_at, d.reached_at,
-         tuple(dataclasses.astuple(a) for a in d.attempt_log)) for d in record.deliveries)
-    executions = sorted(
-        (x.id, ids.get(x.delivery_id), x.route, x.status, repr(x.output), x.error, x.checks)
-        for x in record.executions)
-    callbacks = sorted(
-        (c.execution_id, c.url, c.sender_supplied, c.status, c.attempts, c.last_error,
-         tuple(dataclasses.astuple(a)[1:] for a in c.attempt_log)) for c in record.callbacks)
-    return (record.state, record.idempotency_key, record.callback_url, deliveries, executions,
-            callbacks)
 
 
 def _tempdir() -> str:

@@ -8,8 +8,6 @@ inline. Schemes never parse JSON to verify; `InboundRequest.json()` is for ident
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -189,13 +187,6 @@ def decode_hex(value: str) -> bytes:
         return bytes.fromhex(value.strip())
     except ValueError:
         raise MalformedSignature("signature is not hex") from None
-
-
-def decode_b64(value: str) -> bytes:
-    try:
-        return base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise MalformedSignature("signature is not base64") from None
 
 
 def body_field(request: InboundRequest, *path: str) -> str | None:

@@ -22,15 +22,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from bridge.core.errors import MalformedSignature, SignatureError
-from bridge.ingest.providers.base import (
-    Identity,
-    InboundRequest,
-    Provider,
-    body_field,
-    decode_b64,
-    decode_hex,
-)
-from bridge.signing import any_match, sign
+from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field, decode_hex
+from bridge.signing import any_match, decode_b64, sign
 
 
 class BodyHmac(Provider):

@@ -18,15 +18,8 @@ import re
 
 from bridge.config import SourceConfig
 from bridge.core.errors import ConfigError, MalformedSignature, SignatureError
-from bridge.ingest.providers.base import (
-    ALGORITHMS,
-    Identity,
-    InboundRequest,
-    Provider,
-    decode_b64,
-    decode_hex,
-)
-from bridge.signing import any_match, sign
+from bridge.ingest.providers.base import ALGORITHMS, Identity, InboundRequest, Provider, decode_hex
+from bridge.signing import any_match, decode_b64, sign
 
 _TOKEN = re.compile(r"\{(body|timestamp|id)\}")
 _NAMING = frozenset({"id_header", "event_header"})

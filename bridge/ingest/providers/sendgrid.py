@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from bridge.config import SourceConfig
 from bridge.core.errors import ConfigError, SignatureError
-from bridge.ingest.providers.base import Identity, InboundRequest, Provider, decode_b64
+from bridge.ingest.providers.base import Identity, InboundRequest, Provider
+from bridge.signing import decode_b64
 
 SIGNATURE = "x-twilio-email-event-webhook-signature"
 TIMESTAMP = "x-twilio-email-event-webhook-timestamp"

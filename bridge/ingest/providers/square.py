@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from bridge.config import SourceConfig
 from bridge.core.errors import SignatureError
-from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field, decode_b64
-from bridge.signing import any_match, sign
+from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field
+from bridge.signing import any_match, decode_b64, sign
 
 
 class Square(Provider):

@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 from bridge.config import SourceConfig
 from bridge.core.errors import SignatureError
-from bridge.ingest.providers.base import Identity, InboundRequest, Provider, decode_b64
-from bridge.signing import any_match, sign
+from bridge.ingest.providers.base import Identity, InboundRequest, Provider
+from bridge.signing import any_match, decode_b64, sign
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
