@@ -1,6 +1,6 @@
 """Fixtures: the platform emulator on a real socket, a receiver for callbacks, and `make_bridge`,
-which starts the real bridge (`tests.support.harness.Bridge`) and checks no secret reached its
-logs."""
+which starts the real bridge (in the test process, `tests.support.inprocess`, or as a process,
+`tests.support.harness.Bridge`) and checks no secret reached its logs."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from tests.support.harness import (
     Bridge,
     free_port,
 )
+from tests.support.inprocess import InProcessBridge
 from tests.support.receiver import Receiver
 
 
@@ -55,7 +56,8 @@ def emulator() -> Iterator[EmulatorServer]:
 
 @contextlib.contextmanager
 def _bridges(directory: Path, emulator: EmulatorServer) -> Iterator[Callable[..., Bridge]]:
-    """Build bridges from BASE_CONFIG plus extra TOML; each started unless start=False. With
+    """Build bridges from BASE_CONFIG plus extra TOML; each started unless start=False, inside
+    the test process unless process=True (kill -9, signals, environment variables). With
     BRIDGE_TEST_STORE=postgres, each store is a PostgreSQL schema of its own instead. On the
     way out: every process stopped, and no configured secret in any of their logs."""
     bridges: list[Bridge] = []
@@ -63,7 +65,8 @@ def _bridges(directory: Path, emulator: EmulatorServer) -> Iterator[Callable[...
 
     def make(extra: str = "", *, start: bool = True, base: str = BASE_CONFIG,
              env: dict[str, str] | None = None, name: str = "bridge",
-             admin: bool = True, sqlite: bool = False, postgres: bool = False) -> Bridge:
+             admin: bool = True, sqlite: bool = False, postgres: bool = False,
+             process: bool = False) -> Bridge:
         port = free_port()
         db = directory / f"{name}.db"
         text = base.format(port=port, db=db, platform=emulator.base_url, trigger_key=TRIGGER_KEY,
@@ -79,14 +82,17 @@ def _bridges(directory: Path, emulator: EmulatorServer) -> Iterator[Callable[...
             text = text.replace(f'path = "{db}"', f'url = "{store_url}"')
         config = directory / f"{name}.toml"
         config.write_text(text)
-        bridge = Bridge(config, port, db, directory / f"{name}.log", env)
+        kind = Bridge if process or env else InProcessBridge
+        bridge = kind(config, port, db, directory / f"{name}.log", env)
         bridge.store_url = store_url
         bridges.append(bridge)
         return bridge.start() if start else bridge
 
     yield make
     for bridge in bridges:
-        if bridge.proc and bridge.proc.poll() is None:
+        if isinstance(bridge, InProcessBridge):
+            bridge.stop_quietly()
+        elif bridge.proc and bridge.proc.poll() is None:
             bridge.proc.kill()
             bridge.proc.wait(10)
     stack.close()  # the PostgreSQL schemas, once no bridge uses them

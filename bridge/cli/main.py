@@ -154,13 +154,8 @@ def proxy_options(config: Any) -> dict[str, Any]:
 
 
 def serve(config: object, log_format: str | None, log_level: str | None = None) -> int:
-    import uvicorn
-
-    from bridge.app import create_app
     from bridge.config import Config
     from bridge.core import logs
-    from bridge.devtools.emulator import Emulator, EmulatorServer, Settings
-    from bridge.web.server import BoundedHttpTools
 
     assert isinstance(config, Config)
     logs.configure(log_format or config.server.log_format, config.secrets(),
@@ -171,6 +166,31 @@ def serve(config: object, log_format: str | None, log_level: str | None = None) 
         return EXIT_FAILURE
     if config.server.workers > 1:
         return serve_workers(config, log_format, log_level)
+    server, emulator = build_server(config)
+    # uvicorn restores the previous handlers after its graceful shutdown and re-raises the
+    # signal it caught; a no-op handler here turns that into a clean exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's bind failure (it logged why)
+        return EXIT_FAILURE
+    finally:
+        if emulator is not None:
+            emulator.stop()
+    return EXIT_OK if server.started else EXIT_FAILURE
+
+
+def build_server(config: Any) -> tuple[Any, Any]:
+    """What `serve` runs, built and not yet started: the app under uvicorn with the server's
+    bounds (`uvicorn.Server`), and the platform emulator, started, when `[emulator]` asks for
+    one (else None). The test suite runs bridges in-process through this same function."""
+    import uvicorn
+
+    from bridge.app import create_app
+    from bridge.devtools.emulator import Emulator, EmulatorServer, Settings
+    from bridge.web.server import BoundedHttpTools
+
     app = create_app(config, config_path=config.origin if config.origin.endswith(".toml")
                      or os.path.isfile(config.origin) else None)
     log.info("config loaded", extra={"config": config.origin, "host": config.server.host,
@@ -185,26 +205,15 @@ def serve(config: object, log_format: str | None, log_level: str | None = None) 
         emulator = EmulatorServer(Emulator(settings), config.emulator.host, config.emulator.port)
         emulator.start()
         log.info("platform emulator started", extra={"url": emulator.base_url})
-    BoundedHttpTools.configure(config.server.max_header_bytes, config.server.max_headers)
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.server.host, port=config.server.port, log_config=None,
-        http=BoundedHttpTools, limit_concurrency=config.server.max_connections,
+        http=BoundedHttpTools.bounded(config.server.max_header_bytes, config.server.max_headers),
+        limit_concurrency=config.server.max_connections,
         access_log=False, lifespan="on", server_header=False, **proxy_options(config),
         timeout_graceful_shutdown=int(config.server.shutdown_timeout),
         timeout_keep_alive=5,
     ))
-    # uvicorn restores the previous handlers after its graceful shutdown and re-raises the
-    # signal it caught; a no-op handler here turns that into a clean exit 0.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
-    try:
-        server.run()
-    except SystemExit:  # uvicorn's bind failure (it logged why)
-        return EXIT_FAILURE
-    finally:
-        if emulator is not None:
-            emulator.stop()
-    return EXIT_OK if server.started else EXIT_FAILURE
+    return server, emulator
 
 
 def store_copy(args: argparse.Namespace) -> int:

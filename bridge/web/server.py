@@ -11,8 +11,9 @@ it: one connection that sent 400 MiB of headers held 400 MiB of memory and never
 The number of open connections is bounded by uvicorn's `limit_concurrency`
 (`[server] max_connections`): past it, new requests get 503.
 
-The limits are class attributes set once per process by `configure()`; worker processes started
-by uvicorn read them from the environment, where the parent put them.
+The limits are class attributes: `bounded()` gives one server a subclass with its own, and
+`configure()` sets the defaults that worker processes started by uvicorn read from the
+environment, where the parent put them.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class BoundedHttpTools(HttpToolsProtocol):
         cls.max_headers = max_headers
         os.environ[_ENV_BYTES] = str(max_header_bytes)  # for worker processes
         os.environ[_ENV_COUNT] = str(max_headers)
+
+    @classmethod
+    def bounded(cls, max_header_bytes: int, max_headers: int) -> type[BoundedHttpTools]:
+        """This protocol with limits of its own, for one server: several servers in one
+        process (the test suite's) each keep the bounds their config gave."""
+        return type(cls.__name__, (cls,), {"max_header_bytes": max_header_bytes,
+                                           "max_headers": max_headers})
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's own, with the head's size checked after each read and a refusal from

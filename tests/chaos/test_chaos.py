@@ -64,7 +64,7 @@ def test_kill_9_every_few_seconds_loses_nothing_and_runs_nothing_twice(
         make_bridge: Callable[..., Bridge], emulator: EmulatorServer,
         receiver: Receiver) -> None:
     emulator.emulator.configure(execution_delay=0.3)
-    bridge = make_bridge(tracked_config(receiver))
+    bridge = make_bridge(tracked_config(receiver), process=True)
     load = Load(bridge)
     load.thread.start()
     rounds = 4 * SCALE

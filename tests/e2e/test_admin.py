@@ -227,7 +227,9 @@ def test_cli_sign_and_send(bridge: Bridge, emulator: EmulatorServer) -> None:
     assert unknown.returncode == 1 and "no source named 'nope'" in unknown.stderr
 
 
-def test_sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one(bridge: Bridge) -> None:
+def test_sighup_reloads_a_good_config_and_keeps_the_old_on_a_bad_one(
+        make_bridge: Callable[..., Bridge]) -> None:
+    bridge = make_bridge(ADMIN, process=True)
     assert bridge.post("/hooks/extra", b"{}", {"X-Webhook-Token": "t"}).status_code == 404
     original = bridge.config_path.read_text()
     bridge.config_path.write_text(original + '\n[[sources]]\nname = "extra"\nprovider = "token"\n'

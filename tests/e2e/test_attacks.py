@@ -180,7 +180,7 @@ def stalled_link() -> Iterator[subprocess.Popen[str]]:
 def test_a_stalled_database_answers_503_within_the_deadline_and_recovers(
         make_bridge: Callable[..., Bridge], stalled_link: subprocess.Popen[str],
         emulator: EmulatorServer) -> None:
-    bridge = make_bridge(start=False, postgres=True)
+    bridge = make_bridge(start=False, postgres=True, process=True)
     port = urlsplit(pg.SERVER).port or 5432
     relayed = stalled_link.port  # type: ignore[attr-defined]
     text = bridge.config_path.read_text().replace(f"127.0.0.1:{port}/", f"127.0.0.1:{relayed}/")

@@ -22,7 +22,7 @@ NO_ROUTES_CONFIG_TAIL = ""
 
 
 def test_every_acknowledged_event_survives_kill_9(make_bridge: Callable[..., Bridge]) -> None:
-    bridge = make_bridge()
+    bridge = make_bridge(process=True)
     acked: dict[str, int] = {}
 
     async def load_then_kill() -> None:

@@ -50,7 +50,7 @@ def test_a_paused_route_with_work_waiting_costs_nothing(
     """Bug 1: a paused route's waiting delivery woke the forwarder at once, forever (0.92 of a
     core, ~3,000 commits a second)."""
     emulator.emulator.configure(trigger_key="rotated-on-the-platform")
-    bridge = make_bridge(ADMIN, start=False)
+    bridge = make_bridge(ADMIN, start=False, process=True)
     text = bridge.config_path.read_text().replace('pause_probe = "300ms"', 'pause_probe = "1h"')
     bridge.config_path.write_text(text)  # only an operator's retry sends it again
     bridge.start()
@@ -230,7 +230,7 @@ def test_tools_that_sign_need_only_the_source(make_bridge: Callable[..., Bridge]
                                               emulator: EmulatorServer, tmp_path: Path) -> None:
     """`send` and `trigger` read the source and its routes; an unset admin token (or anything
     else of the config) does not stop them."""
-    bridge = make_bridge('\n[admin]\ntokens = ["${UNSET_ADMIN_TOKEN_FOR_TEST}"]\n', start=False)
+    bridge = make_bridge('\n[admin]\ntokens = ["${UNSET_ADMIN_TOKEN_FOR_TEST}"]\n', start=False, process=True)
     env = {**os.environ, "UNSET_ADMIN_TOKEN_FOR_TEST": "adm-token-5f0e9c1b2a7d"}
     bridge.env = env
     bridge.start()

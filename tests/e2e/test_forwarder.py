@@ -184,7 +184,7 @@ def test_unrouted_events_are_stored_and_never_sent(make_bridge: Callable[..., Br
 def test_kill_9_with_deliveries_in_flight_executes_each_exactly_once(
         make_bridge: Callable[..., Bridge], emulator: EmulatorServer) -> None:
     emulator.emulator.configure(latency=0.3)
-    bridge = make_bridge()
+    bridge = make_bridge(process=True)
     acked = asyncio.run(send_many(bridge.url, 200, concurrency=32))
     assert len(acked) == 200
     wait_for(lambda: len(calls(emulator)) >= 20)

@@ -298,7 +298,7 @@ def test_reload_applies_new_filters_to_new_events_only(make_bridge: Any,
     from tests.support.harness import BASE_CONFIG
 
     base = BASE_CONFIG.split("[[routes]]")[0]
-    bridge = make_bridge(GLUE_ROUTES, base=base)
+    bridge = make_bridge(GLUE_ROUTES, base=base, process=True)
     emulator.emulator.add_fault(trigger="deploy", count=1, status=503)  # first send fails
     body = json.dumps({"ref": "refs/heads/main", "repository": {"full_name": "acme/api"},
                        "pusher": {"name": "a"}}).encode()

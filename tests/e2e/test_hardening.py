@@ -155,7 +155,7 @@ def test_callback_answers_are_capped_and_every_attempt_has_a_deadline(
         make_bridge: Callable[..., Bridge], emulator: EmulatorServer, hostile: Hostile) -> None:
     """1. A receiver's 300 MiB answer is read to 64 KiB; a receiver that drips a byte every
     100 ms is cut off by the attempt's deadline instead of holding it forever."""
-    bridge = make_bridge(CALLBACKS + notify_route(f"http://127.0.0.1:{hostile.port}"))
+    bridge = make_bridge(CALLBACKS + notify_route(f"http://127.0.0.1:{hostile.port}"), process=True)
     base = peak_rss_mb(bridge)
     hostile.mode = "huge"
     assert send_issue(bridge, "cap-1").status_code == 202
@@ -176,7 +176,7 @@ def test_callback_answers_are_capped_and_every_attempt_has_a_deadline(
 def test_oversized_request_heads_get_431_and_cost_nothing(
         make_bridge: Callable[..., Bridge]) -> None:
     """2. Before any authentication, headers are bounded in bytes and in count."""
-    bridge = make_bridge()
+    bridge = make_bridge(process=True)
     base = peak_rss_mb(bridge)
     with socket.create_connection(("127.0.0.1", bridge.port)) as sock:
         sock.sendall(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\n")

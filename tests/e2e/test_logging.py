@@ -42,7 +42,7 @@ def test_warning_keeps_failures_and_drops_the_lines_of_what_went_well(
         assert line not in logs, line
 
     # The default level writes each of them, for the same webhook on a bridge of its own.
-    loud = make_bridge(tracked_config(receiver), name="loud")
+    loud = make_bridge(tracked_config(receiver), name="loud", process=True)
     assert send_issue(loud, "loud-1").status_code == 202
     called_back(receiver, 2)
     for line in WENT_WELL:

@@ -46,7 +46,7 @@ tokens = ["{ADMIN}"]
 
 def test_a_bridge_on_postgres_accepts_forwards_and_survives_a_kill(
         pg_url: str, make_bridge: Any, emulator: Any) -> None:
-    bridge = make_bridge(base=on_postgres(pg_url))
+    bridge = make_bridge(base=on_postgres(pg_url), process=True)
     acked = []
     for i in range(20):
         body = json.dumps({"ref": "refs/heads/main", "n": i}).encode()
@@ -111,7 +111,7 @@ def test_the_database_going_away_answers_503_and_the_bridge_recovers(
     directory = tempfile.mkdtemp(prefix="bridge-pg-")
     server = pg.OwnServer(directory, free_port()).init()
     try:
-        bridge = make_bridge(base=on_postgres(server.url))
+        bridge = make_bridge(base=on_postgres(server.url), process=True)
         acked: list[str] = []
         refused: list[httpx.Response] = []
         stop = threading.Event()
@@ -186,7 +186,7 @@ def test_a_pause_through_one_replica_holds_on_all(
 @pytest.mark.timeout(300)
 def test_replicas_killed_under_load_lose_and_double_nothing(
         pg_url: str, make_bridge: Any, emulator: Any) -> None:
-    replicas = [make_bridge(base=on_postgres(pg_url), name=f"replica-{i}") for i in range(3)]
+    replicas = [make_bridge(base=on_postgres(pg_url), name=f"replica-{i}", process=True) for i in range(3)]
     acked: list[str] = []
     stop = threading.Event()
 

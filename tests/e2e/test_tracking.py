@@ -202,7 +202,7 @@ def test_others_executions_push_no_watched_one_off_the_lists(
 def test_tracking_survives_kill_9(make_bridge: Callable[..., Bridge], emulator: EmulatorServer,
                                   receiver: Receiver) -> None:
     emulator.emulator.configure(execution_delay=3.0)
-    bridge = make_bridge(tracked_config(receiver))
+    bridge = make_bridge(tracked_config(receiver), process=True)
     for i in range(5):
         assert send_issue(bridge, f"kill-{i}").status_code == 202
     wait_for(lambda: len(bridge.executions()) == 5)
