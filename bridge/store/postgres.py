@@ -136,6 +136,8 @@ class PostgresStore(SQLStore):
                 conn.execute(f"LISTEN {NOTIFY}")
                 while self._listening:
                     for notice in conn.notifies(timeout=1.0):
+                        if not self._listening:  # `close()` sent it to end the wait
+                            break
                         if notice.pid != self._writer_conn.pid:
                             kinds = frozenset(notice.payload.split(",")) & WORK or WORK
                             loop.call_soon_threadsafe(self._woken, kinds)
@@ -439,7 +441,17 @@ class PostgresStore(SQLStore):
         while readers is not None and not readers.empty():
             readers.get_nowait().close()
         if self._listener is not None:
-            await asyncio.to_thread(self._listener.join, 3.0)
+            await asyncio.to_thread(self._stop_listener, self._listener)
+
+    def _stop_listener(self, listener: threading.Thread) -> None:
+        """The listener waits up to a second at a time for a notification: one sent now ends
+        its wait, so a shutdown does not wait it out. (Other replicas take it as a spurious
+        wake-up, once.)"""
+        if listener.is_alive():
+            with contextlib.suppress(psycopg.Error), psycopg.connect(
+                    self.url, autocommit=True, **network_options(self.deadline)) as conn:
+                conn.execute(f"NOTIFY {NOTIFY}")
+        listener.join(3.0)
 
     async def _all(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         if self._readers is None:

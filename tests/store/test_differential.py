@@ -118,8 +118,9 @@ class TwoStores(RuleBasedStateMachine):
             except Exception as exc:  # noqa: BLE001 - compared, not hidden: see `same`
                 return ("raised", type(exc).__name__)
 
-        async def main() -> tuple[Any, Any]:
-            return await each(self.a), await each(self.b)
+        async def main() -> tuple[Any, Any]:  # side by side: each waits on its own disk
+            a, b = await asyncio.gather(each(self.a), each(self.b))
+            return a, b
 
         return self.loop.run_until_complete(main())
 
@@ -365,17 +366,17 @@ class TwoStores(RuleBasedStateMachine):
 
     @invariant()
     def same_state(self) -> None:
-        async def state(s: Store) -> Any:
-            events = {}
-            for event_id in sorted(self.events):
-                record = await s.get_event(event_id)
-                events[event_id] = view(record)
-            dead = sorted((d.event_id, d.route, d.attempts, d.last_error)
-                          for d in await s.dead_letters(limit=1000))
-            return (events, dead, await s.counts(), await s.pending_by_route(),
-                    {k: dataclasses.astuple(v) for k, v in (await s.route_states()).items()},
-                    await s.next_due(), await s.next_execution_due(),
-                    await s.next_callback_due())
+        async def state(s: Store) -> Any:  # reads only: side by side
+            ids = sorted(self.events)
+            records, dead, *rest = await asyncio.gather(
+                asyncio.gather(*(s.get_event(event_id) for event_id in ids)),
+                s.dead_letters(limit=1000), s.counts(), s.pending_by_route(),
+                s.route_states(), s.next_due(), s.next_execution_due(), s.next_callback_due())
+            counts, pending, routes, *due = rest
+            return ({event_id: view(record) for event_id, record in zip(ids, records, strict=True)},
+                    sorted((d.event_id, d.route, d.attempts, d.last_error) for d in dead),
+                    counts, pending, {k: dataclasses.astuple(v) for k, v in routes.items()},
+                    *due)
 
         self.same(state)
 
