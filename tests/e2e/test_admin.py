@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.devtools.emulator import EmulatorServer
+from tests.support import http
 from tests.support.admin import ADMIN, ADMIN_TOKEN, AUTH, admin, cli
 from tests.support.harness import GITHUB_SECRET, Bridge, barrier, by_id, github_headers, wait_for
 
@@ -34,15 +35,15 @@ def bridge(make_bridge: Callable[..., Bridge]) -> Bridge:
 
 
 def test_admin_auth(make_bridge: Callable[..., Bridge], bridge: Bridge) -> None:
-    assert httpx.get(f"{bridge.url}/admin/events").status_code == 401
-    wrong = httpx.get(f"{bridge.url}/admin/events", headers={"Authorization": "Bearer nope"})
+    assert http.get(f"{bridge.url}/admin/events").status_code == 401
+    wrong = http.get(f"{bridge.url}/admin/events", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
-    basic = httpx.get(f"{bridge.url}/admin/events",
+    basic = http.get(f"{bridge.url}/admin/events",
                       headers={"Authorization": f"Basic {ADMIN_TOKEN}"})
     assert basic.status_code == 401
     assert admin(bridge, "GET", "/admin/events").status_code == 200
     disabled = make_bridge(name="no-admin", admin=False)
-    assert httpx.get(f"{disabled.url}/admin/events", headers=AUTH).status_code == 404
+    assert http.get(f"{disabled.url}/admin/events", headers=AUTH).status_code == 404
 
 
 def test_filters_and_cursor_pagination(bridge: Bridge, emulator: EmulatorServer) -> None:
@@ -152,7 +153,7 @@ def test_openapi_document(bridge: Bridge) -> None:
 
 
 def metric(bridge: Bridge, name: str, **labels: str) -> float:
-    text = httpx.get(f"{bridge.url}/metrics").text
+    text = http.get(f"{bridge.url}/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):

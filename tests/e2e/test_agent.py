@@ -29,7 +29,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.support import netns
+from tests.support import http, netns
 from tests.support.harness import (
     API_KEY,
     GITHUB_SECRET,
@@ -202,7 +202,7 @@ class Site:
         return bridge
 
     def admin(self, path: str) -> Any:
-        response = httpx.get(f"{self.edge.url}{path}", timeout=10,
+        response = http.get(f"{self.edge.url}{path}", timeout=10,
                              headers={"Authorization": f"Bearer {ADMIN}"})
         response.raise_for_status()
         return response.json()
@@ -338,7 +338,7 @@ def test_the_edge_cannot_connect_in_and_events_still_arrive(site: Site) -> None:
 
     # The status URL's wait ends with the on-prem outcome.
     body = json.dumps({"ref": "refs/heads/main", "n": "waited"}).encode()
-    r = httpx.post(f"{site.edge.url}/hooks/github?wait=20", content=body, timeout=30,
+    r = http.post(f"{site.edge.url}/hooks/github?wait=20", content=body, timeout=30,
                    headers=github_headers(body, delivery="waited"))
     assert r.status_code == 200, r.text
     assert r.json()["deliveries"][0]["status"] == "delivered"
@@ -348,7 +348,7 @@ def test_the_edge_cannot_connect_in_and_events_still_arrive(site: Site) -> None:
     channels = site.admin("/admin/channels")["channels"]
     assert channels[0]["name"] == "plant-a" and channels[0]["lag"]["events"] == 0
     assert channels[0]["agents"][0]["connected"] is True
-    metrics = httpx.get(f"{site.edge.url}/metrics", timeout=10).text
+    metrics = http.get(f"{site.edge.url}/metrics", timeout=10).text
     assert 'bridge_channel_agents_connected{channel="plant-a"} 1.0' in metrics
 
 
@@ -517,7 +517,7 @@ def agent_call(url: str, payload: Any, token: str = AGENT_TOKEN,
         msg_id, now = f"msg_{time.time_ns()}", dt.datetime.now(tz=dt.UTC)
         signed = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
                   "webhook-signature": Webhook(secret).sign(msg_id, now, body.decode())}
-    return httpx.post(url, content=body, timeout=10, headers={
+    return http.post(url, content=body, timeout=10, headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/json",
         **signed, **headers})
 
@@ -538,7 +538,7 @@ trigger = "onprem-push"
 channel = "plant-a"
 """)
     url = f"{bridge.url}/agent/v1/channels/plant-a/pull"
-    assert httpx.post(url, json={"agent": "a"}, timeout=10).status_code == 401
+    assert http.post(url, json={"agent": "a"}, timeout=10).status_code == 401
     wrong = agent_call(url, {"agent": "a"}, token=OTHER_TOKEN)
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
     other = agent_call(f"{bridge.url}/agent/v1/channels/plant-b/pull", {"agent": "a"})
@@ -566,7 +566,7 @@ channel = "plant-a"
     r = agent_call(url, {"agent": "a", "ack": ack, "limit": 10})
     assert r.json()["items"] == []
     admin = {"Authorization": f"Bearer {ADMIN}"}
-    event = httpx.get(f"{bridge.url}/admin/events/{item['event_id']}", timeout=10,
+    event = http.get(f"{bridge.url}/admin/events/{item['event_id']}", timeout=10,
                       headers=admin).json()
     [onprem] = [d for d in event["deliveries"] if d["trigger"] == "onprem-push"]
     assert event["state"] == "queued" and onprem["status"] == "handed_off"
@@ -582,7 +582,7 @@ channel = "plant-a"
     assert agent_call(reports, report).json() == {"received": 1, "applied": 0, "ignored": 0}
     bad = agent_call(reports, {"agent": "a", "reports": [{"kind": "nope"}]})
     assert bad.status_code == 400
-    event = wait_for(lambda: (e := httpx.get(
+    event = wait_for(lambda: (e := http.get(
         f"{bridge.url}/admin/events/{item['event_id']}", timeout=10, headers=admin).json()
     )["state"] == "delivered" and e)
     [onprem] = [d for d in event["deliveries"] if d["trigger"] == "onprem-push"]

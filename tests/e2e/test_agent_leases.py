@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge.delivery.platform import trigger_path
+from tests.support import http
 from tests.support.harness import TRIGGER_KEY, Bridge, free_port, github_headers, wait_for
 from tests.support.receiver import Receiver
 
@@ -58,20 +59,20 @@ def signed(payload: Any, secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
 
 def call(bridge: Bridge, action: str, payload: Any, *, sign: bool = True) -> httpx.Response:
     body, headers = signed(payload) if sign else (json.dumps(payload).encode(), {})
-    return httpx.post(f"{bridge.url}/agent/v1/channels/plant-a/{action}", content=body,
+    return http.post(f"{bridge.url}/agent/v1/channels/plant-a/{action}", content=body,
                       timeout=30, headers={"Authorization": f"Bearer {AGENT_TOKEN}",
                                            "Content-Type": "application/json", **headers})
 
 
 def delivery(bridge: Bridge, event_id: str) -> dict[str, Any]:
-    event = httpx.get(f"{bridge.url}/admin/events/{event_id}", timeout=30,
+    event = http.get(f"{bridge.url}/admin/events/{event_id}", timeout=30,
                       headers={"Authorization": f"Bearer {ADMIN}"}).json()
     [found] = [d for d in event["deliveries"] if d["trigger"] == "onprem-push"]
     return found  # type: ignore[no-any-return]
 
 
 def ignored(bridge: Bridge, kind: str) -> float:
-    text = httpx.get(f"{bridge.url}/metrics", timeout=30,
+    text = http.get(f"{bridge.url}/metrics", timeout=30,
                      headers={"Authorization": f"Bearer {ADMIN}"}).text
     line = 'bridge_channel_ignored_total{channel="plant-a",kind="' + kind + '"} '
     match = re.search(re.escape(line) + r"(\S+)", text)
@@ -105,7 +106,7 @@ def test_a_stolen_token_alone_writes_nothing(make_bridge: Callable[..., Bridge])
         assert refused.status_code == 401, refused.text
         assert refused.json()["error"]["code"] == "invalid_signature"
     body, headers = signed(forged, "whsec_" + base64.b64encode(b"a-guess" * 4).decode())
-    wrong = httpx.post(f"{bridge.url}/agent/v1/channels/plant-a/pull", content=body, timeout=30,
+    wrong = http.post(f"{bridge.url}/agent/v1/channels/plant-a/pull", content=body, timeout=30,
                        headers={"Authorization": f"Bearer {AGENT_TOKEN}", **headers})
     assert wrong.status_code == 401
     assert delivery(bridge, event_id)["status"] == "pending"

@@ -25,7 +25,7 @@ import stripe
 from bridge.core.errors import CallbackNotAllowed
 from bridge.devtools.emulator import EmulatorServer
 from bridge.web.guard import allowed, canonical_url, check_literal
-from tests.support import pg
+from tests.support import http, pg
 from tests.support.harness import ADMIN_TOKEN, STRIPE_SECRET, Bridge, github_headers, wait_for
 from tests.support.receiver import Receiver
 
@@ -148,12 +148,12 @@ allow_callback_urls = ["https://*.example.com/*"]
     for path in ("/admin/events/%00", "/admin/events?key=%00", "/admin/events?cursor=a%00",
                  "/admin/dead-letters?source=%00", "/console/events?key=%00",
                  "/console/events?cursor=%00", "/console/events/feed?after=%00"):
-        answer = httpx.get(f"{bridge.url}{path}", headers=AUTH, timeout=30)
+        answer = http.get(f"{bridge.url}{path}", headers=AUTH, timeout=30)
         assert answer.status_code == 400, (path, answer.text)
         assert answer.json()["error"]["code"] == "bad_request"
     for path, payload in (("/admin/routes/github->github-push/pause", {"reason": "a\u0000b"}),
                           ("/admin/dead-letters/redrive", {"ids": ["x\u0000"]})):
-        answer = httpx.post(f"{bridge.url}{path}", headers=AUTH, timeout=30,
+        answer = http.post(f"{bridge.url}{path}", headers=AUTH, timeout=30,
                             content=json.dumps(payload).encode())
         assert answer.status_code < 500, (path, answer.text)
     assert "Traceback" not in bridge.logs()
@@ -194,7 +194,7 @@ def test_a_stalled_database_answers_503_within_the_deadline_and_recovers(
     stalled = github_post(bridge, "during")
     assert stalled.status_code == 503, stalled.text
     assert stalled.headers["Retry-After"] and stalled.json()["error"]["code"] == "store_unavailable"
-    listed = httpx.get(f"{bridge.url}/admin/events", headers=AUTH, timeout=60)
+    listed = http.get(f"{bridge.url}/admin/events", headers=AUTH, timeout=60)
     assert listed.status_code == 503 and "Retry-After" in listed.headers
     took = time.monotonic() - started
     stalled_link.send_signal(signal.SIGCONT)
@@ -209,7 +209,7 @@ def test_a_stalled_database_answers_503_within_the_deadline_and_recovers(
 
 def github_post(bridge: Bridge, delivery: str) -> httpx.Response:
     body = json.dumps({"ref": delivery}).encode()
-    return httpx.post(f"{bridge.url}/hooks/github", content=body, timeout=60,
+    return http.post(f"{bridge.url}/hooks/github", content=body, timeout=60,
                       headers=github_headers(body, delivery=delivery))
 
 
@@ -223,7 +223,7 @@ def test_a_delivered_replay_supersedes_the_dead_delivery(
     event_id = github_post(bridge, "replayed-1").json()["id"]
 
     def admin(method: str, path: str, **kwargs: Any) -> Any:
-        return httpx.request(method, f"{bridge.url}{path}", headers=AUTH, timeout=30,
+        return http.request(method, f"{bridge.url}{path}", headers=AUTH, timeout=30,
                              **kwargs).json()
 
     [dead] = wait_for(lambda: admin("GET", "/admin/dead-letters")["dead_letters"])
@@ -255,24 +255,24 @@ tokens = ["agent-token-plant-a-0001"]
 signing_secret = "whsec_cGxhbnQtYS1jaGFubmVsLXNpZ25pbmcta2V5"
 """)
     guesses = [f"guess-{i:04d}-not-a-token" for i in range(12)]
-    answers = [httpx.get(f"{bridge.url}/admin/events", timeout=30,
+    answers = [http.get(f"{bridge.url}/admin/events", timeout=30,
                          headers={"Authorization": f"Bearer {g}"}) for g in guesses]
     assert [a.status_code for a in answers[:10]] == [401] * 10
     assert answers[10].status_code == 429 and int(answers[10].headers["Retry-After"]) >= 1
     assert answers[10].json()["error"]["code"] == "too_many_attempts"
     # Over the limit, even the right token waits: guessing runs at 10 tries a minute.
-    assert httpx.get(f"{bridge.url}/admin/events", headers=AUTH, timeout=30).status_code == 429
-    pull = httpx.post(f"{bridge.url}/agent/v1/channels/plant-a/pull", json={"agent": "a"},
+    assert http.get(f"{bridge.url}/admin/events", headers=AUTH, timeout=30).status_code == 429
+    pull = http.post(f"{bridge.url}/agent/v1/channels/plant-a/pull", json={"agent": "a"},
                       headers={"Authorization": "Bearer agent-token-plant-a-0001"}, timeout=30)
     assert pull.status_code == 429
-    login = httpx.post(f"{bridge.url}/console/login", data={"token": ADMIN_TOKEN}, timeout=30)
+    login = http.post(f"{bridge.url}/console/login", data={"token": ADMIN_TOKEN}, timeout=30)
     assert login.status_code == 429 and "Retry-After" in login.headers
     logs = wait_for(lambda: (text := bridge.logs()).count("authentication failed") >= 10 and text)
     assert not any(g in logs for g in guesses)  # what was tried is never logged
 
 
 def sign_in(bridge: Bridge, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{bridge.url}/console/login", data={"token": ADMIN_TOKEN}, timeout=30,
+    return http.post(f"{bridge.url}/console/login", data={"token": ADMIN_TOKEN}, timeout=30,
                       headers=headers or {})
 
 
@@ -285,15 +285,15 @@ def test_signing_out_ends_the_session_and_the_cookie_is_opaque(
     old_digest = hashlib.sha256(b"bridge.console:" + ADMIN_TOKEN.encode()).hexdigest()[:32]
     assert old_digest not in cookie and ADMIN_TOKEN not in cookie
     assert "." not in cookie  # no signed payload: an opaque id
-    page = httpx.get(f"{bridge.url}/console/events", cookies={"bridge_console": cookie},
+    page = http.get(f"{bridge.url}/console/events", cookies={"bridge_console": cookie},
                      timeout=30)
     assert page.status_code == 200
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert csrf is not None
-    out = httpx.post(f"{bridge.url}/console/logout", data={"csrf": csrf.group(1)},
+    out = http.post(f"{bridge.url}/console/logout", data={"csrf": csrf.group(1)},
                      cookies={"bridge_console": cookie}, timeout=30)
     assert out.status_code == 303
-    replayed = httpx.get(f"{bridge.url}/console/events", cookies={"bridge_console": cookie},
+    replayed = http.get(f"{bridge.url}/console/events", cookies={"bridge_console": cookie},
                          timeout=30)
     assert replayed.status_code == 303 and replayed.headers["location"] == "/console/login"
 
@@ -312,16 +312,16 @@ def test_behind_a_trusted_tls_proxy_the_console_is_secure_and_accepts_its_own_or
     assert signed_in.status_code == 303
     assert "secure" in signed_in.headers["set-cookie"].lower()
     cookie = signed_in.cookies["bridge_console"]
-    page = httpx.get(f"{bridge.url}/console/events", headers=proxied, timeout=30,
+    page = http.get(f"{bridge.url}/console/events", headers=proxied, timeout=30,
                      cookies={"bridge_console": cookie})
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert csrf is not None
-    paused = httpx.post(f"{bridge.url}/console/routes/github->github-push/pause",
+    paused = http.post(f"{bridge.url}/console/routes/github->github-push/pause",
                         data={"csrf": csrf.group(1), "reason": "proxy"}, timeout=30,
                         headers={**proxied, "Origin": public},
                         cookies={"bridge_console": cookie})
     assert paused.status_code in (200, 303), paused.text
-    forged = httpx.post(f"{bridge.url}/console/routes/github->github-push/resume",
+    forged = http.post(f"{bridge.url}/console/routes/github->github-push/resume",
                         data={"csrf": csrf.group(1)}, timeout=30,
                         headers={**proxied, "Origin": "https://evil.example"},
                         cookies={"bridge_console": cookie})
@@ -335,7 +335,7 @@ def test_forwarded_headers_from_anyone_else_are_not_believed(
     assert "secure" not in signed_in.headers["set-cookie"].lower()
     # A client cannot dodge the limit by claiming other addresses.
     for i in range(11):
-        answer = httpx.get(f"{bridge.url}/admin/events", timeout=30, headers={
+        answer = http.get(f"{bridge.url}/admin/events", timeout=30, headers={
             "Authorization": "Bearer wrong", "X-Forwarded-For": f"198.51.100.{i}"})
     assert answer.status_code == 429
 

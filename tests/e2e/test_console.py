@@ -13,10 +13,10 @@ import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from bridge.devtools.emulator import EmulatorServer
+from tests.support import http
 from tests.support.harness import ADMIN_TOKEN, ALL_SECRETS, Bridge, github_headers, wait_for
 
 CHROMIUM = next((p for p in (os.environ.get("BRIDGE_CHROMIUM"), shutil.which("chromium"),
@@ -69,7 +69,7 @@ def push(bridge: Bridge, delivery: str) -> dict[str, Any]:
 
 
 def admin_get(bridge: Bridge, path: str) -> Any:
-    return httpx.get(f"{bridge.url}{path}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    return http.get(f"{bridge.url}{path}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                      timeout=10).json()
 
 
@@ -173,7 +173,7 @@ def test_posts_need_the_csrf_token_and_the_same_origin(console: tuple[Bridge, An
     assert elsewhere.status == 403
     assert bridge.routes()["github->github-push"]["state"] == "active"
     # With no session at all, a POST is sent to sign in, and changes nothing.
-    anonymous = httpx.post(f"{bridge.url}{route}", data={"reason": "x", "csrf": token})
+    anonymous = http.post(f"{bridge.url}{route}", data={"reason": "x", "csrf": token})
     assert anonymous.status_code == 303 and anonymous.headers["location"] == "/console/login"
     assert bridge.routes()["github->github-push"]["state"] == "active"
 

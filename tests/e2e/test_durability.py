@@ -9,8 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
-import httpx
-
+from tests.support import http
 from tests.support.harness import Bridge, github_headers, sqlite_only, wait_for
 from tests.support.load import body_for, send_many
 
@@ -60,7 +59,7 @@ def test_a_locked_store_answers_503_and_never_a_false_2xx(
         assert locker.stdout.readline().strip() == "locked"
         body = b'{"locked":true}'
         response = bridge.post("/hooks/github", body, github_headers(body, delivery="locked"))
-        ready = httpx.get(f"{bridge.url}/readyz", timeout=10)
+        ready = http.get(f"{bridge.url}/readyz", timeout=10)
         locker.stdin.write("\n")
         locker.stdin.flush()
     assert response.status_code == 503
@@ -71,7 +70,7 @@ def test_a_locked_store_answers_503_and_never_a_false_2xx(
     # Once the lock is gone the same delivery is accepted: the sender's retry works.
     retry = bridge.post("/hooks/github", body, github_headers(body, delivery="locked"))
     assert retry.status_code == 202
-    assert httpx.get(f"{bridge.url}/readyz").status_code == 200
+    assert http.get(f"{bridge.url}/readyz").status_code == 200
 
 
 @sqlite_only
@@ -106,7 +105,7 @@ def test_a_full_store_answers_503_and_keeps_what_it_acknowledged(
     body = body_for(refused[0], size=4000)
     retry = bridge.post("/hooks/github", body, github_headers(body, delivery=f"full-{refused[0]}"))
     assert retry.status_code == 202
-    assert httpx.get(f"{bridge.url}/readyz").status_code == 200
+    assert http.get(f"{bridge.url}/readyz").status_code == 200
 
 
 def test_sigterm_drains_and_exits_0(make_bridge: Callable[..., Bridge]) -> None:

@@ -14,16 +14,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.devtools.emulator import EmulatorServer
+from tests.support import http
 from tests.support.admin import ADMIN, ADMIN_TOKEN, admin, cli
 from tests.support.harness import GITHUB_SECRET, Bridge, github_headers, wait_for
 
 
 def commits(bridge: Bridge) -> float:
-    text = httpx.get(f"{bridge.url}/metrics").text
+    text = http.get(f"{bridge.url}/metrics").text
     for family in text_string_to_metric_families(text):
         if family.name == "bridge_store_commit_seconds":
             for sample in family.samples:
@@ -68,7 +68,7 @@ def test_a_paused_route_with_work_waiting_costs_nothing(
     waiting = shown["deliveries"][0]["waiting"]
     assert "route paused: platform answered 401" in waiting
     assert "check `[platform] trigger_key`" in waiting
-    status = httpx.get(str(ack["status_url"])).json()
+    status = http.get(str(ack["status_url"])).json()
     assert status["deliveries"][0]["waiting"].startswith("paused")
     assert "github->" not in str(status["deliveries"])  # nothing of the route is shown
     printed = cli(bridge, "events", "show", str(ack["id"]))

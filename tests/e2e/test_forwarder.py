@@ -8,9 +8,8 @@ import json
 import time
 from collections.abc import Callable
 
-import httpx
-
 from bridge.devtools.emulator import EmulatorServer
+from tests.support import http
 from tests.support.harness import Bridge, barrier, github_headers, wait_for
 from tests.support.load import send_many
 from tests.support.signatures import stripe_headers
@@ -106,7 +105,7 @@ def test_400_is_dead_with_its_reason(make_bridge: Callable[..., Bridge],
     wait_for(lambda: delivery_status(bridge, "github:r400")[0][0] == "dead")
     [(status, reason)] = delivery_status(bridge, "github:r400")
     assert "400 injected_fault" in (reason or "")
-    assert httpx.get(ack["status_url"]).json()["state"] == "dead"
+    assert http.get(ack["status_url"]).json()["state"] == "dead"
     barrier(bridge, emulator)
     assert len(calls(emulator, "github-push")) == 1  # never retried
 
@@ -137,7 +136,7 @@ def test_409_is_dead_and_logged_as_an_error(make_bridge: Callable[..., Bridge],
                                             emulator: EmulatorServer) -> None:
     bridge = make_bridge()
     # Something else already used the key this delivery will carry, with another body.
-    httpx.post(f"{emulator.base_url}/workflows/triggers/github-push", content=b'{"other":1}',
+    http.post(f"{emulator.base_url}/workflows/triggers/github-push", content=b'{"other":1}',
                headers={"Authorization": f"Bearer {emulator.emulator.settings.trigger_key}",
                         "Idempotency-Key": "github:r409:github-push"})
     body = b'{"ref":"conflict"}'

@@ -20,6 +20,7 @@ from bridge.core import expressions
 from bridge.core.models import VerifiedEvent, new_id
 from bridge.ingest import filters as glue
 from bridge.ingest import routing as outbox
+from tests.support import http
 from tests.support.harness import ALL_SECRETS, github_headers, wait_for
 
 ADMIN = "adm-token-5f0e9c1b2a7d"
@@ -282,10 +283,10 @@ def test_end_to_end_only_the_matching_route_runs_with_exactly_the_mapped_body(
 
     # The push to dev: no route took it, and the event says which route did not, and why.
     event_id = skipped.json()["id"]
-    shown = httpx.get(f"{bridge.url}/admin/events/{event_id}", headers=admin, timeout=10).json()
+    shown = http.get(f"{bridge.url}/admin/events/{event_id}", headers=admin, timeout=10).json()
     assert shown["state"] == "unrouted"
     assert shown["filtered"] == [{"route": "github->deploy", "reason": "filter did not match"}]
-    status = httpx.get(skipped.json()["status_url"], timeout=10).json()
+    status = http.get(skipped.json()["status_url"], timeout=10).json()
     assert status["filtered"] == 1  # the sender learns it was filtered, not by what
     out = subprocess.run([sys.executable, "-m", "bridge", "events", "show", event_id, "--url",
                           bridge.url, "--token", ADMIN], capture_output=True, text=True,

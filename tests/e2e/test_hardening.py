@@ -25,6 +25,7 @@ from twilio.request_validator import RequestValidator
 
 from bridge.devtools.emulator import EmulatorServer
 from bridge.web.guard import allowed, is_public
+from tests.support import http
 from tests.support.admin import ADMIN, admin
 from tests.support.harness import (
     GITHUB_SECRET,
@@ -194,7 +195,7 @@ def test_oversized_request_heads_get_431_and_cost_nothing(
     assert sent < 50 << 20  # refused early, not after everything was read
     assert peak_rss_mb(bridge) - base < 50
     many = {f"X-H{i}": "v" for i in range(150)}
-    counted = httpx.post(f"{bridge.url}/hooks/github", content=b"{}", headers=many)
+    counted = http.post(f"{bridge.url}/hooks/github", content=b"{}", headers=many)
     assert counted.status_code == 431
     body = b'{"zen":"ok"}'
     fine = bridge.post("/hooks/github", body, {**github_headers(body, delivery="h-1"),
@@ -376,7 +377,7 @@ def test_non_ascii_delivery_ids_are_hashed_into_the_key(
     body = b'{"ref":"unicode"}'
     headers = github_headers(body, delivery="x")
     headers["X-GitHub-Delivery"] = "d\u00e9livr\u00e9-1"
-    ack = httpx.post(f"{bridge.url}/hooks/github", content=body,
+    ack = http.post(f"{bridge.url}/hooks/github", content=body,
                      headers={k: v.encode() for k, v in headers.items()})  # type: ignore[misc]
     assert ack.status_code == 202
     key = ack.json()["idempotency_key"]
@@ -476,7 +477,7 @@ def test_a_sql_error_is_a_bug_with_a_traceback_not_an_outage(
     answer = admin(bridge, "GET", "/admin/routes")
     assert answer.status_code == 500 and answer.json()["error"]["code"] == "internal"
     wait_for(lambda: "Traceback" in (logs := bridge.logs()) and "no such table: routes" in logs)
-    assert httpx.get(f"{bridge.url}/readyz").status_code == 200  # the store itself is fine
+    assert http.get(f"{bridge.url}/readyz").status_code == 200  # the store itself is fine
 
 
 LIFETIME = """

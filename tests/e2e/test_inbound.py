@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support import http
 from tests.support.harness import Bridge, github_headers
 
 SMALL = """
@@ -113,7 +114,7 @@ def test_body_over_the_limit_is_413(bridge: Bridge) -> None:
         for _ in range(64):
             yield b"y" * 256
 
-    streamed = httpx.post(f"{bridge.url}/hooks/small", content=chunks(), timeout=10)
+    streamed = http.post(f"{bridge.url}/hooks/small", content=chunks(), timeout=10)
     assert streamed.status_code == 413
 
 
@@ -128,7 +129,7 @@ def test_body_over_the_limit_is_413(bridge: Bridge) -> None:
 )
 def test_routing_errors_are_json(bridge: Bridge, method: str, path: str, status: int,
                                  code: str) -> None:
-    response = httpx.request(method, f"{bridge.url}{path}", content=b"{}")
+    response = http.request(method, f"{bridge.url}{path}", content=b"{}")
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
 
@@ -136,16 +137,16 @@ def test_routing_errors_are_json(bridge: Bridge, method: str, path: str, status:
 def test_status_url_shows_the_event_and_rejects_tampering(bridge: Bridge) -> None:
     body = b'{"ref":"status"}'
     ack = bridge.post("/hooks/github", body, github_headers(body, delivery="st-1")).json()
-    shown = httpx.get(ack["status_url"])
+    shown = http.get(ack["status_url"])
     assert shown.status_code == 200
     assert shown.json()["id"] == ack["id"] and shown.json()["idempotency_key"] == "github:st-1"
     assert shown.json()["deliveries"][0]["trigger"] == "github-push"
     assert "github->" not in shown.text  # no route names
     token = ack["status_url"].rsplit("/", 1)[1]
     tampered = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
-    bad = httpx.get(f"{bridge.url}/events/{tampered}")
+    bad = http.get(f"{bridge.url}/events/{tampered}")
     assert bad.status_code == 404 and bad.json()["error"]["code"] == "invalid_token"
-    assert httpx.get(f"{bridge.url}/events/not-a-token").status_code == 404
+    assert http.get(f"{bridge.url}/events/not-a-token").status_code == 404
 
 
 def test_unsigned_source_needs_insecure_and_uses_its_id_header(bridge: Bridge) -> None:
@@ -166,8 +167,8 @@ def test_stored_headers_keep_no_signature_or_credentials(bridge: Bridge) -> None
 
 
 def test_healthz_and_readyz(bridge: Bridge) -> None:
-    assert httpx.get(f"{bridge.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{bridge.url}/readyz").json() == {"status": "ready"}
+    assert http.get(f"{bridge.url}/healthz").json() == {"status": "ok"}
+    assert http.get(f"{bridge.url}/readyz").json() == {"status": "ready"}
 
 
 header_names = st.sampled_from(["X-Hub-Signature-256", "X-GitHub-Delivery", "X-GitHub-Event",

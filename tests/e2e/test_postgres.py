@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import pg
+from tests.support import http, pg
 from tests.support.harness import BASE_CONFIG, free_port, github_headers, wait_for
 
 # Processes killed, cut and restarted under load: these run one after another on one
@@ -62,11 +62,11 @@ def test_a_bridge_on_postgres_accepts_forwards_and_survives_a_kill(
     admin = {"Authorization": f"Bearer {ADMIN}"}
 
     def all_delivered() -> bool:
-        events = httpx.get(f"{bridge.url}/admin/events?limit=100", headers=admin,
+        events = http.get(f"{bridge.url}/admin/events?limit=100", headers=admin,
                            timeout=10).json()["events"]
         return len(events) == 20 and all(e["state"] == "delivered" for e in events)
     wait_for(all_delivered, timeout=30)
-    assert httpx.get(f"{bridge.url}/readyz", timeout=10).status_code == 200
+    assert http.get(f"{bridge.url}/readyz", timeout=10).status_code == 200
 
 
 def test_three_replicas_take_one_delivery_once(
@@ -92,10 +92,10 @@ def test_three_replicas_take_one_delivery_once(
     # Every replica's forwarder runs; the one delivery is claimed by exactly one of them.
     admin = {"Authorization": f"Bearer {ADMIN}"}
     event_id = answers[0].json()["id"]
-    wait_for(lambda: httpx.get(f"{replicas[1].url}/admin/events/{event_id}", headers=admin,
+    wait_for(lambda: http.get(f"{replicas[1].url}/admin/events/{event_id}", headers=admin,
                                timeout=10).json()["state"] == "delivered", timeout=20)
     assert len(emulator.emulator.calls) == 1
-    shown = httpx.get(f"{replicas[2].url}/admin/events/{event_id}", headers=admin,
+    shown = http.get(f"{replicas[2].url}/admin/events/{event_id}", headers=admin,
                       timeout=10).json()
     assert len(shown["deliveries"][0]["attempt_log"]) == 1
 
@@ -138,7 +138,7 @@ def test_the_database_going_away_answers_503_and_the_bridge_recovers(
         wait_for(lambda: len(acked) >= 30, timeout=30)
         server.crash()
         wait_for(lambda: len(refused) >= 5, timeout=60)
-        assert httpx.get(f"{bridge.url}/readyz", timeout=15).status_code == 503
+        assert http.get(f"{bridge.url}/readyz", timeout=15).status_code == 503
         server.start()
         mark = len(acked)
         wait_for(lambda: len(acked) >= mark + 30, timeout=60)  # recovered, no restart
@@ -147,7 +147,7 @@ def test_the_database_going_away_answers_503_and_the_bridge_recovers(
         assert all(r.status_code == 503 and r.headers.get("retry-after") for r in refused), \
             {r.status_code for r in refused}
         assert all(r.json()["error"]["code"] for r in refused)
-        assert httpx.get(f"{bridge.url}/readyz", timeout=15).status_code == 200
+        assert http.get(f"{bridge.url}/readyz", timeout=15).status_code == 200
         print(f"acknowledged {len(acked)}, refused {len(refused)} while the database was down")
         # Every acknowledged event was stored and reaches the platform.
         wait_for(lambda: set(acked) <= {c["key"].rsplit(":", 1)[0]
@@ -163,7 +163,7 @@ def test_a_pause_through_one_replica_holds_on_all(
 
     a, b, c = (make_bridge(base=on_postgres(pg_url), name=f"replica-{i}") for i in range(3))
     admin = {"Authorization": f"Bearer {ADMIN}"}
-    assert httpx.post(f"{a.url}/admin/routes/github-push/pause", headers=admin, json={},
+    assert http.post(f"{a.url}/admin/routes/github-push/pause", headers=admin, json={},
                       timeout=10).status_code == 200
     for i, replica in enumerate((b, c)):
         body = json.dumps({"ref": "refs/heads/main", "n": i}).encode()
@@ -175,9 +175,9 @@ def test_a_pause_through_one_replica_holds_on_all(
     wait_for(lambda: len([x for x in emulator.emulator.calls
                           if x["trigger"] == "stripe-events"]) == 2, timeout=20)
     assert [x for x in emulator.emulator.calls if x["trigger"] == "github-push"] == []
-    routes = httpx.get(f"{b.url}/admin/routes", headers=admin, timeout=10).json()["routes"]
+    routes = http.get(f"{b.url}/admin/routes", headers=admin, timeout=10).json()["routes"]
     assert {r["name"]: r["state"] for r in routes}["github->github-push"] == "paused"
-    assert httpx.post(f"{c.url}/admin/routes/github-push/resume", headers=admin,
+    assert http.post(f"{c.url}/admin/routes/github-push/resume", headers=admin,
                       timeout=10).status_code == 200
     wait_for(lambda: len([x for x in emulator.emulator.calls
                           if x["trigger"] == "github-push"]) == 2, timeout=20)
@@ -196,7 +196,7 @@ def test_replicas_killed_under_load_lose_and_double_nothing(
             replica = replicas[(i + n) % 3]
             body = json.dumps({"ref": "refs/heads/main", "n": f"{n}-{i}"}).encode()
             try:
-                r = httpx.post(f"{replica.url}/hooks/github", content=body, timeout=10,
+                r = http.post(f"{replica.url}/hooks/github", content=body, timeout=10,
                                headers=github_headers(body, delivery=f"k-{n}-{i}"))
                 if r.status_code == 202:
                     acked.append(f"github:k-{n}-{i}")
@@ -276,7 +276,7 @@ tokens = ["{ADMIN}"]
     events = []
     cursor = None
     while True:
-        page = httpx.get(f"{new.url}/admin/events", headers=admin, timeout=10,
+        page = http.get(f"{new.url}/admin/events", headers=admin, timeout=10,
                          params={"limit": 500, **({"cursor": cursor} if cursor else {})}).json()
         events += page["events"]
         cursor = page["next_cursor"]
@@ -288,8 +288,8 @@ tokens = ["{ADMIN}"]
     assert new.post("/hooks/github", body, github_headers(body, delivery="c-7")
                     ).json()["duplicate"] is True
     status_url = status_urls[7].replace(old.url, new.url)
-    assert httpx.get(status_url, timeout=10).json()["state"] == "delivered"
-    shown = httpx.get(f"{new.url}/admin/events/{events[0]['id']}", headers=admin,
+    assert http.get(status_url, timeout=10).json()["state"] == "delivered"
+    shown = http.get(f"{new.url}/admin/events/{events[0]['id']}", headers=admin,
                       timeout=10).json()
     assert shown["deliveries"][0]["attempt_log"]
 

@@ -11,6 +11,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from bridge.devtools.emulator import EmulatorServer
+from tests.support import http
 from tests.support.harness import TRIGGER_KEY, Bridge, github_headers, wait_for
 from tests.support.receiver import Receiver
 from tests.support.tracking import send_issue, tracked_config, verified
@@ -42,7 +43,7 @@ def test_completion_reaches_the_callback_signed_once(
     [execution] = emulator.emulator.executions_for("notify")
     assert data["execution"]["id"] == execution.id
     assert message["headers"]["webhook-id"]
-    shown = httpx.get(ack["status_url"]).json()
+    shown = http.get(ack["status_url"]).json()
     delivery = shown["deliveries"][0]
     assert delivery["execution"]["status"] == "completed"
     assert delivery["execution"]["output"]["echo"]["payload"]["issue"]["title"] == "Ünïcode ✓"
@@ -299,7 +300,7 @@ def test_a_name_resolving_to_loopback_is_refused_at_send_time(
     assert "non-public" in error and "127.0.0.1" in error  # the detail, for operators
     assert receiver.all() == []  # nothing reached the loopback receiver
     # The sender's status page says only that it was not delivered: no reason, no address.
-    view = httpx.get(response.json()["status_url"]).json()
+    view = http.get(response.json()["status_url"]).json()
     assert view["callbacks"] == [{"status": "dead", "attempts": 1}]
 
 

@@ -8,6 +8,7 @@ import sys
 
 import httpx
 
+from tests.support import http
 from tests.support.harness import Bridge
 
 ADMIN_TOKEN = "adm-token-5f0e9c1b2a7d"
@@ -20,7 +21,7 @@ tokens = ["{ADMIN_TOKEN}"]
 
 
 def admin(bridge: Bridge, method: str, path: str, **kwargs: object) -> httpx.Response:
-    return httpx.request(method, f"{bridge.url}{path}", headers=AUTH, timeout=30,
+    return http.request(method, f"{bridge.url}{path}", headers=AUTH, timeout=30,
                          **kwargs)  # type: ignore[arg-type]
 
 

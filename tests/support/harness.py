@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from bridge.devtools.emulator import EmulatorServer
+from tests.support import http
 
 # BRIDGE_TEST_STORE=postgres runs every bridge the suite starts on PostgreSQL instead of SQLite.
 ON_POSTGRES = os.environ.get("BRIDGE_TEST_STORE") == "postgres"
@@ -147,7 +148,7 @@ class Bridge:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bridge exited {self.proc.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if http.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -169,7 +170,7 @@ class Bridge:
 
     def post(self, path: str, body: bytes, headers: dict[str, str] | None = None,
              **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", content=body, headers=headers or {}, timeout=30,
+        return http.post(f"{self.url}{path}", content=body, headers=headers or {}, timeout=30,
                           **kwargs)
 
     # What the bridge holds, read as an operator reads it: through the admin API, whichever
@@ -179,7 +180,7 @@ class Bridge:
         """GET an admin endpoint with the first admin token in the bridge's config."""
         tokens = tomllib.loads(self.config_path.read_text()).get("admin", {}).get("tokens")
         assert tokens, "this bridge has no [admin] tokens to read its state with"
-        answer = httpx.get(f"{self.url}{path}", params=params, timeout=30,
+        answer = http.get(f"{self.url}{path}", params=params, timeout=30,
                            headers={"authorization": f"Bearer {tokens[0]}"})
         assert answer.status_code == 200, answer.text
         return answer.json()
@@ -223,7 +224,7 @@ class Bridge:
         """Deliveries by status, from /metrics: one cheap request, for waits over many events."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        text = http.get(f"{self.url}/metrics", timeout=30).text
         return {sample.labels["status"]: int(sample.value)
                 for family in text_string_to_metric_families(text)
                 if family.name == "bridge_outbox_deliveries" for sample in family.samples}
