@@ -130,9 +130,10 @@ class PostgresStore(SQLStore):
         """Other replicas' commits that made work due wake this one's loops. (This replica's
         own commits wake them as they are answered: its own NOTIFYs are skipped.)"""
         while self._listening:
+            conn: Any = None
             try:
-                conn: Any = psycopg.connect(self.url, autocommit=True,
-                                            **network_options(self.deadline))
+                conn = psycopg.connect(self.url, autocommit=True,
+                                       **network_options(self.deadline))
                 conn.execute(f"LISTEN {NOTIFY}")
                 while self._listening:
                     for notice in conn.notifies(timeout=1.0):
@@ -141,11 +142,13 @@ class PostgresStore(SQLStore):
                         if notice.pid != self._writer_conn.pid:
                             kinds = frozenset(notice.payload.split(",")) & WORK or WORK
                             loop.call_soon_threadsafe(self._woken, kinds)
-                conn.close()
             except psycopg.Error:
                 threading.Event().wait(1.0)  # the database is away: try again shortly
             except RuntimeError:  # the event loop is closed
                 return
+            finally:
+                if conn is not None:
+                    conn.close()
 
     def _woken(self, kinds: frozenset[str]) -> None:
         waiters, self._change_waiters = self._change_waiters, []
@@ -480,4 +483,7 @@ class PostgresStore(SQLStore):
             return read_rows(conn, sql, params)
         finally:
             self._reading.pop(conn, None)
-            readers.put(conn)
+            if self._readers is readers:
+                readers.put(conn)
+            else:  # the store closed while this read ran: nobody will take it again
+                conn.close()
