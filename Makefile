@@ -1,5 +1,8 @@
 # Two commands matter: `make run` and `make test`. Everything else is optional.
 PYTHON ?= python3
+SHELL := /bin/bash
+# A failed install fails make, even piped through $(PROGRESS).
+.SHELLFLAGS := -o pipefail -c
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -11,17 +14,21 @@ CONFIG ?= config.example.toml
 # the versions in requirements.lock (a constraints file), never whatever is newest that day.
 RUN_STAMP := $(VENV)/.installed-run
 LOCKED := -c requirements.lock
+# pip's output cut to one short line per package fetched, numbered, so a long install shows it
+# is moving: "  [12] jinja2-3.1.6".
+PROGRESS := awk '/^(Collecting|Processing|Downloading) /{n++; f=$$2; sub(/.*\//, "", f); \
+	printf "  [%d] %s\n", n, f; fflush()} /^Successfully installed/{print "  done"}'
 
 $(RUN_STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	@echo "installing what the bridge runs on (about a minute on a fresh machine)..."
-	$(BIN)/pip install --progress-bar off $(LOCKED) -e . | grep -E '^(Collecting|Successfully)' || true
+	$(BIN)/pip install --progress-bar off $(LOCKED) -e . | $(PROGRESS)
 	touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock $(RUN_STAMP)
 	@echo "installing the test tools (about three minutes on a fresh machine)..."
-	$(BIN)/pip install --progress-bar off $(LOCKED) -e '.[test]' | grep -E '^(Collecting|Successfully)' || true
+	$(BIN)/pip install --progress-bar off $(LOCKED) -e '.[test]' | $(PROGRESS)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -8,6 +8,7 @@ store cannot open), 2 usage or configuration error (nothing has been bound). uvi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import logging
@@ -41,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (default: $BRIDGE_CONFIG)")
     serve.add_argument("--log-format", choices=("json", "text"), help="overrides the config")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="overrides the config")
+    serve.add_argument("--host", help="address to listen on; overrides [server] host")
+    serve.add_argument("--port", type=_port, help="port to listen on; overrides [server] port "
+                                                  "(two replicas on one machine, one config)")
 
     check = commands.add_parser("check-config", help="validate a config: problems, warnings, "
                                                      "and a one-line summary")
@@ -78,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     emulator.add_argument("--api-key", default=os.environ.get("EMULATOR_API_KEY", "dev-api-key"))
     emulator.add_argument("--execution-delay", type=float, default=0.5, metavar="SECONDS")
 
+    secret = commands.add_parser(
+        "secret", help="print a new random secret: a token (admin, agent, `token` sources) or, "
+                       "with --whsec, a Standard Webhooks signing secret (callbacks, channels)")
+    secret.add_argument("--whsec", action="store_true",
+                        help="a `whsec_` signing secret: 32 random bytes, base64")
+
     commands.add_parser("demo", help="run a bridge, the emulator and a callback receiver, and "
                                      "show a GitHub and a Stripe event travel end to end")
     ops.add_commands(commands)
@@ -98,6 +108,9 @@ def run(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     if args.command == "emulator":
         return run_emulator(args)
+    if args.command == "secret":
+        print(new_secret(args.whsec))
+        return EXIT_OK
     if args.command == "demo":
         from bridge.cli.demo import run as run_demo
 
@@ -118,12 +131,35 @@ def run(argv: Sequence[str] | None) -> int:
             return run_agent(config, args.log_format, args.log_level)
         if args.command == "migrate":
             return migrate(config)
+        if args.host or args.port is not None:
+            config = dataclasses.replace(config, server=dataclasses.replace(
+                config.server, host=args.host or config.server.host,
+                port=config.server.port if args.port is None else args.port))
         return serve(config, args.log_format, args.log_level)
     except ConfigError as exc:
         print(f"bridge: invalid configuration ({path or 'built-in defaults'}):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def new_secret(whsec: bool = False) -> str:
+    """32 bytes from the OS's CSPRNG: as a `whsec_` Standard Webhooks secret (base64, the
+    form `[callbacks] signing_secret` and `[[channels]] signing_secret` take), or as a token
+    (URL-safe text, for `[admin] tokens`, a channel's `tokens` and `token` sources)."""
+    import base64
+    import secrets
+
+    raw = secrets.token_bytes(32)
+    if whsec:
+        return "whsec_" + base64.b64encode(raw).decode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number (0-65535), not {text!r}")
+    return int(text)
 
 
 def check_config(config: object, dump: bool = False) -> int:
@@ -138,6 +174,14 @@ def check_config(config: object, dump: bool = False) -> int:
     for warning in found:
         print(f"warning: {warning}", file=sys.stderr)
     plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
+    if config.edge is not None:  # an agent's config: what it pulls, and where it delivers
+        from bridge.config import mask_url
+
+        callbacks = len(config.callbacks.urls)
+        print(f"ok: agent for channel {config.edge.channel!r} of {mask_url(config.edge.url)},"
+              f" delivering to {mask_url(config.platform.base_url)},"
+              f" {plural(callbacks, 'callback URL')}, {plural(len(found), 'warning')}")
+        return EXIT_OK
     print(f"ok: {plural(len(config.sources), 'source')}, {plural(len(config.routes), 'route')},"
           f" {plural(len(found), 'warning')}")
     return EXIT_OK

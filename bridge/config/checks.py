@@ -113,7 +113,31 @@ def warnings(config: Config) -> list[str]:
             "was lost is not retried past the key's lifetime (it goes dead, redrive with "
             "--force), so retries after that only help deliveries that never reached the "
             "platform")
+    if config.edge is not None:
+        out += _agent_warnings(config)
     return out
+
+
+def _agent_warnings(config: Config) -> list[str]:
+    """What an agent's config lacks that it will miss at run time (what it cannot start
+    without, the platform's trigger key and a signing secret for callbacks, are errors)."""
+    assert config.edge is not None
+    out = []
+    if not config.platform.api_key:
+        out.append("platform.api_key is not set: the agent cannot follow executions, so the "
+                   "edge never hears how they ended and no callback is sent")
+    if config.edge.url.startswith("http://") and not _loopback(config.edge.url):
+        out.append("edge.url is plain http: the agent's token crosses the network in the clear;"
+                   " use https")
+    if config.sources or config.routes:
+        out.append("an agent takes its events from the edge: its [[sources]] and [[routes]] "
+                   "are not used")
+    return out
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1")
 
 
 def mask_url(value: str) -> str:

@@ -24,8 +24,15 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+class Substituted(str):
+    """A string that took a value from the environment: where the key wants a number or a
+    boolean, its text is read as one (`port = "${PORT}"`), since TOML cannot put a variable
+    anywhere but in a string."""
+
+
 def interpolate(value: Any, environ: Mapping[str, str], path: str, problems: list[str]) -> Any:
-    """Substitute ${VAR} and ${VAR:-default} in every string; `$$` is a literal `$`."""
+    """Substitute ${VAR} and ${VAR:-default} in every string; `$$` is a literal `$`. A string
+    with a variable in it comes back `Substituted`."""
     if isinstance(value, str):
 
         def replace(match: re.Match[str]) -> str:
@@ -41,12 +48,32 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str, problems: lis
             problems.append(f"{path}: environment variable {name} is not set")
             return ""
 
-        return _VAR.sub(replace, value)
+        result, count = _VAR.subn(replace, value)
+        if count and any(m.group(0) != "$$" for m in _VAR.finditer(value)):
+            return Substituted(result)
+        return result
     if isinstance(value, dict):
         return {k: interpolate(v, environ, _join(path, k), problems) for k, v in value.items()}
     if isinstance(value, list):
         return [interpolate(v, environ, f"{path}[{i}]", problems) for i, v in enumerate(value)]
     return value
+
+
+def _from_text(text: str, kinds: tuple[type, ...]) -> Any:
+    """An environment value read as the number or boolean a key wants; None if it is not one."""
+    text = text.strip()
+    if bool in kinds:
+        return {"true": True, "false": False}.get(text.lower())
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if float in kinds:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
 
 
 def _join(path: str, key: str) -> str:
@@ -78,6 +105,14 @@ class Section:
         if key not in self.data:
             return default
         value = self.data.pop(key)
+        if isinstance(value, Substituted):
+            if str in kinds:
+                return str(value)
+            parsed = _from_text(value, kinds)
+            if parsed is None:
+                self.fail(key, f"expected {kind_name}, and the environment gave {str(value)!r}")
+                return default
+            return parsed
         if isinstance(value, bool) and bool not in kinds:
             self.fail(key, f"expected {kind_name}")
             return default

@@ -1,0 +1,145 @@
+"""The first day of a new user, past the first hour: what they type and what they see.
+
+Setting up: a copy of the example config, two replicas from one config (`--port`, numbers from
+the environment), secrets made by `bridge secret`, an agent's config checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge.config import parse
+from bridge.core.errors import ConfigError
+from tests.support import http
+from tests.support.cli import run_cli
+from tests.support.harness import Bridge, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_local_copies_of_the_config_stay_out_of_git() -> None:
+    import subprocess
+
+    ignored = subprocess.run(["git", "check-ignore", "config.toml", "site.local.toml", ".env"],
+                             cwd=ROOT, capture_output=True, text=True)
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.stdout.split() == ["config.toml", "site.local.toml", ".env"]
+    readme = (ROOT / "README.md").read_text()
+    assert "cp config.example.toml config.toml" in readme
+    assert "make run CONFIG=config.toml" in readme
+
+
+def test_an_environment_value_fills_a_number_and_a_bad_one_says_what_it_was() -> None:
+    text = """
+[server]
+port = "${PORT}"
+max_connections = "${MAX:-50}"
+[forwarder]
+concurrency = "${CONCURRENCY:-4}"
+"""
+    config = parse(tomllib.loads(text), {"PORT": "9107"})
+    assert (config.server.port, config.server.max_connections) == (9107, 50)
+    with pytest.raises(ConfigError) as info:
+        parse(tomllib.loads(text), {"PORT": "nine"})
+    assert info.value.problems == [
+        "server.port: expected an integer, and the environment gave 'nine'"]
+    with pytest.raises(ConfigError) as info:  # a literal string is still a string
+        parse(tomllib.loads('[server]\nport = "9107"'), {})
+    assert info.value.problems == ["server.port: expected an integer"]
+
+
+def test_two_replicas_from_one_config_with_port_flags(
+        make_bridge: Callable[..., Bridge]) -> None:
+    """`serve --port` (and `--host`) override the config, so one file serves two replicas."""
+    first = make_bridge(process=True)
+    second = make_bridge(start=False, name="second", process=True)
+    second.config_path.write_text(first.config_path.read_text().replace(
+        str(first.db), str(second.db)))
+    second.port = free_port()
+    second.url = f"http://127.0.0.1:{second.port}"
+    second.args = ["--port", str(second.port), "--host", "127.0.0.1"]
+    second.start()
+    assert http.get(f"{second.url}/healthz").status_code == 200
+    assert http.get(f"{first.url}/healthz").status_code == 200
+    wait_for(lambda: f'"port":{second.port}' in second.logs())  # "config loaded" says where
+    bad = run_cli("serve", "--config", str(first.config_path), "--port", "http")
+    assert bad.returncode == 2 and "expected a port number" in bad.stderr
+
+
+def test_bridge_secret_prints_secrets_the_config_takes(tmp_path: Path) -> None:
+    tokens = {run_cli("secret").stdout.strip() for _ in range(2)}
+    assert len(tokens) == 2  # new each time
+    for token in tokens:
+        assert len(token) == 43 and token.replace("-", "").replace("_", "").isalnum()
+    whsec = run_cli("secret", "--whsec").stdout.strip()
+    assert whsec.startswith("whsec_") and len(base64.b64decode(whsec[6:])) == 32
+    config = tmp_path / "c.toml"
+    token = tokens.pop()
+    config.write_text(f"""
+[platform]
+base_url = "http://127.0.0.1:8090"
+trigger_key = "{run_cli("secret").stdout.strip()}"
+[admin]
+tokens = ["{token}"]
+[callbacks]
+signing_secret = "{whsec}"
+[[sources]]
+name = "zap"
+provider = "token"
+secret = "{token}"
+[[routes]]
+source = "zap"
+trigger = "t"
+""")
+    checked = run_cli("check-config", "--config", str(config))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == "ok: 1 source, 1 route, 0 warnings"
+    assert token not in checked.stdout + checked.stderr
+    for doc in ("README.md", "docs/callbacks.md", "docs/agent.md"):
+        assert "bridge secret" in (ROOT / doc).read_text(), doc
+
+
+AGENT = """
+[platform]
+base_url = "http://workflows.plant-a.internal/api/v1"
+{platform}
+
+[edge]
+url = "{edge}"
+channel = "plant-a"
+token = "agent-token-plant-a-0001"
+signing_secret = "whsec_cGxhbnQtYS1jaGFubmVsLXNpZ25pbmcta2V5"
+
+[callbacks]
+{callbacks}
+"""
+
+
+def test_check_config_summarises_an_agents_config_and_warns_on_what_it_lacks(
+        tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(AGENT.format(
+        platform='trigger_key = "onprem-trigger-key"\napi_key = "onprem-api-key"',
+        edge="https://hooks.example.com", callbacks='signing_secret = '
+        '"whsec_cGxhdGZvcm0tY2FsbGJhY2stc2VjcmV0LTAx"\nurls = ["http://ci.internal/done"]'))
+    good = run_cli("check-config", "--config", str(config))
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.strip() == (
+        "ok: agent for channel 'plant-a' of https://hooks.example.com, delivering to "
+        "http://workflows.plant-a.internal/api/v1, 1 callback URL, 0 warnings")
+    assert good.stderr == ""
+    config.write_text(AGENT.format(platform='trigger_key = "onprem-trigger-key"',
+                                   edge="http://hooks.example.com", callbacks=""))
+    lacking = run_cli("check-config", "--config", str(config))
+    assert lacking.returncode == 0, lacking.stderr
+    assert lacking.stdout.strip().endswith("0 callback URLs, 2 warnings")
+    warned = lacking.stderr
+    for what in ("platform.api_key is not set", "edge.url is plain http"):
+        assert what in warned, what
+    assert "agent-token-plant-a-0001" not in warned + lacking.stdout
