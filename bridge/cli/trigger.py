@@ -74,12 +74,25 @@ def trigger(args: argparse.Namespace) -> int:
     kind = "duplicate of" if data.get("duplicate") else "accepted as"
     print(f"sent {source.name} {args.event} ({len(body)} bytes) -> {answer.status_code}, "
           f"{kind} event {data['id']} (key {data['idempotency_key']})")
+    if data.get("duplicate"):
+        print(f"  {DUPLICATE_REASONS.get(data.get('duplicate_reason'), 'seen before')}"
+              + (f"; this request's key was {data['request_key']}" if "request_key" in data
+                 else ""))
     if args.wait <= 0:
         return EXIT_OK
     view = follow(data["status_url"], args.wait)
     if args.json:
         print(json.dumps(view, indent=2))
     return report(view, source.name, routes)
+
+
+DUPLICATE_REASONS = {
+    "same_key": "the same key was stored before (the provider's delivery id, or the body's "
+                "hash where it sends none): the provider retried, or --id was reused",
+    "same_signed_body": "the same signed body was stored before under another delivery id "
+                        "(this provider does not sign its ids, so the body decides)",
+    "same_items": "every item of this batch was stored before",
+}
 
 
 def follow(status_url: str, seconds: float) -> dict[str, Any]:

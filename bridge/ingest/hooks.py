@@ -304,11 +304,26 @@ class Inbound:
             "duplicate": accepted.duplicate,
             "status_url": f"{self.config.public_url}/events/{self.tokens.make(accepted.event_id)}",
         }
+        if accepted.duplicate:
+            payload.update(await self.why_duplicate(event, accepted.event_id))
         if wait:
             outcome_view = await self.wait_for(accepted.event_id, wait)
             if outcome_view is not None:
                 return json_answer({**payload, **outcome_view}, 200)
         return json_answer(payload, 200 if accepted.duplicate else 202)
+
+    async def why_duplicate(self, event: VerifiedEvent, stored_id: str) -> dict[str, Any]:
+        """A duplicate's answer names the stored event's key and why this request matched it:
+        the same key (the provider's delivery id, or the body's hash where it sends none); for a
+        scheme that does not sign its ids, the same signed content sent under another id; for a
+        batch, every item already seen.
+        One read, for duplicates only."""
+        stored = await self.store.get_event(stored_id)
+        stored_key = stored.idempotency_key if stored is not None else event.idempotency_key
+        if stored_key == event.idempotency_key:
+            return {"duplicate_reason": "same_key"}
+        return {"idempotency_key": stored_key, "request_key": event.idempotency_key,
+                "duplicate_reason": "same_items" if event.items else "same_signed_body"}
 
     def callback_url(self, url: str | None, source: Any) -> str | None:
         if url is None:

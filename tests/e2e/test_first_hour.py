@@ -222,6 +222,7 @@ def test_trigger_sends_signed_samples_and_follows_them(
     first = trigger(bridge, "hooks", "user.created", "--id", "msg_same", "--wait", "0")
     again = trigger(bridge, "hooks", "user.created", "--id", "msg_same", "--wait", "0")
     assert "accepted as event" in first.stdout and "duplicate of event" in again.stdout
+    assert "the same key was stored before" in again.stdout  # and why
     unknown = trigger(bridge, "github", "pushed")
     assert unknown.returncode == 1 and "samples: push, pull_request.opened" in unknown.stderr
 

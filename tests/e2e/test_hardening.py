@@ -217,7 +217,13 @@ def test_a_signed_body_replayed_under_a_new_unsigned_id_is_a_duplicate(
     assert first.status_code == 202
     assert replay.status_code == 200 and replay.json()["duplicate"] is True
     assert replay.json()["id"] == first.json()["id"]
-    assert _github(bridge, body, "rep-1").json()["duplicate"] is True  # a real redelivery
+    # The answer says why, with the stored event's key and the request's own.
+    assert replay.json()["duplicate_reason"] == "same_signed_body"
+    assert replay.json()["idempotency_key"] == first.json()["idempotency_key"] == "github:rep-1"
+    assert replay.json()["request_key"] == "github:rep-2"
+    redelivery = _github(bridge, body, "rep-1").json()  # a real redelivery
+    assert redelivery["duplicate"] is True and redelivery["duplicate_reason"] == "same_key"
+    assert "request_key" not in redelivery
     barrier(bridge, emulator)
     assert len(emulator.emulator.executions_for("github-push")) == 1
     # Several in one burst (one store batch): still one event.
