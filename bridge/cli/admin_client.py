@@ -358,6 +358,7 @@ def routes_test(args: argparse.Namespace) -> int:
     from bridge.core.errors import ConfigError
     from bridge.core.models import VerifiedEvent, new_id
     from bridge.ingest import routing as outbox
+    from bridge.ingest.filters import null_fields
 
     path = args.config or os.environ.get("BRIDGE_CONFIG")
     if not path:
@@ -401,12 +402,18 @@ def routes_test(args: argparse.Namespace) -> int:
             delivery = outbox.render(event, route, 255, built=taken[0][1])
             result.update(match=True, content_type=delivery.content_type,
                           body=delivery.body.decode("utf-8", "replace"))
+            if route.input is not None:
+                result["null_fields"] = null_fields(route.input, json.loads(delivery.body))
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     elif result["match"]:
         print(f"match: route {route.name} would call trigger {route.trigger} "
               f"({result['content_type']}) with:")
         print(result["body"])
+        for field in result.get("null_fields", ()):
+            print(f"warning: {field} came out null: check its expression against this payload "
+                  "(a misspelt field? JMESPath slices only arrays: for text use split, "
+                  "trim_prefix or replace; see docs/routes.md)", file=sys.stderr)
     else:
         print(f"no match: {result['reason']}")
     return EXIT_OK if result["match"] else EXIT_ERROR

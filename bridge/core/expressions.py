@@ -1,6 +1,22 @@
 """JMESPath expressions compiled once, with bounded size and errors that name the position.
 
 Config compiles every route's `filter` and `input` with these at load; `ingest.filters` runs them.
+
+JMESPath has no string functions beyond `contains`, `starts_with`, `ends_with`, `join` and
+`to_number`/`to_string`, and it slices only arrays (`body.ref[11:]` is null on a string). Glue
+needs a few, so expressions also have these, registered through jmespath's own extension point
+(`Functions` with typed signatures: a wrong argument type is a JMESPath error, as for the
+built-ins):
+
+    split(text, separator)          -> array of strings   split(body.ref, '/')[-1] == 'main'
+    replace(text, old, new)         -> string (every occurrence)
+    trim_prefix(text, prefix)       -> string without the prefix, when it has it
+    trim_suffix(text, suffix)       -> string without the suffix, when it has it
+    lower(text), upper(text)        -> string
+    trim(text)                      -> string without surrounding whitespace
+
+Results are bounded: `split` and `replace` refuse to build more than MAX_RESULT characters or
+items, so a hostile body cannot make an expression allocate without end.
 """
 
 from __future__ import annotations
@@ -10,9 +26,54 @@ from typing import Any
 
 import jmespath
 from jmespath import exceptions as jmespath_errors
+from jmespath import functions
 from jmespath.parser import ParsedResult
 
 MAX_EXPRESSION = 4096
+MAX_RESULT = 1024 * 1024  # characters (or items) a string function may produce
+
+
+class GlueFunctions(functions.Functions):
+    """The string functions documented above; names are `_func_<name>`, as jmespath asks."""
+
+    @functions.signature({"types": ["string"]}, {"types": ["string"]})
+    def _func_split(self, text: str, separator: str) -> list[str]:
+        if not separator:
+            raise jmespath_errors.JMESPathError("split: the separator is empty")
+        if text.count(separator) >= MAX_RESULT:
+            raise jmespath_errors.JMESPathError("split: too many parts")
+        return text.split(separator)
+
+    @functions.signature({"types": ["string"]}, {"types": ["string"]}, {"types": ["string"]})
+    def _func_replace(self, text: str, old: str, new: str) -> str:
+        if not old:
+            raise jmespath_errors.JMESPathError("replace: the text to replace is empty")
+        if len(text) + text.count(old) * max(len(new) - len(old), 0) > MAX_RESULT:
+            raise jmespath_errors.JMESPathError("replace: the result would be too long")
+        return text.replace(old, new)
+
+    @functions.signature({"types": ["string"]}, {"types": ["string"]})
+    def _func_trim_prefix(self, text: str, prefix: str) -> str:
+        return text.removeprefix(prefix)
+
+    @functions.signature({"types": ["string"]}, {"types": ["string"]})
+    def _func_trim_suffix(self, text: str, suffix: str) -> str:
+        return text.removesuffix(suffix)
+
+    @functions.signature({"types": ["string"]})
+    def _func_lower(self, text: str) -> str:
+        return text.lower()
+
+    @functions.signature({"types": ["string"]})
+    def _func_upper(self, text: str) -> str:
+        return text.upper()
+
+    @functions.signature({"types": ["string"]})
+    def _func_trim(self, text: str) -> str:
+        return text.strip()
+
+
+OPTIONS = jmespath.Options(custom_functions=GlueFunctions())
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,7 +84,7 @@ class Expression:
     parsed: ParsedResult
 
     def search(self, document: Any) -> Any:
-        return self.parsed.search(document)
+        return self.parsed.search(document, OPTIONS)
 
 
 class ExpressionError(ValueError):

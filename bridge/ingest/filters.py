@@ -85,6 +85,26 @@ def mapped(mapping: Mapping[str, Any], doc: Any) -> dict[str, Any]:
             for key, item in mapping.items()}
 
 
+def null_fields(mapping: Mapping[str, Any], built: Any, prefix: str = "input") -> list[str]:
+    """The keys of an `input` mapping whose expression gave null in `built` (the body it made),
+    as `input.key.sub`: most often an expression that cannot match the event (a misspelt
+    field, or a slice of a string, which JMESPath gives as null), which the operator should
+    hear about rather than find at the workflow. For a batch, a key null in any item."""
+    if isinstance(built, list):
+        found: list[str] = []
+        for item in built:
+            found += [f for f in null_fields(mapping, item, prefix) if f not in found]
+        return found
+    out: list[str] = []
+    for key, item in mapping.items():
+        value = built.get(key) if isinstance(built, dict) else None
+        if isinstance(item, Mapping):
+            out += null_fields(item, value, f"{prefix}.{key}")
+        elif value is None:
+            out.append(f"{prefix}.{key}")
+    return out
+
+
 @dataclass(frozen=True)
 class Decision:
     """What a route makes of one event: taken or not (and why not), and the body it sends when

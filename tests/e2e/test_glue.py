@@ -352,6 +352,9 @@ secret = "{ALL_SECRETS[0]}"
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[1] == (
         '{"ref":"refs/heads/main","repo":"acme/api","by":null,"missing":null}')
+    # The fields that came out null are named, each in a warning of its own.
+    assert [line.split(" came out null")[0] for line in out.stderr.splitlines()] == [
+        "warning: input.by", "warning: input.missing"]
     payload.write_text(json.dumps({"ref": "refs/heads/dev"}))
     out = subprocess.run([sys.executable, "-m", "bridge", "routes", "test", "deploy",
                           str(payload), "--config", str(config), "--json"],
@@ -360,6 +363,59 @@ secret = "{ALL_SECRETS[0]}"
     assert json.loads(out.stdout) == {"route": "github->deploy", "trigger": "deploy",
                                       "event_type": "push", "match": False,
                                       "reason": "filter did not match"}
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("split(body.ref, '/')[-1]", "main"),
+    ("split(body.ref, '/')", ["refs", "heads", "main"]),
+    ("replace(body.ref, 'refs/heads/', '')", "main"),
+    ("replace(body.title, 'o', '0')", "  F00 B00  "),
+    ("trim_prefix(body.ref, 'refs/heads/')", "main"),
+    ("trim_prefix(body.ref, 'refs/tags/')", "refs/heads/main"),
+    ("trim_suffix(body.repo, '.git')", "acme/api"),
+    ("trim_suffix(body.repo, '.svn')", "acme/api.git"),
+    ("lower(body.user)", "ada lovelace"),
+    ("upper(body.user)", "ADA LOVELACE"),
+    ("trim(body.title)", "Foo Boo"),
+    ("join('-', split(body.ref, '/'))", "refs-heads-main"),
+    ("to_number(split(body.version, '.')[0])", 12),
+    ("body.ref[11:]", None),  # JMESPath slices arrays only: why the functions exist
+])
+def test_string_functions(expression: str, expected: Any) -> None:
+    doc = {"body": {"ref": "refs/heads/main", "repo": "acme/api.git", "user": "Ada Lovelace",
+                    "title": "  Foo Boo  ", "version": "12.4.1"}}
+    assert expressions.compile_expression(expression).search(doc) == expected
+
+
+@pytest.mark.parametrize("expression", [
+    "split(body.n, '/')",  # a number where text is expected
+    "split(body.ref, '')",  # an empty separator
+    "replace(body.ref, '', 'x')",
+    "lower(`null`)",
+])
+def test_a_string_function_given_the_wrong_thing_does_not_take_the_event(
+        expression: str) -> None:
+    taken, reason = run(route(filter_=expression), event(b'{"ref":"refs/heads/main","n":1}'))
+    assert not taken and reason.startswith("expression failed on this event")
+
+
+def test_a_mapped_branch_name_reaches_the_workflow(make_bridge: Any, emulator: Any) -> None:
+    bridge = make_bridge("""
+[[routes]]
+source = "github"
+trigger = "deploy-branch"
+events = ["push"]
+filter = "starts_with(body.ref, 'refs/heads/')"
+[routes.input]
+branch = "split(body.ref, '/')[-1]"
+repo = "lower(body.repository.full_name)"
+""")
+    body = json.dumps({"ref": "refs/heads/feature-x",
+                       "repository": {"full_name": "Acme/API"}}).encode()
+    assert bridge.post("/hooks/github", body, github_headers(body, delivery="fn-1")
+                       ).status_code == 202
+    [call] = wait_for(lambda: emulator.emulator.executions_for("deploy-branch"))
+    assert call.input == {"branch": "feature-x", "repo": "acme/api"}
 
 
 @pytest.mark.parametrize(("text", "table"), [
