@@ -105,6 +105,15 @@ def null_fields(mapping: Mapping[str, Any], built: Any, prefix: str = "input") -
     return out
 
 
+def null_fields_of(mapping: Mapping[str, Any], doc: dict[str, Any]) -> list[str]:
+    """`null_fields` of the body `mapping` builds from `doc`; none when it cannot build one
+    (the route's decision says why)."""
+    try:
+        return null_fields(mapping, mapped(mapping, doc))
+    except (jmespath_errors.JMESPathError, RecursionError, TypeError, ValueError):
+        return []
+
+
 @dataclass(frozen=True)
 class Decision:
     """What a route makes of one event: taken or not (and why not), and the body it sends when

@@ -260,3 +260,31 @@ def test_the_activity_picture_counts_what_arrived(console: tuple[Bridge, Any]) -
     assert any(t.endswith("duplicate: 1") for t in titles), titles
     assert any(t.endswith("rejected: 1") for t in titles), titles
     assert page.locator("script[src^='http']").count() == 0  # nothing from a CDN
+
+
+def test_an_input_field_that_came_out_null_is_shown_on_its_delivery(
+        make_bridge: Callable[..., Bridge], browser: Any) -> None:
+    """`branch = "body.ref[11:]"` is null on a string (JMESPath slices arrays): the event page
+    says so beside the delivery, as `routes test` does."""
+    bridge = make_bridge("""
+[[routes]]
+source = "github"
+trigger = "by-branch"
+events = ["push"]
+[routes.input]
+branch = "body.ref[11:]"
+name = "split(body.ref, '/')[-1]"
+""")
+    context = browser.new_context(base_url=bridge.url)
+    page = context.new_page()
+    try:
+        ack = push(bridge, "null-field")
+        sign_in(page)
+        page.goto(f"/console/events/{ack['id']}")
+        row = page.locator("tr", has=page.get_by_text("by-branch"))
+        assert row.locator("[data-null-field]").all_inner_texts() == [
+            "input.branch came out null"]
+        plain = page.locator("tr", has=page.get_by_text("github-push", exact=True))
+        assert plain.locator("[data-null-field]").count() == 0
+    finally:
+        context.close()
