@@ -111,6 +111,10 @@ def add_commands(commands: Any) -> None:
     client_options(ch.add_parser("list", help="each channel's agents (connected, last seen, "
                                               "cursor) and what waits for them"))
 
+    client_options(commands.add_parser(
+        "sources", help="each source: events stored, the last one, and the last signature "
+                        "failure with why (the first place to look after a 401)"))
+
     client_options(commands.add_parser("prune", help="forget events past the dedupe window"))
 
     from bridge.devtools.signers import SIGNERS
@@ -333,6 +337,17 @@ def routes_list(args: argparse.Namespace) -> int:
     return output(args, data, data["routes"], ("name", "trigger", "state", "pending", "reason"))
 
 
+def sources_list(args: argparse.Namespace) -> int:
+    data = call(args, "GET", "/admin/sources")
+    rows = [{"name": s["name"], "provider": s["provider"], "events": s["events"],
+             "last_event": iso(s.get("last_received_at")) or "-",
+             "last_failure": iso((s.get("last_failure") or {}).get("at")) or "-",
+             "why": (s.get("last_failure") or {}).get("reason", "")}
+            for s in data["sources"]]
+    return output(args, data, rows, ("name", "provider", "events", "last_event",
+                                     "last_failure", "why"))
+
+
 def channels_list(args: argparse.Namespace) -> int:
     data = call(args, "GET", "/admin/channels")
     rows = []
@@ -540,5 +555,5 @@ HANDLERS = {
     ("routes", "list"): routes_list, ("routes", "pause"): routes_pause,
     ("routes", "resume"): routes_resume, ("routes", "test"): routes_test,
     ("channels", "list"): channels_list,
-    ("prune", None): prune, ("sign", None): sign, ("send", None): send,
+    ("prune", None): prune, ("sources", None): sources_list, ("sign", None): sign, ("send", None): send,
 }

@@ -43,6 +43,8 @@ def add_commands(commands: Any) -> None:
     trigger.add_argument("--wait", type=float, default=30.0,
                          help="seconds to follow the event (default 30; 0: do not follow)")
     trigger.add_argument("--json", action="store_true", help="print the final status as JSON")
+    trigger.add_argument("--print", action="store_true",
+                         help="print the sample's body and send nothing (for `routes test`)")
 
 
 def trigger(args: argparse.Namespace) -> int:
@@ -62,6 +64,9 @@ def trigger(args: argparse.Namespace) -> int:
                                         args.id, payload)
     except KeyError:
         raise OpsError(f"cannot sign for provider {provider!r}") from None
+    if args.print:
+        sys.stdout.write(body.decode("utf-8", "replace") + "\n")
+        return EXIT_OK
     try:
         answer = httpx.post(url, content=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
@@ -83,7 +88,24 @@ def trigger(args: argparse.Namespace) -> int:
     view = follow(data["status_url"], args.wait)
     if args.json:
         print(json.dumps(view, indent=2))
-    return report(view, source.name, routes)
+    code = report(view, source.name, routes)
+    for name, reason in declined(source, routes, args.event, headers, body):
+        print(f"declined by route {name}: {reason}")
+    return code
+
+
+def declined(source: Any, routes: tuple[Any, ...], event_type: str, headers: dict[str, str],
+             body: bytes) -> list[tuple[str, str]]:
+    """The routes whose event types take this event but whose filter declined it, and why:
+    the bridge's own decision (`routing.decide`), run here on what was sent, with this config.
+    (The public status link counts them; it does not name routes.)"""
+    from bridge.core.models import VerifiedEvent, new_id
+    from bridge.ingest import routing
+
+    event = VerifiedEvent(new_id(), source.name, source.provider, event_type, "trigger:local",
+                          time.time(), {k.lower(): v for k, v in headers.items()}, body)
+    matching = routing.matching(list(routes), source.name, event_type)
+    return list(routing.decide(event, matching, {})[1]) if matching else []
 
 
 DUPLICATE_REASONS = {

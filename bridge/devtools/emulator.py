@@ -13,7 +13,8 @@ Control (no auth; a test tool):
     POST /_emulator/settings   change any field of `Settings`
     POST /_emulator/faults     {"trigger": "*"|name, "count": N, "status": 500|503|429|401...,
                                 "retry_after": s, "latency": s, "drop": "before"|"after"}
-    GET  /_emulator/calls      every trigger call received (key, body sha256, status)
+    GET  /_emulator/calls      every trigger call received (key, body sha256 and the body's
+                               first 4 KiB as text for the last 1,000 calls, status)
     GET  /_emulator/reads      how many execution reads of each kind: get, stream, list
     GET  /_emulator/executions every execution
     POST /_emulator/finish     {"at": unix time}: every unfinished execution ends then
@@ -42,6 +43,8 @@ from starlette.routing import Route
 from bridge.core.models import iso
 
 TERMINAL = ("completed", "failed", "cancelled")
+SHOWN_BODY = 4096  # bytes of each trigger call's body kept in the call log, as text
+SHOWN_CALLS = 1000  # calls whose body is kept: a long run's log stays small
 
 
 @dataclass
@@ -183,11 +186,14 @@ class Emulator:
         key = request.headers.get("idempotency-key", "")
         digest = hashlib.sha256(body).hexdigest()
         call = {"trigger": name, "key": key, "sha256": digest, "at": time.time(),
-                "content_type": request.headers.get("content-type")}
+                "content_type": request.headers.get("content-type"),
+                "body": body[:SHOWN_BODY].decode("utf-8", "replace"), "bytes": len(body)}
         response = await self._trigger(request, name, body, key, digest)
         call["status"] = response.status_code
         with self.lock:
             self.calls.append(call)
+            if len(self.calls) > SHOWN_CALLS:  # older calls keep their digest, not their body
+                self.calls[-SHOWN_CALLS - 1].pop("body", None)
         return response
 
     async def _trigger(self, request: Request, name: str, body: bytes, key: str,

@@ -162,6 +162,16 @@ def newline_hint(provider: Provider, request: InboundRequest, now: float,
                           "byte for byte (curl --data-binary @file)")
 
 
+def secret_hint(source: Any, error: SignatureError) -> SignatureError:
+    """A signature that does not match names what to check: this source's `secret` (the key
+    path, never the value). A slip of the body's bytes was named already (`newline_hint`)."""
+    if not error.message.endswith("does not match"):
+        return error
+    return SignatureError(f"{error.message}: check the secret of sources[{source.index}] (source "
+                          f"{source.name!r}) against the signing secret the provider shows for "
+                          "this webhook; while rotating, list both (secrets = [new, old])")
+
+
 class Runtime:
     """What a config reload (SIGHUP) swaps at once: the config and the verifiers built from it.
     `failures` remembers each source's last verification failure (reason only) for operators,
@@ -252,7 +262,7 @@ class Inbound:
         try:
             provider.verify(inbound, now)
         except SignatureError as exc:
-            raise newline_hint(provider, inbound, now, exc) from None
+            raise secret_hint(source, newline_hint(provider, inbound, now, exc)) from None
         callback_url = self.callback_url(query.get("callback_url"), source)
         wait = self.wait_seconds(query.get("wait"))
         challenge = provider.handshake(inbound)

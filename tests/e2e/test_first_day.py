@@ -7,6 +7,7 @@ the environment), secrets made by `bridge secret`, an agent's config checked.
 from __future__ import annotations
 
 import base64
+import json
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,14 @@ from bridge.config import parse
 from bridge.core.errors import ConfigError
 from tests.support import http
 from tests.support.cli import run_cli
-from tests.support.harness import Bridge, free_port, wait_for
+from tests.support.harness import (
+    ADMIN_TOKEN,
+    GITHUB_SECRET,
+    Bridge,
+    free_port,
+    github_headers,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,3 +151,64 @@ def test_check_config_summarises_an_agents_config_and_warns_on_what_it_lacks(
     for what in ("platform.api_key is not set", "edge.url is plain http"):
         assert what in warned, what
     assert "agent-token-plant-a-0001" not in warned + lacking.stdout
+
+
+def test_a_wrong_signature_names_the_source_and_bridge_sources_shows_why(
+        make_bridge: Callable[..., Bridge]) -> None:
+    bridge = make_bridge()
+    body = b'{"ref":"refs/heads/main"}'
+    good = bridge.post("/hooks/github", body, github_headers(body, delivery="src-1"))
+    assert good.status_code == 202
+    wrong = bridge.post("/hooks/github", body, github_headers(body, secret="not-the-secret",
+                                                              delivery="src-2"))
+    assert wrong.status_code == 401
+    error = wrong.json()["error"]
+    assert error["code"] == "invalid_signature"
+    assert error["message"].startswith("signature does not match: check the secret of "
+                                       "sources[0] (source 'github')")
+    assert GITHUB_SECRET not in wrong.text
+    # A missing header is not a wrong secret: no hint about the secret.
+    bare = bridge.post("/hooks/github", body, {"X-GitHub-Event": "push",
+                                               "X-GitHub-Delivery": "src-3"})
+    assert bare.status_code == 401 and "check the secret" not in bare.text
+    listed = run_cli("sources", "--url", bridge.url, "--token", ADMIN_TOKEN)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["name", "provider", "events", "last_event", "last_failure",
+                                "why"]
+    github = next(line for line in lines if line.startswith("github "))
+    assert github.split()[1:3] == ["github", "1"] and "invalid_signature" in github
+    stripe = next(line for line in lines if line.startswith("stripe "))
+    assert stripe.split()[1:] == ["stripe", "0", "-", "-"]
+    as_json = json.loads(run_cli("sources", "--url", bridge.url, "--token", ADMIN_TOKEN,
+                                 "--json").stdout)
+    [entry] = [s for s in as_json["sources"] if s["name"] == "github"]
+    assert entry["last_failure"]["reason"].startswith("invalid_signature: missing")
+
+
+def test_trigger_names_the_routes_whose_filter_declined_and_prints_samples(
+        make_bridge: Callable[..., Bridge], tmp_path: Path) -> None:
+    bridge = make_bridge("""
+[[routes]]
+source = "github"
+trigger = "tags-only"
+events = ["push"]
+filter = "starts_with(body.ref, 'refs/tags/')"
+""")
+    sent = run_cli("trigger", "github", "push", "--config", str(bridge.config_path),
+                   "--url", bridge.url, "--wait", "20")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "routed to github-push -> delivered" in sent.stdout
+    assert "declined by route github->tags-only: filter did not match" in sent.stdout
+    # --print gives the sample's body and sends nothing: ready for `routes test`.
+    before = len(bridge.events())
+    printed = run_cli("trigger", "github", "push", "--config", str(bridge.config_path),
+                      "--url", bridge.url, "--print")
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads(printed.stdout)["ref"] == "refs/heads/main"
+    assert len(bridge.events()) == before
+    sample = tmp_path / "push.json"
+    sample.write_text(printed.stdout)
+    tested = run_cli("routes", "test", "tags-only", str(sample), "--config",
+                     str(bridge.config_path))
+    assert tested.returncode == 1 and "no match: filter did not match" in tested.stdout

@@ -416,6 +416,30 @@ repo = "lower(body.repository.full_name)"
                        ).status_code == 202
     [call] = wait_for(lambda: emulator.emulator.executions_for("deploy-branch"))
     assert call.input == {"branch": "feature-x", "repo": "acme/api"}
+    # The emulator's call log shows the body the workflow got, not only its digest.
+    [logged] = [c for c in http.get(f"{emulator.base_url}/_emulator/calls").json()
+                if c["trigger"] == "deploy-branch"]
+    assert json.loads(logged["body"]) == call.input and logged["bytes"] == len(logged["body"])
+
+
+def test_the_emulators_call_log_keeps_bodies_bounded() -> None:
+    from bridge.devtools.emulator import SHOWN_BODY, SHOWN_CALLS, Emulator, EmulatorServer
+
+    server = EmulatorServer(Emulator()).start()
+    try:
+        big = b'{"x":"' + b"y" * 10_000 + b'"}'
+        for i in range(SHOWN_CALLS + 2):
+            last = i == SHOWN_CALLS + 1
+            http.post(f"{server.base_url}/workflows/triggers/t", content=big if last else b"{}",
+                      headers={"Authorization": "Bearer dev-trigger-key",
+                               "Idempotency-Key": f"k-{i}"})
+        calls = http.get(f"{server.base_url}/_emulator/calls").json()
+    finally:
+        server.stop()
+    assert len(calls) == SHOWN_CALLS + 2
+    assert "body" not in calls[0] and "body" not in calls[1]  # past the last 1,000
+    assert all(c["body"] == "{}" for c in calls[2:-1])
+    assert calls[-1]["bytes"] == len(big) and calls[-1]["body"] == big[:SHOWN_BODY].decode()
 
 
 @pytest.mark.parametrize(("text", "table"), [
