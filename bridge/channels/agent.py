@@ -228,8 +228,12 @@ class Puller(Loop):
                 items = self.verify(reply)
             except BatchRefused as exc:
                 self.metrics.agent_batches.labels("refused").inc()
-                log.error("batch refused: it is not what the edge signed", extra={
-                    "reason": str(exc)})
+                log.error("batch refused: it is not what the edge signed; " + (
+                    "check this machine's clock (the batch's time is outside [edge] tolerance)"
+                    if "timestamp" in str(exc) else "check [edge] signing_secret against the "
+                    "channel's signing_secret on the edge"), extra={"reason": str(exc)})
+                acked = []  # the edge answered this pull, so it applied the acknowledgement
+                await self.give_back(reply)
                 await self.pause()
                 continue
             self.link.up()
@@ -249,6 +253,21 @@ class Puller(Loop):
             self.metrics.agent_batches.labels("stored").inc()
             acked = [{"delivery_id": item["delivery_id"], "generation": item["generation"]}
                      for item in items]
+
+    async def give_back(self, reply: Reply) -> None:
+        """Hand a refused batch's leases back at once (a pull that takes nothing), so another
+        agent, one with the right secret, gets them now rather than when the lease runs out.
+        The ids are read from the batch nobody verified: the edge releases only leases this
+        agent holds, of the generation named, so a forged list can release nothing else."""
+        try:
+            items = json.loads(reply.body)["items"]
+            refused = [{"delivery_id": i["delivery_id"], "generation": i["generation"]}
+                       for i in items[:self.edge.batch_size]]
+        except (ValueError, KeyError, TypeError):
+            return
+        with contextlib.suppress(HttpError):
+            await self.link.post("pull", {"agent": self.agent_id, "ack": [],
+                                          "refused": refused, "limit": 0, "wait": 0})
 
     def verify(self, reply: Reply) -> list[dict[str, Any]]:
         headers = {k.lower(): v for k, v in reply.headers.items()}

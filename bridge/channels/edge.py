@@ -4,7 +4,8 @@ A route with `channel = "plant-a"` is not sent by this bridge's forwarder: its d
 the outbox until an agent of that channel pulls them. Every call is made by the agent (it opens
 only outbound connections); the edge never connects to it.
 
-    POST /agent/v1/channels/{name}/pull    {"agent", "ack": [{...}], "limit", "wait"}
+    POST /agent/v1/channels/{name}/pull    {"agent", "ack": [{...}], "refused": [{...}], "limit",
+                                            "wait"}
     POST /agent/v1/channels/{name}/report  {"agent", "reports": [...]}
 
 A pull first marks `ack` (`[{"delivery_id", "generation"}]`: what the agent has committed to its
@@ -184,6 +185,7 @@ class Edge:
         data = await self.signed(request, keys, MAX_PULL_BODY)
         agent = _agent(data)
         acked = parse_acks(data.get("ack", []))
+        refused = parse_acks(data.get("refused", []), "refused")
         limit = data.get("limit", 100)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_BATCH:
             raise BadRequest(f"limit: expected an integer from 0 to {MAX_BATCH}")
@@ -199,7 +201,12 @@ class Edge:
                 changed = self.changed
                 pulled = await self.store.pull_channel(
                     name, agent, address, acked, self.clock(), channel.lease, limit,
-                    MAX_BATCH_BYTES, channel.report_within)
+                    MAX_BATCH_BYTES, channel.report_within, refused)
+                if refused:
+                    log.warning("an agent refused its batch: it does not verify what this edge "
+                                "signs; back to the channel", extra={
+                                    "channel": name, "agent": agent, "count": len(refused)})
+                refused = []
                 self.ignored(name, "acks", pulled.ignored, agent)
                 items = pulled.items
                 acked = []
@@ -268,18 +275,18 @@ class Edge:
         return out
 
 
-def parse_acks(raw: Any) -> list[tuple[str, float]]:
-    """`[{"delivery_id", "generation"}]`: what the agent committed, each naming the lease (the
-    delivery's generation) it answers."""
+def parse_acks(raw: Any, field: str = "ack") -> list[tuple[str, float]]:
+    """`[{"delivery_id", "generation"}]`: what the agent committed (`ack`), or refused
+    (`refused`), each naming the lease (the delivery's generation) it answers."""
     if not isinstance(raw, list) or len(raw) > MAX_BATCH:
-        raise BadRequest(f"ack: expected at most {MAX_BATCH} acknowledgements")
+        raise BadRequest(f"{field}: expected at most {MAX_BATCH} entries")
     acks = []
     for item in raw:
         delivery_id = item.get("delivery_id") if isinstance(item, dict) else None
         generation = item.get("generation") if isinstance(item, dict) else None
         if not (isinstance(delivery_id, str) and DELIVERY_ID.match(delivery_id)
                 and finite_number(generation)):
-            raise BadRequest("ack: expected objects with a delivery_id and its generation")
+            raise BadRequest(f"{field}: expected objects with a delivery_id and its generation")
         acks.append((delivery_id, float(generation)))
     return acks
 

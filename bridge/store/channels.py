@@ -22,6 +22,7 @@ from bridge.core.models import (
 )
 from bridge.store.dialect import Session, placeholders
 from bridge.store.executions import ExecutionJobs
+from bridge.store.kinds import DELIVERIES
 from bridge.store.records import (
     AgentSeen,
     ChannelBacklog,
@@ -39,7 +40,8 @@ class ChannelJobs(ExecutionJobs):
     async def pull_channel(self, channel: str, agent: str, address: str | None,
                            acked: Sequence[tuple[str, float]], now: float, lease: float,
                            limit: int, max_bytes: int,
-                           report_within: float = 3600.0) -> ChannelPull:
+                           report_within: float = 3600.0,
+                           refused: Sequence[tuple[str, float]] = ()) -> ChannelPull:
         """For one agent's pull, in one transaction: note the agent as seen; mark what it
         acknowledged (committed to its own store) as handed off, where the ack answers a lease
         this agent holds, of that generation (anything else is ignored and counted: a stolen
@@ -47,7 +49,10 @@ class ChannelJobs(ExecutionJobs):
         batch, in event order: first what is still leased to it (a restarted agent resumes
         where it stopped), then the oldest waiting, then leases other agents let expire and
         hand-offs whose agent reported nothing within `report_within`. At least one delivery,
-        and no more than `max_bytes` of bodies beyond the first."""
+        and no more than `max_bytes` of bodies beyond the first. What the agent `refused` (a
+        batch that failed its signature check), where it answers this agent's own lease of that
+        generation, goes back to the channel at once, for any agent: an agent with a wrong
+        secret can delay a batch by one pull, never hold it."""
         owner = agent_owner(channel, agent)
 
         def job(conn: Session) -> ChannelPull:
@@ -75,6 +80,20 @@ class ChannelJobs(ExecutionJobs):
                              " WHERE channel = {p} AND agent = {p}",
                              (max(a[0] for a in acked), done, channel, agent))
             ignored = len(acked) - done  # acks that answered no lease of this agent
+            for start in range(0, len(refused), 500):
+                given = dict(refused[start:start + 500])
+                mine = [row[0] for row in conn.execute(
+                    "SELECT id, created_at FROM deliveries WHERE channel = {p} AND status = {p}"
+                    f" AND lease_owner = {{p}} AND id IN ({placeholders(len(given))})",
+                    (channel, DeliveryStatus.LEASED, owner, *given)).fetchall()
+                    if row[1] == given[row[0]]]
+                if mine:
+                    conn.execute(
+                        "UPDATE deliveries SET status = {p}, lease_owner = NULL,"
+                        " lease_until = NULL, updated_at = {p}"
+                        f" WHERE id IN ({placeholders(len(mine))})",
+                        (DeliveryStatus.PENDING, now, *mine))
+                    self._new_work.add(DELIVERIES)  # other agents' long polls take them now
             if limit <= 0:
                 return ChannelPull([], ignored)
             found: list[tuple[str, int]] = []

@@ -107,8 +107,8 @@ class Channels(Waking, Protocol):
 
     async def pull_channel(self, channel: str, agent: str, address: str | None,
                            acked: Sequence[tuple[str, float]], now: float, lease: float,
-                           limit: int, max_bytes: int,
-                           report_within: float = 3600.0) -> ChannelPull: ...
+                           limit: int, max_bytes: int, report_within: float = 3600.0,
+                           refused: Sequence[tuple[str, float]] = ()) -> ChannelPull: ...
     async def channel_report(self, channel: str, agent: str, reports: Sequence[AgentReport],
                              now: float, track_until: float, targets: CallbackTargets,
                              report_within: float = 3600.0) -> ChannelReported: ...

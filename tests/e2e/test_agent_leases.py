@@ -170,6 +170,34 @@ def test_a_hand_off_with_no_report_goes_back_to_the_channel(
     assert again[0]["generation"] == item["generation"]
 
 
+def test_a_refused_batch_goes_back_to_the_channel_at_once(
+        make_bridge: Callable[..., Bridge]) -> None:
+    """An agent that cannot verify its batch hands it back (`refused`, with a pull that takes
+    nothing): the next agent gets it now, not when the 30 s lease runs out; and a refusal of a
+    lease the agent does not hold, or of another generation, releases nothing."""
+    bridge = make_bridge(CHANNEL)
+    first, second = push(bridge, "refused-1"), push(bridge, "refused-2")
+    batch = call(bridge, "pull", {"agent": "bad", "limit": 10}).json()["items"]
+    assert [i["event_id"] for i in batch] == [first, second]
+    assert call(bridge, "pull", {"agent": "good", "limit": 10}).json()["items"] == []  # leased
+    one, two = ({"delivery_id": i["delivery_id"], "generation": i["generation"]} for i in batch)
+    # Not its lease, or another generation: nothing released.
+    assert call(bridge, "pull", {"agent": "good", "limit": 0, "refused": [one]}).status_code == 200
+    stale = {**two, "generation": two["generation"] - 1}
+    assert call(bridge, "pull", {"agent": "bad", "limit": 0, "refused": [stale]}
+                ).status_code == 200
+    assert call(bridge, "pull", {"agent": "good", "limit": 10}).json()["items"] == []
+    # The holder hands both back; the other agent takes them at once, same keys.
+    handed = call(bridge, "pull", {"agent": "bad", "limit": 0, "refused": [one, two]})
+    assert handed.status_code == 200 and handed.json()["items"] == []
+    again = call(bridge, "pull", {"agent": "good", "limit": 10}).json()["items"]
+    assert [(i["delivery_id"], i["idempotency_key"]) for i in again] == [
+        (i["delivery_id"], i["idempotency_key"]) for i in batch]
+    assert "an agent refused its batch" in bridge.logs()
+    bad = call(bridge, "pull", {"agent": "bad", "limit": 0, "refused": "everything"})
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("refused:")
+
+
 # -- 2. the agent trusts no field of a signed batch ------------------------------------------------
 
 @pytest.mark.parametrize("name", ["../../../../admin/drop?x=", "a b/%2e%2e/%2e%2e/x", "..", ".",
@@ -208,7 +236,9 @@ class FakeEdge:
         if request.path_params["action"] != "pull":
             return Response(b'{"received":0,"applied":0}', media_type="application/json")
         self.pulls.append(data)
-        items = self.batches.pop(0) if self.batches else []
+        # A pull that takes nothing (`limit: 0`, how an agent hands a refused batch back)
+        # gets nothing, as from the edge.
+        items = self.batches.pop(0) if self.batches and data.get("limit") != 0 else []
         payload, headers = signed({"channel": "plant-a", "items": items})
         return Response(payload, headers=headers, media_type="application/json")
 
@@ -292,3 +322,6 @@ batch_size = 10
         # Only the clean batch was stored, so only it was acknowledged.
         acked = [a for pull in edge.pulls for a in pull["ack"]]
         assert acked == [{"delivery_id": "d-5", "generation": 1.5}]
+        # Each refused batch was handed back at once, by a pull that took nothing.
+        handed_back = [pull for pull in edge.pulls if pull.get("refused")]
+        assert len(handed_back) >= 3 and all(p["limit"] == 0 for p in handed_back)
