@@ -27,6 +27,10 @@ class OpsError(Exception):
     """One line for the operator; exit 1."""
 
 
+class Unreachable(OpsError):
+    """The bridge did not answer at all (down, restarting, wrong --url)."""
+
+
 def add_commands(commands: Any) -> None:
     def client_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--url", default=os.environ.get("BRIDGE_URL", "http://127.0.0.1:8080"))
@@ -165,7 +169,7 @@ def call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any
         response = httpx.request(method, args.url.rstrip("/") + path, headers=headers,
                                  timeout=60, **kwargs)
     except httpx.HTTPError as exc:
-        raise OpsError(f"cannot reach {args.url}: {exc.__class__.__name__}") from None
+        raise Unreachable(f"cannot reach {args.url}: {exc.__class__.__name__}") from None
     try:
         data = response.json()
     except ValueError:
@@ -527,7 +531,7 @@ def send(args: argparse.Namespace) -> int:
         response = httpx.post(url, content=body, headers={"Content-Type": "application/json",
                                                           **headers}, timeout=30)
     except httpx.HTTPError as exc:
-        raise OpsError(f"cannot reach {args.url}: {exc.__class__.__name__}") from None
+        raise Unreachable(f"cannot reach {args.url}: {exc.__class__.__name__}") from None
     if args.json:
         try:
             answer: Any = response.json()

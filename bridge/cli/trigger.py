@@ -18,7 +18,14 @@ from typing import Any
 import httpx
 
 from bridge.cli import samples
-from bridge.cli.admin_client import EXIT_ERROR, EXIT_OK, OpsError, call, source_of
+from bridge.cli.admin_client import (
+    EXIT_ERROR,
+    EXIT_OK,
+    OpsError,
+    Unreachable,
+    call,
+    source_of,
+)
 from bridge.core.models import iso
 
 SETTLED = ("delivered", "dead", "unrouted")
@@ -161,33 +168,84 @@ def _settled(view: dict[str, Any]) -> bool:
     return all(x is None or x["status"] not in ("pending", "running") for x in executions)
 
 
+RECENT = 10.0  # seconds: events received this long before tail started are news too
+FOLLOWED = 50  # unsettled events whose attempts tail follows at once, newest kept
+
+
 def tail(args: argparse.Namespace) -> int:
-    """Print each new event once, and a line each time a recent event's outcome changes."""
+    """Print each event as it arrives, each attempt of its deliveries (retries included), and
+    each change of its outcome. Events received in the RECENT seconds before the first look
+    count as arrivals (the command takes a moment to start: an event sent just after typing it
+    must not be missed). When the bridge stops answering (a restart), tail says so once and
+    keeps trying; it stops only on Ctrl-C or a refusal (a wrong token)."""
     params: dict[str, Any] = {"limit": 100}
     if args.source:
         params["source"] = args.source
     known: dict[str, tuple[str, str | None]] = {}
-    first = True
+    attempts: dict[str, int] = {}  # event id -> attempts printed
+    started, first, lost = time.time(), True, False
     try:
         while True:
-            rows = call(args, "GET", "/admin/events", params=params)["events"]
-            for row in reversed(rows):  # oldest first
-                outcome = (row["state"], row.get("workflows"))
-                before = known.get(row["id"])
-                known[row["id"]] = outcome
-                if first or before == outcome:
-                    continue  # what was there when we started is history, not news
-                _print_event(args, row, new=before is None)
+            try:
+                rows = call(args, "GET", "/admin/events", params=params)["events"]
+                for row in reversed(rows):  # oldest first
+                    outcome = (row["state"], row.get("workflows"))
+                    before = known.get(row["id"])
+                    known[row["id"]] = outcome
+                    if first and row["received_at"] < started - RECENT:
+                        attempts[row["id"]] = -1  # history: not followed
+                        continue
+                    if before != outcome:
+                        _print_event(args, row, new=before is None)
+                    if row["state"] not in SETTLED or attempts.get(row["id"], 0) >= 0:
+                        _print_attempts(args, row["id"], attempts)
+            except Unreachable as exc:
+                if not lost:
+                    print(f"bridge: {exc}; trying again (Ctrl-C to stop)", file=sys.stderr,
+                          flush=True)
+                lost = True
+                time.sleep(max(args.interval, 1.0))
+                continue
+            if lost:
+                print("bridge: reachable again", file=sys.stderr, flush=True)
+                lost = False
             if first:  # on stderr, in every format: a script waits for it to know it is on
                 print("waiting for events (Ctrl-C to stop)", file=sys.stderr, flush=True)
             first = False
             if len(known) > 1000:  # remember the recent ones only
                 for event_id in sorted(known)[:-500]:
                     del known[event_id]
+                    attempts.pop(event_id, None)
             sys.stdout.flush()
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _print_attempts(args: argparse.Namespace, event_id: str, printed: dict[str, int]) -> None:
+    """The event's delivery attempts not printed yet, one line each; an event stops being
+    followed once it is settled and every attempt is out."""
+    if printed.get(event_id, 0) < 0:
+        return
+    followed = [e for e, n in printed.items() if n >= 0]
+    if event_id not in printed and len(followed) >= FOLLOWED:
+        return
+    detail = call(args, "GET", f"/admin/events/{event_id}")
+    lines = sorted(((a["started_at"], d["trigger"], a) for d in detail.get("deliveries", [])
+                    for a in d.get("attempt_log", [])), key=lambda line: line[0])
+    done = printed.get(event_id, 0)
+    for _, trigger, attempt in lines[done:]:
+        if args.json:
+            print(json.dumps({"id": event_id, "change": "attempt", "trigger": trigger,
+                              **attempt}))
+            continue
+        status = attempt.get("status_code")
+        error = f" {attempt['error']}" if attempt.get("error") else ""
+        print(f"{'':24}  {event_id} attempt to {trigger}: {attempt['outcome']}"
+              f"{f' (HTTP {status})' if status else ''}{error}")
+    printed[event_id] = len(lines)
+    if detail.get("state") in SETTLED:
+        printed[event_id] = -1  # settled and printed: no more requests for it
 
 
 def _print_event(args: argparse.Namespace, row: dict[str, Any], new: bool) -> None:

@@ -11,6 +11,7 @@ import json
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,3 +213,50 @@ filter = "starts_with(body.ref, 'refs/tags/')"
     tested = run_cli("routes", "test", "tags-only", str(sample), "--config",
                      str(bridge.config_path))
     assert tested.returncode == 1 and "no match: filter did not match" in tested.stdout
+
+
+def test_events_tail_shows_every_arrival_and_attempt_and_outlives_a_restart(
+        make_bridge: Callable[..., Bridge], emulator: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    bridge = make_bridge(process=True)
+    emulator.emulator.add_fault(trigger="github-push", count=2, status=503)
+    body = b'{"ref":"refs/heads/main","n":1}'
+    # Sent just before tail's first look: an arrival all the same, not history.
+    first = bridge.post("/hooks/github", body, github_headers(body, delivery="tail-a")).json()
+    env = {**os.environ, "BRIDGE_URL": bridge.url, "BRIDGE_ADMIN_TOKEN": ADMIN_TOKEN}
+    tail = subprocess.Popen([sys.executable, "-m", "bridge", "events", "tail", "--interval",
+                             "0.1", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    assert tail.stdout is not None and tail.stderr is not None
+    lines: list[dict[str, Any]] = []
+
+    def read_until(done: Callable[[], bool]) -> None:
+        while not done():
+            line = tail.stdout.readline()  # type: ignore[union-attr]
+            assert line, "tail stopped"
+            lines.append(json.loads(line))
+
+    try:
+        assert tail.stderr.readline().startswith("waiting for events")
+        read_until(lambda: any(x["change"] == "attempt" and x["status_code"] == 202
+                               for x in lines))
+        assert (lines[0]["id"], lines[0]["change"]) == (first["id"], "new")
+        tried = [(x["outcome"], x["status_code"]) for x in lines if x["change"] == "attempt"]
+        assert tried == [("retrylater", 503), ("retrylater", 503), ("delivered", 202)], tried
+        # A restart: tail says it lost the bridge, waits, and carries on.
+        bridge.terminate()
+        assert "trying again" in tail.stderr.readline()
+        bridge.start()
+        assert tail.stderr.readline().startswith("bridge: reachable again")
+        second = bridge.post("/hooks/github", body.replace(b"1", b"2"),
+                             github_headers(body.replace(b"1", b"2"), delivery="tail-b")).json()
+        read_until(lambda: any(x["id"] == second["id"] and x["change"] == "new"
+                               for x in lines))
+    finally:
+        tail.send_signal(signal.SIGINT)
+        _, errors = tail.communicate(timeout=10)
+    assert tail.returncode == 0 and "Traceback" not in errors
