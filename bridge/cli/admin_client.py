@@ -344,8 +344,8 @@ def routes_list(args: argparse.Namespace) -> int:
 def sources_list(args: argparse.Namespace) -> int:
     data = call(args, "GET", "/admin/sources")
     rows = [{"name": s["name"], "provider": s["provider"], "events": s["events"],
-             "last_event": iso(s.get("last_received_at")) or "-",
-             "last_failure": iso((s.get("last_failure") or {}).get("at")) or "-",
+             "last_event": s.get("last_received_at") or "-",
+             "last_failure": (s.get("last_failure") or {}).get("at") or "-",
              "why": (s.get("last_failure") or {}).get("reason", "")}
             for s in data["sources"]]
     return output(args, data, rows, ("name", "provider", "events", "last_event",
@@ -362,7 +362,7 @@ def channels_list(args: argparse.Namespace) -> int:
                 "channel": channel["name"], "lag_events": channel["lag"]["events"],
                 "lag_seconds": channel["lag"]["seconds"], "agent": agent.get("agent", "-"),
                 "connected": {True: "yes", False: "no"}.get(agent.get("connected"), "-"),
-                "last_seen": iso(agent.get("last_seen")) or "-",
+                "last_seen": agent.get("last_seen") or "-",
                 "cursor": agent.get("cursor") or "-"})
     return output(args, data, rows, ("channel", "lag_events", "lag_seconds", "agent",
                                      "connected", "last_seen", "cursor"))

@@ -9,6 +9,7 @@ Both talk to a running bridge over HTTP like any sender or operator would: `trig
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
@@ -26,7 +27,6 @@ from bridge.cli.admin_client import (
     call,
     source_of,
 )
-from bridge.core.models import iso
 
 SETTLED = ("delivered", "dead", "unrouted")
 HANDLERS: dict[tuple[str, str | None], Any] = {}  # filled below, for `ops.run`
@@ -192,7 +192,7 @@ def tail(args: argparse.Namespace) -> int:
                     outcome = (row["state"], row.get("workflows"))
                     before = known.get(row["id"])
                     known[row["id"]] = outcome
-                    if first and row["received_at"] < started - RECENT:
+                    if first and _seconds(row["received_at"]) < started - RECENT:
                         attempts[row["id"]] = -1  # history: not followed
                         continue
                     if before != outcome:
@@ -254,10 +254,15 @@ def _print_event(args: argparse.Namespace, row: dict[str, Any], new: bool) -> No
         return
     workflows = f" workflow {row['workflows']}" if row.get("workflows") else ""
     if new:
-        print(f"{iso(row['received_at'])}  {row['source']:<10} {row['event_type']:<24} "
+        print(f"{row['received_at']}  {row['source']:<10} {row['event_type']:<24} "
               f"{row['state']:<9}{workflows}  {row['id']}")
     else:
         print(f"{'':24}  {row['id']} -> {row['state']}{workflows}")
+
+
+def _seconds(when: str) -> float:
+    """An answer's ISO 8601 time as Unix seconds."""
+    return datetime.datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
 
 
 def _json(response: httpx.Response) -> Any:

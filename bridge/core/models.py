@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 
 class EventState(StrEnum):
@@ -73,6 +73,21 @@ def iso(ts: float | None) -> str | None:
 
 
 _SECOND: tuple[int, str] = (-1, "")
+_TIME_KEYS = frozenset({"at", "first_seen", "last_seen"})
+
+
+def with_iso_times(value: Any) -> Any:
+    """`value` (JSON-ready dicts and lists) with every time given as Unix seconds under a key
+    that names a time (`*_at`, `at`, `first_seen`, `last_seen`) turned into `iso()` text: the
+    one form of time in every JSON answer, as in the CLI and the logs. Times that are text
+    already (the platform's own) are left as they are."""
+    if isinstance(value, dict):
+        return {k: iso(v) if isinstance(v, int | float) and not isinstance(v, bool) and (
+                    k.endswith("_at") or k in _TIME_KEYS) else with_iso_times(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [with_iso_times(v) for v in value]
+    return value
 
 
 def new_id() -> str:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from bridge.core.errors import BridgeError, NotFound
-from bridge.core.models import iso
+from bridge.core.models import iso, with_iso_times
 from bridge.signing import sign
 from bridge.store.records import DeliveryRecord, EventRecord, ExecutionRecord, RouteRecord
 from bridge.store.roles import Ingest, Routes
@@ -73,7 +73,7 @@ def public_view(event: EventRecord, routes: Mapping[str, RouteRecord] | None = N
     `routes` is `Routes.route_states()`."""
     executions = {x.delivery_id: x for x in event.executions}
     paused = {name for name, route in (routes or {}).items() if route.paused}
-    return {
+    view: dict[str, Any] = with_iso_times({
         "id": event.id,
         "source": event.source,
         "event_type": event.event_type,
@@ -90,7 +90,8 @@ def public_view(event: EventRecord, routes: Mapping[str, RouteRecord] | None = N
         ],
         "filtered": len(event.filtered),
         "callbacks": [{"status": c.status, "attempts": c.attempts} for c in event.callbacks],
-    }
+    })
+    return view
 
 
 def _public_waiting(delivery: DeliveryRecord, paused: bool) -> str | None:

@@ -37,13 +37,14 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as StarletteJSON
+from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge.channels.edge import Edge
 from bridge.core.errors import BadRequest, BridgeError, NotFound
 from bridge.core.metrics import CONTENT_TYPE, Metrics
-from bridge.core.models import RouteState, VerifiedEvent
+from bridge.core.models import RouteState, VerifiedEvent, with_iso_times
 from bridge.delivery.platform import resend_deadline
 from bridge.ingest import routing as outbox
 from bridge.ingest.status_links import waiting
@@ -70,6 +71,14 @@ class Unauthorized(BridgeError):
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
 
+
+
+class JSONResponse(StarletteJSON):
+    """Every admin answer: times as ISO 8601 text with a zone (`with_iso_times`), never Unix
+    floats, as the CLI, the logs and the console show them."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(with_iso_times(content))
 
 class Admin:
     def __init__(self, runtime: Any, store: Operator, metrics: Metrics,
@@ -385,7 +394,7 @@ class Admin:
         return JSONResponse({"removed": removed, "more": removed == limit})
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(DOCUMENT)
+        return StarletteJSON(DOCUMENT)
 
     # metrics
 

@@ -198,7 +198,10 @@ DEAD_FILTERS = ("route", "source", "cursor", "limit")
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "webhook-bridge admin API", "version": "1"},
+    "info": {"title": "webhook-bridge admin API", "version": "1", "description": (
+        "Every time in an answer is ISO 8601 text in UTC with its zone, to the millisecond "
+        "(`2026-12-07T23:19:00.123Z`), as the CLI and the logs print times. Times given in "
+        "queries (`since`, `until`) may be Unix seconds or ISO 8601.")},
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     "paths": {
         "/admin/events": {"get": _op("List events, newest first", _list("events"), 400,

@@ -260,3 +260,45 @@ def test_events_tail_shows_every_arrival_and_attempt_and_outlives_a_restart(
         tail.send_signal(signal.SIGINT)
         _, errors = tail.communicate(timeout=10)
     assert tail.returncode == 0 and "Traceback" not in errors
+
+
+def test_every_json_answer_gives_times_in_one_form(make_bridge: Callable[..., Bridge],
+                                                   emulator: Any) -> None:
+    """ISO 8601 in UTC with its zone, as the CLI and the logs print them: never Unix floats,
+    in the admin API and in the sender's status link alike."""
+    import re
+
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+    bridge = make_bridge()
+    body = b'{"ref":"refs/heads/main"}'
+    ack = bridge.post("/hooks/github", body, github_headers(body, delivery="times-1")).json()
+    wait_for(lambda: bridge.statuses() == ["delivered"])
+    wrong = bridge.post("/hooks/github", body, github_headers(body, secret="x" * 12))
+    assert wrong.status_code == 401
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    answers = {path: http.get(f"{bridge.url}{path}", headers=auth).json() for path in (
+        "/admin/events", f"/admin/events/{ack['id']}", "/admin/sources", "/admin/routes",
+        "/admin/dead-letters")}
+    answers["status"] = http.get(ack["status_url"]).json()
+    times: list[tuple[str, str, Any]] = []
+
+    def walk(where: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key.endswith("_at") or key in ("at", "last_seen", "first_seen"):
+                    times.append((where, key, item))
+                walk(where, item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(where, item)
+
+    for where, answer in answers.items():
+        walk(where, answer)
+    found = {(where, key) for where, key, value in times if value is not None}
+    assert {("/admin/events", "received_at"), ("status", "received_at"),
+            (f"/admin/events/{ack['id']}", "started_at"),
+            ("/admin/sources", "last_received_at"), ("/admin/sources", "at")} <= found
+    bad = [(w, k, v) for w, k, v in times if v is not None and not iso.match(str(v))]
+    assert bad == []
+    document = http.get(f"{bridge.url}/admin/openapi.json", headers=auth).json()
+    assert "ISO 8601" in document["info"]["description"]

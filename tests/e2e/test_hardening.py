@@ -7,6 +7,7 @@ The pure parts (the SSRF guard's address rules, the allow-list matcher) are tabl
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import hmac
 import json
@@ -511,7 +512,8 @@ def test_a_delivery_that_may_have_run_is_never_resent_past_the_keys_lifetime(
     shown = admin(bridge, "GET", f"/admin/events/{ack['id']}").json()
     assert "may already have run" in shown["deliveries"][0]["last_error"]
     emulator.emulator.faults.clear()
-    time.sleep(max(0.0, reached + 3.0 - time.time()))  # the platform has forgotten the key now
+    reached_at = datetime.datetime.fromisoformat(reached.replace("Z", "+00:00")).timestamp()
+    time.sleep(max(0.0, reached_at + 3.0 - time.time()))  # the platform has forgotten the key
 
     held = admin(bridge, "POST", "/admin/dead-letters/redrive", json={"ids": [delivery_id]})
     assert held.json()["redriven"] == 0 and held.json()["held"] == 1
