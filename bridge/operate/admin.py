@@ -146,7 +146,8 @@ class Admin:
         limit = q.get("limit", DEFAULT_PAGE)
         rows = await self.store.list_events(
             source=q.get("source"), event_type=q.get("event_type"), state=q.get("state"),
-            since=q.get("since"), until=q.get("until"),
+            since=q.get("since"), until=q.get("until"), workflow=q.get("workflow"),
+            route=q.get("route"),
             key_contains=q.get("key"), before_id=q.get("cursor"), limit=limit)
         cursor = rows[-1].id if len(rows) == limit else None
         return JSONResponse({"events": [{**plain(row), "workflows": ",".join(row.workflows)
@@ -323,7 +324,10 @@ class Admin:
                         "state": state.state if state else RouteState.ACTIVE.value,
                         "reason": state.reason if state else None,
                         "changed_at": state.changed_at if state else None,
-                        "pending": pending.get(route.name, 0)})
+                        "pending": pending.get(route.name, 0),
+                        "filter": route.filter.text if route.filter else None,
+                        "input": _texts(route.input) if route.input else None,
+                        "channel": route.channel, "envelope": route.envelope})
         return out
 
     async def _route(self, request: Request) -> str:
@@ -436,3 +440,8 @@ async def _json(request: Request, optional: bool = False) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data
+
+
+def _texts(mapping: Any) -> Any:
+    """An `input` mapping as the config wrote it: each expression's text."""
+    return {k: _texts(v) if isinstance(v, dict) else v.text for k, v in mapping.items()}

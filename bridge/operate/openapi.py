@@ -16,7 +16,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from bridge.core.errors import BadRequest
-from bridge.core.models import EventState
+from bridge.core.models import EventState, ExecutionStatus
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
@@ -30,6 +30,7 @@ ERROR = {
 }
 OBJECT = {"type": "object"}
 STATES = [state.value for state in EventState]
+WORKFLOWS = [status.value for status in ExecutionStatus]
 TIME = {"type": "number", "description": "Unix time in seconds (an ISO 8601 date with a zone "
                                          "is accepted too)"}
 NAME = {"type": "string", "maxLength": 200}
@@ -79,6 +80,8 @@ _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in BODIES.ite
 # Query parameters: (name, schema).
 QUERY: dict[str, dict[str, Any]] = {
     "source": NAME, "event_type": NAME, "state": {"type": "string", "enum": STATES},
+    "workflow": {"type": "string", "enum": WORKFLOWS,
+                 "description": "only events with an execution in this state"},
     "since": TIME, "until": TIME, "key": NAME, "route": NAME,
     "cursor": {"type": "string", "maxLength": 64},
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
@@ -193,7 +196,8 @@ def _counts(*keys: str) -> dict[str, Any]:
             "properties": {k: {"type": "integer"} for k in keys}}
 
 
-EVENT_FILTERS = ("source", "event_type", "state", "since", "until", "key", "cursor", "limit")
+EVENT_FILTERS = ("source", "event_type", "state", "workflow", "route", "since", "until", "key",
+                 "cursor", "limit")
 DEAD_FILTERS = ("route", "source", "cursor", "limit")
 
 DOCUMENT: dict[str, Any] = {

@@ -35,10 +35,13 @@ class AdminJobs(Engine):
                           state: str | None = None, since: float | None = None,
                           until: float | None = None, key_contains: str | None = None,
                           before_id: str | None = None, after_id: str | None = None,
-                          limit: int = 50) -> list[EventSummary]:
+                          limit: int = 50, workflow: str | None = None,
+                          route: str | None = None) -> list[EventSummary]:
         """Newest first. `before_id` is the cursor: ids are time-ordered, so the page after one
         ending at X is everything with an id below X; `after_id` keeps only events newer than
-        X (what arrived since a page was shown)."""
+        X (what arrived since a page was shown). `workflow`: only events with an execution in
+        that state (`failed`: delivered, and the workflow failed); `route`: only events with a
+        delivery on that route."""
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("source", source), ("event_type", event_type), ("state", state)):
@@ -51,6 +54,14 @@ class AdminJobs(Engine):
         if until is not None:
             where.append("received_at < {p}")
             params.append(until)
+        if workflow is not None:
+            where.append("EXISTS (SELECT 1 FROM executions x WHERE x.event_id = events.id"
+                         " AND x.status = {p})")
+            params.append(workflow)
+        if route is not None:
+            where.append("EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
+                         " AND d.route = {p})")
+            params.append(route)
         if key_contains:
             where.append("{instr}(idempotency_key, {p}) > 0")  # case-sensitive, unlike LIKE
             params.append(key_contains)

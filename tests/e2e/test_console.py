@@ -288,3 +288,101 @@ name = "split(body.ref, '/')[-1]"
         assert plain.locator("[data-null-field]").count() == 0
     finally:
         context.close()
+
+
+def test_a_failed_workflow_has_its_own_badge_and_filter(
+        console: tuple[Bridge, Any], emulator: EmulatorServer) -> None:
+    bridge, page = console
+    emulator.emulator.configure(failing_triggers=["github-push"], execution_delay=0.05)
+    failed = push(bridge, "wf-failed")
+    wait_for(lambda: [x["status"] for x in bridge.executions()] == ["failed"])
+    emulator.emulator.configure(failing_triggers=[])
+    fine = push(bridge, "wf-fine")
+    wait_for(lambda: sorted(x["status"] for x in bridge.executions()) == ["completed", "failed"])
+    sign_in(page)
+    row = page.locator(f'tr[data-id="{failed["id"]}"]')
+    assert row.locator(".state.delivered").inner_text() == "delivered"  # the trigger call
+    assert row.locator(".state.failed").inner_text() == "failed"  # the workflow: red, its own
+    page.get_by_label("Workflow").select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**workflow=failed**")
+    shown = page.locator("#events tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.id)")
+    assert shown == [failed["id"]] and fine["id"] not in shown
+    listed = http.get(f"{bridge.url}/admin/events", params={"workflow": "failed"},
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()["events"]
+    assert [e["id"] for e in listed] == [failed["id"]]
+
+
+def test_the_routes_page_shows_each_routes_glue_and_recent_events(
+        make_bridge: Callable[..., Bridge], browser: Any) -> None:
+    bridge = make_bridge("""
+[[routes]]
+source = "github"
+trigger = "by-branch"
+events = ["push"]
+filter = "starts_with(body.ref, 'refs/heads/')"
+[routes.input]
+branch = "split(body.ref, '/')[-1]"
+[routes.input.repo]
+name = "body.repository.full_name"
+""")
+    context = browser.new_context(base_url=bridge.url)
+    page = context.new_page()
+    try:
+        ack = push(bridge, "routes-page")
+        sign_in(page)
+        page.goto("/console/routes")
+        row = page.locator('tr[data-route="github->by-branch"]')
+        assert row.locator("[data-filter]").inner_text() == "starts_with(body.ref, 'refs/heads/')"
+        assert row.locator("[data-input]").inner_text().splitlines() == [
+            "branch = split(body.ref, '/')[-1]", "repo.name = body.repository.full_name"]
+        row.get_by_role("link", name="all of its events").click()
+        page.wait_for_url("**route=github-%3Eby-branch**")
+        assert "Only events routed to github->by-branch" in page.locator("#route-filter").inner_text()
+        assert page.locator("#events tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.id)") == [ack["id"]]
+        page.goto("/console/routes")
+        assert page.locator('tr[data-route="github->by-branch"]').get_by_role(
+            "link", name=re.compile(r"^\d{4}-")).count() == 1
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_every_page_fits_its_width(make_bridge: Callable[..., Bridge], browser: Any,
+                                   emulator: EmulatorServer, width: int) -> None:
+    """No page scrolls sideways at 1280 or 800 pixels; the resend commands wrap whole; the
+    activity charts fill their cards; the dead letters' bulk controls keep each action on a
+    line of its own; /favicon.ico is the console's icon."""
+    bridge = make_bridge()
+    emulator.emulator.add_fault(trigger="github-push", count=1, status=422)
+    ack = push(bridge, f"fits-{width}")
+    wait_for(lambda: bridge.statuses() == ["dead"])
+    context = browser.new_context(base_url=bridge.url, viewport={"width": width, "height": 900})
+    page = context.new_page()
+    try:
+        sign_in(page)
+        for path in [*PAGES, f"/console/events/{ack['id']}"]:
+            page.goto(path)
+            overflow = page.evaluate("document.documentElement.scrollWidth - innerWidth")
+            assert overflow <= 0, (path, overflow)
+        page.goto(f"/console/events/{ack['id']}")
+        command = page.locator("pre.command")
+        assert command.evaluate("e => e.scrollWidth <= e.clientWidth"), "a command is cut off"
+        page.goto("/console/activity")
+        assert page.locator('.ranges [aria-current="page"]').inner_text() == "last 1h"
+        for card in page.locator("svg").all():
+            ratio = card.evaluate("s => s.getBoundingClientRect().width"
+                                  " / s.parentElement.getBoundingClientRect().width")
+            assert ratio > 0.9, ratio
+        page.goto("/console/dead-letters")
+        rows = page.locator("fieldset.bulk .row")
+        assert rows.count() == 3
+        redrive = rows.nth(1).get_by_role("button", name="Redrive")
+        force = rows.nth(1).get_by_label("redrive even those that may already have run")
+        assert abs(redrive.bounding_box()["y"] - force.bounding_box()["y"]) < 20
+        icon = page.request.get("/favicon.ico")
+        assert icon.status == 200 and icon.headers["content-type"] == "image/svg+xml"
+    finally:
+        context.close()

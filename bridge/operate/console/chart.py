@@ -38,7 +38,7 @@ def svg(chart: Chart, width: int = 720, height: int = 160) -> str:
     bar = plot_w / n
     colour = {s: COLOURS.get(s, FALLBACK[i % len(FALLBACK)]) for i, s in enumerate(chart.series)}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-             f'width="{width}" height="{height}" role="img" '
+             f'width="100%" preserveAspectRatio="xMinYMin meet" role="img" '
              f'aria-label="{escape(chart.title)}: {sum(totals)} in all, at most {peak} '
              f'per bucket">',
              f'<title>{escape(chart.title)}</title>',

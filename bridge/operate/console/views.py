@@ -59,7 +59,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
            "Cache-Control": "no-store"}
-STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
+STATIC = {"console.css": "text/css", "console.js": "text/javascript",
+          "favicon.svg": "image/svg+xml"}
 RANGES = {"1h": (3600, 60), "6h": (6 * 3600, 300), "24h": (86400, 900)}  # span, bucket seconds
 
 
@@ -129,6 +130,7 @@ class Console:
         return [Route("/console/login", self.login_page, methods=["GET"]),
                 Route("/console/login", self.login, methods=["POST"]),
                 Route("/console/static/{name}", self.static, methods=["GET"]),
+                Route("/favicon.ico", self.favicon, methods=["GET"]),
                 *(Route(path, page(fn), methods=["GET"]) for path, fn in gets),
                 *(Route(path, page(fn, post=True), methods=["POST"]) for path, fn in posts)]
 
@@ -227,6 +229,11 @@ class Console:
                             headers={"Cache-Control": "max-age=300",
                                      "X-Content-Type-Options": "nosniff"})
 
+    async def favicon(self, request: Request) -> Response:
+        """Browsers ask for /favicon.ico whatever the page says: the console's icon."""
+        return FileResponse(HERE / "static" / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "max-age=86400"})
+
     def render(self, request: Request, template: str, session: dict[str, Any],
                status: int = 200, extra: dict[str, Any] | None = None) -> Response:
         context = {"csrf": session.get("c", ""), "signed_in": bool(session), **(extra or {})}
@@ -240,7 +247,7 @@ class Console:
     def filters(self, request: Request) -> dict[str, Any]:
         q = request.query_params
         out: dict[str, Any] = {}
-        for name in ("source", "event_type", "state", "key"):
+        for name in ("source", "event_type", "state", "key", "workflow", "route"):
             value = (q.get(name) or "").strip()[:200]
             if value:
                 out[name] = value
@@ -261,6 +268,7 @@ class Console:
             source=filters.get("source"), event_type=filters.get("event_type"),
             state=filters.get("state"), since=filters.get("since"),
             until=filters.get("until"), key_contains=filters.get("key"), limit=limit,
+            workflow=filters.get("workflow"), route=filters.get("route"),
             **cursor))
 
     async def events(self, request: Request, session: dict[str, Any]) -> Response:
@@ -268,14 +276,16 @@ class Console:
         cursor = request.query_params.get("cursor") or None
         rows = await self._page(request, filters, 50, before_id=cursor)
         shown = {k: request.query_params.get(k, "") for k in
-                 ("source", "event_type", "state", "key", "since", "until")}
+                 ("source", "event_type", "state", "workflow", "route", "key", "since",
+                  "until")}
         next_link = ("/console/events?" + urlencode({**{k: v for k, v in shown.items() if v},
                                                      "cursor": rows[-1].id})
                      if len(rows) == 50 else None)
         return self.render(request, "events.html", session, extra={
             "rows": rows, "filters": shown, "next_link": next_link, "live": cursor is None,
             "sources": [s.name for s in self.config.sources],
-            "states": ["queued", "unrouted", "delivered", "dead"]})
+            "states": ["queued", "unrouted", "delivered", "dead"],
+            "workflows": ["failed", "timed_out", "cancelled", "completed", "running"]})
 
     async def feed(self, request: Request, session: dict[str, Any]) -> Response:
         """Events newer than `after`, for the list's live updates (JSON; the page builds the
@@ -326,8 +336,12 @@ class Console:
     async def route_list(self, request: Request, session: dict[str, Any]) -> Response:
         channels = await self.admin.edge.overview(self.admin.clock()) \
             if self.admin.edge is not None and self.config.channels else []
+        routes = await self.admin.route_view()
+        for route in routes:  # each route's latest events, linked; its mapping line by line
+            route["recent"] = await self.store.list_events(route=route["name"], limit=3)
+            route["input_lines"] = _lines(route["input"] or {})
         return self.render(request, "routes.html", session, extra={
-            "routes": await self.admin.route_view(), "channels": channels,
+            "routes": routes, "channels": channels,
             "notice": request.query_params.get("notice", "")[:200]})
 
     async def dead(self, request: Request, session: dict[str, Any]) -> Response:
@@ -346,9 +360,9 @@ class Console:
             "notice": q.get("notice", "")[:200]})
 
     async def activity(self, request: Request, session: dict[str, Any]) -> Response:
-        span_name = request.query_params.get("range", "6h")
-        if span_name not in RANGES:
-            span_name = "6h"
+        span_name = request.query_params.get("range", "1h")
+        if span_name not in RANGES:  # the last hour first: a new bridge's traffic fills it
+            span_name = "1h"
         span, step = RANGES[span_name]
         now = self.admin.clock()
         start = (now - span) // step * step + step
@@ -468,3 +482,14 @@ def _session_key(session_id: str) -> str:
     """A session's key in the store: the digest of the cookie's id, so the store's rows cannot
     be replayed as cookies."""
     return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
+
+
+def _lines(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """An `input` mapping as `key = expression` lines, nested keys joined with dots."""
+    out: list[tuple[str, str]] = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out += _lines(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", str(value)))
+    return out

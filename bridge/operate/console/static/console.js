@@ -43,7 +43,14 @@
         state.className = "state " + e.state;
         state.textContent = e.state;
         cell(row, "").appendChild(state);
-        cell(row, e.workflows.split(",").join(", "));
+        const flows = cell(row, "");
+        for (const w of e.workflows ? e.workflows.split(",") : []) {
+          const badge = document.createElement("span");
+          badge.className = "state " + w;
+          badge.textContent = w;
+          flows.appendChild(badge);
+          flows.appendChild(document.createTextNode(" "));
+        }
         cell(row, e.idempotency_key).className = "key";
         body.insertBefore(row, body.firstChild);
       }
