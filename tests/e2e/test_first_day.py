@@ -302,3 +302,34 @@ def test_every_json_answer_gives_times_in_one_form(make_bridge: Callable[..., Br
     assert bad == []
     document = http.get(f"{bridge.url}/admin/openapi.json", headers=auth).json()
     assert "ISO 8601" in document["info"]["description"]
+
+
+def test_make_shows_the_installs_progress_and_fails_when_pip_fails(tmp_path: Path) -> None:
+    """What `make run` and `make test` print while they install: a numbered line per package
+    pip fetches (here on pip's real output), and a failed pip fails make."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    database = subprocess.run(["make", "-pn", "-f", str(ROOT / "Makefile"), "venv"], cwd=ROOT,
+                              capture_output=True, text=True).stdout
+    progress = next(line.split(":=", 1)[1].strip() for line in database.splitlines()
+                    if line.startswith("PROGRESS :="))
+    assert "-o pipefail" in next(line for line in database.splitlines()
+                                 if line.startswith(".SHELLFLAGS"))
+    fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                              "--progress-bar", "off", "-d", str(tmp_path), "six"],
+                             capture_output=True, text=True, timeout=120)
+    if fetched.returncode != 0:
+        pytest.skip("pip cannot fetch a package here (no index reachable)")
+    shown = subprocess.run(["bash", "-o", "pipefail", "-c", progress.replace("$$", "$")],
+                           input=fetched.stdout, capture_output=True, text=True).stdout
+    assert shown.splitlines()[0].startswith("  [1] six"), shown
+    failed = subprocess.run(["bash", "-o", "pipefail", "-c",
+                             f"{sys.executable} -m pip install --no-index nothing-by-this-name"
+                             f" 2>/dev/null | {progress.replace('$$', '$')}"])
+    assert failed.returncode != 0
+    readme = (ROOT / "README.md").read_text()
+    assert "three to four minutes on two cores" in readme
