@@ -33,7 +33,10 @@ STATES = [state.value for state in EventState]
 WORKFLOWS = [status.value for status in ExecutionStatus]
 TIME = {"type": "number", "description": "Unix time in seconds (an ISO 8601 date with a zone "
                                          "is accepted too)"}
-NAME = {"type": "string", "maxLength": 200}
+# No text the bridge takes in a path or query may hold a NUL (no store can keep one): such a
+# request is answered 400 before it reaches the API, and the document says so.
+NO_NUL = "^[^\x00]*$"
+NAME = {"type": "string", "maxLength": 200, "pattern": NO_NUL}
 
 BODIES: dict[str, dict[str, Any]] = {
     "replay": {
@@ -83,7 +86,7 @@ QUERY: dict[str, dict[str, Any]] = {
     "workflow": {"type": "string", "enum": WORKFLOWS,
                  "description": "only events with an execution in this state"},
     "since": TIME, "until": TIME, "key": NAME, "route": NAME,
-    "cursor": {"type": "string", "maxLength": 64},
+    "cursor": {"type": "string", "maxLength": 64, "pattern": NO_NUL},
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
 }
 
@@ -182,7 +185,8 @@ def _raw(summary: str) -> dict[str, Any]:
 
 
 def _path(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    return {"name": name, "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": NO_NUL}}
 
 
 def _list(key: str) -> dict[str, Any]:
