@@ -94,6 +94,32 @@ def _standard(kind: str) -> Body:
     return build
 
 
+def _meta_whatsapp(delivery: str, now: int) -> dict[str, Any]:
+    return {"object": "whatsapp_business_account", "entry": [{
+        "id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881",
+                         "phone_number_id": "106540352242922"},
+            "messages": [{"from": "16505551234", "id": f"wamid.{delivery}",
+                          "timestamp": str(now), "type": "text",
+                          "text": {"body": "deploy api"}}]}}]}]}
+
+
+def _dropbox_list_folder(delivery: str, now: int) -> dict[str, Any]:
+    return {"list_folder": {"accounts": ["dbid:AAH4f99T0taONIb-OurWxbNQ6ywGRopQngc"]},
+            "delta": {"users": [12345]}}
+
+
+def _okta_session(delivery: str, now: int) -> dict[str, Any]:
+    return {"eventType": "com.okta.event_hook", "eventTypeVersion": "1.0",
+            "cloudEventsVersion": "0.1", "source": "https://dev-1.okta.com/api/v1/eventHooks",
+            "eventId": delivery, "eventTime": iso(now), "contentType": "application/json",
+            "data": {"events": [{"uuid": delivery, "eventType": "user.session.start",
+                                 "displayMessage": "User login to Okta",
+                                 "actor": {"alternateId": "ada@example.com"},
+                                 "outcome": {"result": "SUCCESS"}}]}}
+
+
 SAMPLES: dict[str, dict[str, Body]] = {
     "github": {"push": _github_push, "pull_request.opened": _github_pull_request,
                "issues.opened": _github_issues},
@@ -113,6 +139,11 @@ SAMPLES: dict[str, dict[str, Body]] = {
     "shopify": {"orders/create": _shopify_order, "orders/paid": _shopify_order},
     "standard": {"invoice.paid": _standard("invoice.paid"),
                  "user.created": _standard("user.created")},
+    "clerk": {"user.created": _standard("user.created")},
+    "resend": {"email.delivered": _standard("email.delivered")},
+    "meta": {"whatsapp_business_account.messages": _meta_whatsapp},
+    "dropbox": {"list_folder": _dropbox_list_folder},
+    "okta": {"user.session.start": _okta_session},
 }
 
 
@@ -126,7 +157,7 @@ def new_id(provider: str) -> str:
         return f"evt_{secrets.token_hex(12)}"
     if provider == "slack":
         return f"Ev{secrets.token_hex(5).upper()}"
-    if provider == "standard":
+    if provider in ("standard", "clerk", "resend"):
         return f"msg_{secrets.token_hex(12)}"
     return str(uuid.uuid4())
 
@@ -141,7 +172,7 @@ def request(provider: str, event: str, secret: str, url: str, delivery: str | No
     delivery = delivery or new_id(provider)
     if payload is None:
         payload = json.dumps(SAMPLES[provider][event](delivery, now), indent=2).encode()
-    if provider == "standard":
+    if provider in ("standard", "clerk", "resend"):
         headers = signers.standard(payload, secret, now, url, msg_id=delivery)
     else:
         headers = signers.SIGNERS[provider](payload, secret, now, url)

@@ -67,6 +67,10 @@ SIGNERS: dict[str, Callable[[bytes, str, int, str], dict[str, str]]] = {
     "intercom": _prefixed("X-Hub-Signature", "sha1=", "sha1"),
     "typeform": _prefixed("Typeform-Signature", "sha256=", b64=True),
     "pagerduty": _prefixed("X-PagerDuty-Signature", "v1="),
+    "meta": _prefixed("X-Hub-Signature-256", "sha256="),
+    "dropbox": _prefixed("X-Dropbox-Signature", ""),
+    "okta": lambda body, secret, now, url: {"Authorization": secret},
+    "clerk": standard, "resend": standard,
 }
 
 

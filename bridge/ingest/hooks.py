@@ -214,6 +214,37 @@ class Inbound:
             return
         await send_answer(send, answer)
 
+    def answers_get(self, path: str) -> bool:
+        provider = self.runtime.providers.get(path[path.rindex("/") + 1:])
+        return provider is not None and provider.answers_get
+
+    def challenge(self, scope: Scope) -> Answer:
+        """A provider's URL check (GET, or HEAD without the body): answered from the request
+        alone, with nothing stored. A check whose own credential is wrong (Meta's verify
+        token) is refused and counted like a bad signature."""
+        path: str = scope["path"]
+        name = path[path.rindex("/") + 1:]
+        provider = self.runtime.providers[name]
+        url = self.config.public_url + path
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        if raw_query:
+            url += "?" + raw_query
+        try:
+            status, extra, content = provider.challenge(
+                InboundRequest(request_headers(scope), b"", url, scope["method"]))
+        except BridgeError as exc:
+            log.warning("rejected", extra={"source": name, "outcome": "rejected",
+                                           "reason": exc.code})
+            self.metrics.rejected.labels(name, exc.code).inc()
+            self.runtime.failures[name] = {"reason": f"{exc.code}: {exc.message}",
+                                           "at": self.clock()}
+            return error_answer(exc)
+        log.info("url check answered", extra={"source": name, "method": scope["method"]})
+        if scope["method"] == "HEAD":
+            status, _, out = raw_answer(status, content, extra)
+            return status, b"", out
+        return raw_answer(status, content, extra)
+
     async def answer(self, name: str, scope: Scope, receive: Receive) -> Answer:
         provider = self.runtime.providers.get(name)
         if provider is None:
@@ -402,6 +433,9 @@ class Hooks:
         elif self.inbound is not None and scope["method"] == "POST" and is_hook_path(
                 scope["path"]):
             await self.inbound(scope, receive, send)
+        elif self.inbound is not None and scope["method"] in ("GET", "HEAD") and is_hook_path(
+                scope["path"]) and self.inbound.answers_get(scope["path"]):
+            await send_answer(send, self.inbound.challenge(scope))
         else:
             await self.app(scope, receive, send)
 

@@ -525,9 +525,11 @@ def test_bad_public_keys_are_config_errors(tmp_path: object) -> None:
 
 
 FUZZ_SECRETS = {"discord": discord_public(0), "sendgrid": sendgrid_public(0),
-                "standard": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+                **dict.fromkeys(("standard", "clerk", "resend"),
+                                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")}
 FUZZ_OPTIONS = {"hmac": {"header": "X-Sig", "signed": "{timestamp}.{body}",
-                         "timestamp_header": "X-Ts"}}
+                         "timestamp_header": "X-Ts"},
+                "meta": {"verify_token": "fuzz-verify-token"}}
 FUZZ_HEADERS = sorted({h.lower() for c in CASES.values()
                        for h in c.sign(c.body, secret_for_signer(c, 0), 0, "http://h/")}
                       | {"stripe-signature", "x-hub-signature-256", "webhook-signature",

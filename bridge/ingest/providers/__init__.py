@@ -10,13 +10,14 @@ from bridge.ingest.providers.discord import Discord
 from bridge.ingest.providers.generic import Hmac, Token, Unverified
 from bridge.ingest.providers.github import GitHub
 from bridge.ingest.providers.gitlab import GitLab
+from bridge.ingest.providers.handshakes import Dropbox, Meta, Okta
 from bridge.ingest.providers.hubspot import HubSpot
 from bridge.ingest.providers.mailgun import Mailgun
 from bridge.ingest.providers.paddle import Paddle
 from bridge.ingest.providers.sendgrid import SendGrid
 from bridge.ingest.providers.slack import Slack
 from bridge.ingest.providers.square import Square
-from bridge.ingest.providers.standard import Standard
+from bridge.ingest.providers.standard import Clerk, Resend, Standard
 from bridge.ingest.providers.stripe import Stripe
 from bridge.ingest.providers.twilio import Twilio
 from bridge.ingest.providers.twitch import Twitch
@@ -26,7 +27,7 @@ SCHEMES: dict[str, type[Provider]] = {
     cls.name: cls for cls in (
         GitHub, Stripe, Standard, Hmac, Token, Unverified, Slack, Shopify, Twilio, GitLab,
         Bitbucket, Linear, Paddle, Square, Zoom, Twitch, HubSpot, Intercom, Discord, SendGrid,
-        Mailgun, PagerDuty, Typeform, Jira,
+        Mailgun, PagerDuty, Typeform, Jira, Meta, Dropbox, Okta, Clerk, Resend,
     )
 }
 

@@ -129,6 +129,21 @@ class Provider:
         """A challenge answered inline (status, headers, body), or None for a normal event."""
         return None
 
+    # The providers whose URL check is a GET (Meta, Dropbox, Okta) answer it here; for every
+    # other provider a GET or HEAD on its hook URL stays 405. A challenge never stores an event.
+    answers_get: ClassVar[bool] = False
+
+    def challenge(self, request: InboundRequest) -> tuple[int, dict[str, str], bytes]:
+        """The answer to a GET (or HEAD) URL check, or raise SignatureError when the check's
+        own credentials are wrong. Only called when `answers_get`."""
+        raise NotImplementedError
+
+    def query(self, request: InboundRequest) -> dict[str, str]:
+        """The query string of the URL the sender called, as a form (first value wins)."""
+        from urllib.parse import parse_qsl, urlsplit
+
+        return dict(reversed(parse_qsl(urlsplit(request.url).query, keep_blank_values=True)))
+
     # helpers shared by the schemes
 
     def require(self, request: InboundRequest, header: str) -> str:

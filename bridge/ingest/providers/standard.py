@@ -52,3 +52,16 @@ class Standard(Provider):
         msg_id = request.header("svix-id") if "svix-signature" in request.headers else None
         msg_id = msg_id or request.header("webhook-id")
         return Identity(msg_id, body_field(request, "type") or "unknown")
+
+
+class Clerk(Standard):
+    """Clerk signs its webhooks through Svix: `svix-id`, `svix-timestamp`, `svix-signature`
+    over `{id}.{timestamp}.{body}` with the endpoint's `whsec_` secret."""
+
+    name = "clerk"
+
+
+class Resend(Standard):
+    """Resend signs its webhooks through Svix, as Clerk does."""
+
+    name = "resend"

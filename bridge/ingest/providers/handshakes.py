@@ -1,0 +1,121 @@
+"""Providers that check the URL with a GET before they send anything.
+
+    meta     GET ?hub.mode=subscribe&hub.verify_token=T&hub.challenge=C: T must equal the
+             source's `verify_token` (constant time), answer C as text/plain; else 403.
+             Events: X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body, app secret>.
+             No delivery id: the key is the body's hash. Type: `{object}.{field}` of the first
+             change (`whatsapp_business_account.messages`), or `{object}.messaging`.
+    dropbox  GET ?challenge=C: answer C as text/plain with X-Content-Type-Options: nosniff.
+             Events: X-Dropbox-Signature: <hex HMAC-SHA256 of the body, app secret>. The body
+             names only which accounts changed; no id (the key is the body's hash).
+    okta     GET with X-Okta-Verification-Challenge: C: answer {"verification": C}. Events: a
+             shared secret in a header of the operator's choosing (`auth_header`, default
+             Authorization), compared in constant time with every configured secret. Key: the
+             body's eventId; type: the first event's eventType.
+
+None of the three signs a timestamp, so none has a replay window of its own: a replay is
+answered as a duplicate (its key is the same) for the dedupe window.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from bridge.config import SourceConfig
+from bridge.core.errors import ConfigError, SignatureError
+from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field
+from bridge.ingest.providers.body_hmac import BodyHmac
+
+TEXT = "text/plain; charset=utf-8"
+MAX_CHALLENGE = 1024  # characters echoed at most: a challenge is a short random string
+
+
+def _echo(value: str) -> bytes:
+    return value[:MAX_CHALLENGE].encode("utf-8", "replace")
+
+
+class Meta(BodyHmac):
+    name = "meta"
+    options = frozenset({"verify_token"})
+    answers_get = True
+    headers = ("x-hub-signature-256",)
+    prefix = "sha256="
+
+    def __init__(self, source: SourceConfig) -> None:
+        super().__init__(source)
+        token = self.option("verify_token")
+        if not token:
+            raise ConfigError(f"{self.where('verify_token')}: required for provider 'meta' "
+                              "(the Verify Token you enter in Meta's dashboard)")
+        self.verify_token = str(token).encode()
+
+    def challenge(self, request: InboundRequest) -> tuple[int, dict[str, str], bytes]:
+        query = self.query(request)
+        given = query.get("hub.verify_token", "").encode()
+        if query.get("hub.mode") != "subscribe" or not hmac.compare_digest(
+                given, self.verify_token):
+            raise SignatureError("hub.verify_token does not match this source's verify_token")
+        return 200, {"content-type": TEXT}, _echo(query.get("hub.challenge", ""))
+
+    def identify(self, request: InboundRequest) -> Identity:
+        data = request.json()
+        kind = "unknown"
+        if isinstance(data, dict):
+            entry = (data.get("entry") or [{}])[0] if isinstance(data.get("entry"), list) else {}
+            changes = entry.get("changes") if isinstance(entry, dict) else None
+            field = changes[0].get("field") if isinstance(changes, list) and changes and \
+                isinstance(changes[0], dict) else None
+            if field is None and isinstance(entry, dict) and "messaging" in entry:
+                field = "messaging"
+            kind = f"{data.get('object', 'unknown')}.{field or 'unknown'}"
+        return Identity(None, kind)
+
+
+class Dropbox(BodyHmac):
+    name = "dropbox"
+    answers_get = True
+    headers = ("x-dropbox-signature",)
+
+    def challenge(self, request: InboundRequest) -> tuple[int, dict[str, str], bytes]:
+        return 200, {"content-type": TEXT, "x-content-type-options": "nosniff"}, _echo(
+            self.query(request).get("challenge", ""))
+
+    def identify(self, request: InboundRequest) -> Identity:
+        data = request.json()
+        kind = next(iter(data), "unknown") if isinstance(data, dict) and data else "unknown"
+        return Identity(None, str(kind))  # list_folder (v2), delta (v1)
+
+
+class Okta(Provider):
+    name = "okta"
+    options = frozenset({"auth_header"})
+    answers_get = True
+
+    def __init__(self, source: SourceConfig) -> None:
+        super().__init__(source)
+        self.header = str(self.option("auth_header", "Authorization")).lower()
+        self.auth_headers = frozenset({self.header})
+
+    def challenge(self, request: InboundRequest) -> tuple[int, dict[str, str], bytes]:
+        value = request.header("x-okta-verification-challenge")
+        if not value:
+            raise SignatureError("missing X-Okta-Verification-Challenge header")
+        return 200, {"content-type": "application/json"}, json.dumps(
+            {"verification": value[:MAX_CHALLENGE]}).encode()
+
+    def verify(self, request: InboundRequest, now: float) -> None:
+        given = self.require(request, self.header).encode()
+        found = False
+        for key in self.keys:  # every secret compared, whatever matched
+            found |= hmac.compare_digest(given, key)
+        if not found:
+            raise SignatureError("token does not match")
+
+    def identify(self, request: InboundRequest) -> Identity:
+        data = request.json()
+        inner = data.get("data") if isinstance(data, dict) else None
+        events = inner.get("events") if isinstance(inner, dict) else None
+        first = events[0] if isinstance(events, list) and events else {}
+        kind = first.get("eventType") if isinstance(first, dict) else None
+        return Identity(body_field(request, "eventId"), str(kind or "unknown"))
