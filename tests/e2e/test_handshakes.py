@@ -16,6 +16,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from svix.webhooks import Webhook
@@ -57,9 +58,19 @@ name = "resend"
 provider = "resend"
 secret = "{RESEND_SECRET}"
 
+[[sources]]
+name = "graph"
+provider = "microsoft-graph"
+secret = "graph-client-state-5e6f"
+
 [[routes]]
 source = "wa"
 trigger = "whatsapp"
+
+[[routes]]
+source = "graph"
+trigger = "graph-lifecycle"
+events = ["lifecycle.*"]
 
 [[routes]]
 source = "okta"
@@ -184,8 +195,38 @@ def test_standard_webhooks_senders_by_name_are_verified_with_svixs_sdk(
     assert bridge.post(f"/hooks/{source}", body.encode() + b" ", headers).status_code == 401
 
 
+def test_microsoft_graph_validates_its_url_and_checks_each_client_state(
+        bridge: Bridge) -> None:
+    url = f"{bridge.url}/hooks/graph"
+    before = len(bridge.events(source="graph"))
+    check = http.post(url, params={"validationToken": "Validation: Testing client 1.2.3"},
+                      headers={"Content-Type": "text/plain"})
+    assert check.status_code == 200 and check.text == "Validation: Testing client 1.2.3"
+    assert check.headers["content-type"].startswith("text/plain")
+    assert len(bridge.events(source="graph")) == before  # nothing stored
+
+    def notify(*states: str, **fields: str) -> Any:
+        body = json.dumps({"value": [{"subscriptionId": "sub-1", "clientState": state,
+                                      "tenantId": "t-1", **fields} for state in states]})
+        return http.post(url, content=body, headers={"Content-Type": "application/json"})
+
+    created = notify("graph-client-state-5e6f", changeType="created",
+                     resource="Users/u-1/messages/m-1")
+    assert created.status_code == 202, created.text
+    assert bridge.event(created.json()["id"])["event_type"] == "created"
+    lifecycle = notify("graph-client-state-5e6f", lifecycleEvent="reauthorizationRequired")
+    assert lifecycle.status_code == 202
+    event = bridge.event(lifecycle.json()["id"])
+    assert event["event_type"] == "lifecycle.reauthorizationRequired"
+    assert [d["trigger"] for d in event["deliveries"]] == ["graph-lifecycle"]  # routed
+    assert notify("guess", changeType="updated").status_code == 401
+    assert notify("graph-client-state-5e6f", "guess", changeType="updated").status_code == 401
+    assert http.post(url, content=b'{"value": []}').status_code == 401
+    assert http.post(url, content=b"").status_code == 401  # no token, no notification
+
+
 def test_a_get_is_answered_only_for_a_provider_that_checks_with_one(bridge: Bridge) -> None:
-    for path in ("/hooks/github", "/hooks/clerk", "/hooks/nobody"):
+    for path in ("/hooks/github", "/hooks/clerk", "/hooks/graph", "/hooks/nobody"):
         assert http.get(f"{bridge.url}{path}", params={"challenge": "x"}).status_code == 405
         assert http.request("HEAD", f"{bridge.url}{path}").status_code == 405
     body = b'{"ref":"refs/heads/main"}'

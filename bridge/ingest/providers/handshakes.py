@@ -13,7 +13,15 @@
              Authorization), compared in constant time with every configured secret. Key: the
              body's eventId; type: the first event's eventType.
 
-None of the three signs a timestamp, so none has a replay window of its own: a replay is
+    microsoft-graph
+             POST ?validationToken=V (a new subscription, or its lifecycle URL): answer V as
+             text/plain, storing nothing. Notifications: `{"value": [...]}`, each item's
+             `clientState` equal (constant time) to the source's `secret`, the clientState
+             given when subscribing (several during a change). Type: `{changeType}` of the
+             first item (`created`), or `lifecycle.{lifecycleEvent}` for lifecycle
+             notifications, which are routed like any event. No id: the key is the body's hash.
+
+None of these signs a timestamp, so none has a replay window of its own: a replay is
 answered as a duplicate (its key is the same) for the dedupe window.
 """
 
@@ -119,3 +127,41 @@ class Okta(Provider):
         first = events[0] if isinstance(events, list) and events else {}
         kind = first.get("eventType") if isinstance(first, dict) else None
         return Identity(body_field(request, "eventId"), str(kind or "unknown"))
+
+
+class MicrosoftGraph(Provider):
+    name = "microsoft-graph"
+
+    def validation(self, request: InboundRequest) -> str | None:
+        token = self.query(request).get("validationToken")
+        return token if token is not None and not request.body.strip() else None
+
+    def verify(self, request: InboundRequest, now: float) -> None:
+        if self.validation(request) is not None:
+            return  # answered by `handshake`, nothing stored
+        data = request.json()
+        items = data.get("value") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not items:
+            raise SignatureError("missing the notifications' clientState")
+        for item in items:
+            state = item.get("clientState") if isinstance(item, dict) else None
+            if not isinstance(state, str):
+                raise SignatureError("missing the notifications' clientState")
+            found = False
+            for key in self.keys:  # every configured clientState compared
+                found |= hmac.compare_digest(state.encode(), key)
+            if not found:
+                raise SignatureError("clientState does not match")
+
+    def handshake(self, request: InboundRequest) -> tuple[int, dict[str, str], bytes] | None:
+        token = self.validation(request)
+        return None if token is None else (200, {"content-type": TEXT}, _echo(token))
+
+    def identify(self, request: InboundRequest) -> Identity:
+        data = request.json()
+        items = data.get("value") if isinstance(data, dict) else None
+        first = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) \
+            else {}
+        if first.get("lifecycleEvent"):
+            return Identity(None, f"lifecycle.{first['lifecycleEvent']}")
+        return Identity(None, str(first.get("changeType") or "unknown"))
