@@ -27,7 +27,9 @@ FORWARD_MAX_AGE = 23 * 3600.0
 PROVIDERS = ("github", "stripe", "standard", "hmac", "token", "none", "slack", "shopify",
              "twilio", "gitlab", "bitbucket", "linear", "paddle", "square", "zoom", "twitch",
              "hubspot", "intercom", "discord", "sendgrid", "mailgun", "pagerduty", "typeform",
-             "jira", "meta", "dropbox", "okta", "clerk", "resend", "microsoft-graph")
+             "jira", "meta", "dropbox", "okta", "clerk", "resend", "microsoft-graph",
+             "asana")
+LEARNS_SECRET = ("asana",)  # the provider hands its secret over in a handshake
 ENVELOPES = ("envelope", "raw")
 SOURCE_KEYS = ("name", "provider", "secret", "secrets", "tolerance", "max_body_bytes", "insecure",
                "allow_callback_urls", "gzip", "body_dedupe")

@@ -19,6 +19,7 @@ from bridge.config.model import (
     DEFAULT_PORT,
     ENVELOPES,
     FORWARD_MAX_AGE,
+    LEARNS_SECRET,
     LOG_LEVELS,
     MIN_DEDUPE_WINDOW,
     PROVIDERS,
@@ -295,7 +296,7 @@ def source(s: Section, index: int) -> SourceConfig:
         s.fail("provider", f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
     if provider == "none" and not cfg.insecure:
         s.fail("insecure", "provider 'none' accepts unsigned requests: set insecure = true")
-    elif provider and provider != "none" and not secrets:
+    elif provider and provider not in ("none", *LEARNS_SECRET) and not secrets:
         s.fail("secret", "required")
     return cfg
 

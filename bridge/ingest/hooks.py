@@ -199,6 +199,7 @@ class Inbound:
         self.metrics = metrics
         self.clock = clock
         self.waiting = 0
+        self.secrets_learned: dict[str, str] = {}  # source -> the secret its handshake gave
         self.lines = logs.EventLines("bridge.inbound",  # names and ids of our own making
                                      trusted=("source", "event_id", "outcome"))
 
@@ -213,6 +214,43 @@ class Inbound:
         except Disconnected:
             return
         await send_answer(send, answer)
+
+    async def learned(self, name: str, provider: Provider, inbound: InboundRequest,
+                      now: float) -> Answer | None:
+        """A provider that hands over its secret (Asana): its handshake, answered and its
+        secret kept in the store, only while the source accepts one; or an event, verified
+        with the secret learned (the replicas' cache is read again once when it does not
+        verify: another replica may have learned a new one). None once verified."""
+        offered = provider.offered_secret(inbound)
+        if offered is not None:
+            if not provider.accepts_handshake:
+                raise SignatureError("a handshake may not replace this source's secret: set "
+                                     "accept_handshake = true on it while registering the "
+                                     "webhook, then remove it")
+            await self.store.learn_secret(name, offered, now)
+            self.secrets_learned[name] = offered
+            logs.REDACTOR.set_secrets({*logs.REDACTOR.secrets, offered})
+            log.warning("secret learned in a handshake", extra={"source": name})
+            return raw_answer(200, b"", {"x-hook-secret": offered})
+        for fresh in (False, True):
+            secret = None if fresh else self.secrets_learned.get(name)
+            if secret is None:
+                secret = await self.store.learned_secret(name)
+                if secret is not None:
+                    self.secrets_learned[name] = secret
+                    logs.REDACTOR.set_secrets({*logs.REDACTOR.secrets, secret})
+            keys = [*provider.keys, *([secret.encode()] if secret else [])]
+            if not keys:
+                raise SignatureError("no secret yet: this source learns it in the provider's "
+                                     "handshake (set accept_handshake = true, then register "
+                                     "the webhook)")
+            try:
+                provider.verify_learned(inbound, keys)
+                return None
+            except SignatureError:
+                if fresh:
+                    raise
+        return None
 
     def answers_get(self, path: str) -> bool:
         provider = self.runtime.providers.get(path[path.rindex("/") + 1:])
@@ -291,7 +329,12 @@ class Inbound:
         inbound = InboundRequest(headers, body, url, scope["method"])
         now = self.clock()
         try:
-            provider.verify(inbound, now)
+            if provider.learns_secret:
+                learned = await self.learned(name, provider, inbound, now)
+                if learned is not None:
+                    return learned
+            else:
+                provider.verify(inbound, now)
         except SignatureError as exc:
             raise secret_hint(source, newline_hint(provider, inbound, now, exc)) from None
         callback_url = self.callback_url(query.get("callback_url"), source)

@@ -20,7 +20,7 @@ from bridge.store.postgres import Connection, PostgresStore
 
 # Parents before children; every table of the schema.
 TABLES = ("meta", "routes", "events", "event_items", "nonces", "deliveries", "attempts",
-          "executions", "callbacks", "agents", "journal")
+          "executions", "callbacks", "agents", "journal", "learned_secrets")
 CHUNK = 1000
 
 
@@ -39,6 +39,8 @@ def copy(source: str, target: str, progress: Callable[[str, int, int], None]) ->
         gained: dict[str, int] = {}
         for table in TABLES:
             columns = [row[1] for row in src.execute(f"PRAGMA table_info({table})")]
+            if not columns:  # a table newer than the source's schema: nothing to copy
+                continue
             total = src.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
             sql = POSTGRES.render(f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
                                   f" ({placeholders(len(columns))}) ON CONFLICT DO NOTHING")

@@ -165,6 +165,23 @@ class IngestJobs(Engine):
                                            attempt_log=tuple(attempts.get(c["id"], ())))
                             for c in callbacks))
 
+    async def learned_secret(self, source: str) -> str | None:
+        """The secret `source`'s provider handed over in its last accepted handshake."""
+        row = await self._one("SELECT secret FROM learned_secrets WHERE source = {p}",
+                              (source,))
+        return None if row is None else str(row["secret"])
+
+    async def learn_secret(self, source: str, secret: str, now: float) -> None:
+        """Keep (or replace) the secret of `source`'s handshake; the caller decides whether a
+        handshake may replace one (see `ingest.hooks`)."""
+        def job(conn: Session) -> None:
+            conn.execute("INSERT INTO learned_secrets (source, secret, learned_at)"
+                         " VALUES ({p}, {p}, {p}) ON CONFLICT(source) DO UPDATE SET"
+                         " secret = excluded.secret, learned_at = excluded.learned_at",
+                         (source, secret, now))
+
+        await self._write(job)
+
     async def event_settled(self, event_id: str) -> bool:
         """Nothing more will happen to the event's deliveries and executions (one small query,
         not the event)."""

@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -243,3 +244,75 @@ def test_bridge_trigger_signs_a_sample_for_each(bridge: Bridge, source: str, eve
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert "-> 202, accepted as event" in sent.stdout
     wait_for(lambda: any(e["event_type"] == event for e in bridge.events(source=source)))
+
+
+ASANA = """
+[[sources]]
+name = "asana"
+provider = "asana"
+accept_handshake = {accept}
+
+[[routes]]
+source = "asana"
+trigger = "asana-tasks"
+"""
+
+
+def asana_event(n: int) -> bytes:
+    return json.dumps({"events": [{"action": "changed", "user": {"gid": "1"},
+                                   "resource": {"gid": f"task-{n}", "resource_type": "task"}}]
+                       }).encode()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_asanas_secret_is_learned_once_shared_by_replicas_and_not_replaced_when_closed(
+        make_bridge: Callable[..., Bridge], store: str) -> None:
+    """The handshake's secret is kept in the store: a replica that never saw the handshake
+    verifies with it; a handshake is refused unless the source accepts one; a new secret
+    learned on one replica is picked up by the other at its first event that needs it."""
+    on_pg = store == "postgres"
+    first = make_bridge(ASANA.format(accept="true"), name="asana-a", postgres=on_pg,
+                        sqlite=not on_pg)
+    second = make_bridge(ASANA.format(accept="false"), name="asana-b", start=False,
+                         postgres=on_pg, sqlite=not on_pg)
+    shared = f'url = "{first.store_url}"' if on_pg else f'path = "{first.db}"'
+    text = second.config_path.read_text()
+    text = re.sub(r'^(url|path) = ".*"$', shared, text, count=1, flags=re.M)
+    second.config_path.write_text(text)
+    second.start()
+
+    def handshake(bridge: Bridge, secret: str) -> Any:
+        return bridge.post("/hooks/asana", b"", {"X-Hook-Secret": secret})
+
+    def send(bridge: Bridge, secret: str, n: int) -> Any:
+        body = asana_event(n)
+        return bridge.post("/hooks/asana", body, {"X-Hook-Signature": hexmac(secret, body),
+                                                  "Content-Type": "application/json"})
+
+    assert send(second, "none-yet", 0).status_code == 401  # nothing learned: fail closed
+    shake = handshake(first, "asana-secret-one-8d2f")
+    assert shake.status_code == 200 and shake.headers["x-hook-secret"] == "asana-secret-one-8d2f"
+    assert first.events(source="asana") == []  # a handshake is not an event
+    ok = send(second, "asana-secret-one-8d2f", 1)  # the other replica never saw it
+    assert ok.status_code == 202, ok.text
+    assert second.event(ok.json()["id"])["event_type"] == "task.changed"
+    assert send(second, "a-guess", 2).status_code == 401
+    # The closed replica refuses a handshake: a live source's secret cannot be swapped there.
+    refused = handshake(second, "attacker-secret-0000")
+    assert refused.status_code == 401 and "accept_handshake" in refused.json()["error"]["message"]
+    assert send(second, "attacker-secret-0000", 3).status_code == 401
+    # While the window is open (on the first), a new registration replaces it everywhere.
+    assert handshake(first, "asana-secret-two-71aa").status_code == 200
+    assert send(second, "asana-secret-two-71aa", 4).status_code == 202
+    assert send(second, "asana-secret-one-8d2f", 5).status_code == 401
+    heartbeat = b'{"events": []}'
+    beat = second.post("/hooks/asana", heartbeat, {
+        "X-Hook-Signature": hexmac("asana-secret-two-71aa", heartbeat)})
+    assert beat.status_code == 202
+    assert second.event(beat.json()["id"])["event_type"] == "heartbeat"
+    for bridge in (first, second):
+        logs = bridge.logs()
+        for secret in ("asana-secret-one-8d2f", "asana-secret-two-71aa", "attacker-secret-0000"):
+            assert secret not in logs
+        shown = bridge.event(ok.json()["id"])
+        assert "x-hook-secret" not in {k.lower() for k in shown["headers"]}

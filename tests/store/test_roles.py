@@ -88,6 +88,14 @@ def test_every_role_method_keeps_its_contract(kind: str, tmp_path: Path) -> None
         assert await s.get_event("missing") is None
         assert not await s.event_settled("ev-1") and await s.event_settled("ev-4")
         assert await s.event_body("ev-1") == b'{"n":1}' and await s.event_body("no") is None
+        # A secret learned in a handshake: kept per source, replaced by the next one.
+        assert await s.learned_secret("asana") is None
+        await s.learn_secret("asana", "first-secret", T)
+        await s.learn_secret("other", "other-secret", T)
+        assert await s.learned_secret("asana") == "first-secret"
+        await s.learn_secret("asana", "second-secret", T + 1)
+        assert await s.learned_secret("asana") == "second-secret"
+        assert await s.learned_secret("other") == "other-secret"
 
         # Outbox: a hold stops every claim until it ends; claims in due order.
         await s.hold(T + 50, T + 10)

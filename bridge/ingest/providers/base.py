@@ -129,6 +129,17 @@ class Provider:
         """A challenge answered inline (status, headers, body), or None for a normal event."""
         return None
 
+    # A provider that hands over its signing secret in a handshake (Asana): `ingest.hooks`
+    # keeps it in the store and verifies with it (`offered_secret`, `verify_learned`).
+    learns_secret: ClassVar[bool] = False
+    accepts_handshake: bool = False
+
+    def offered_secret(self, request: InboundRequest) -> str | None:
+        return None
+
+    def verify_learned(self, request: InboundRequest, learned: list[bytes]) -> None:
+        raise NotImplementedError
+
     # The providers whose URL check is a GET (Meta, Dropbox, Okta) answer it here; for every
     # other provider a GET or HEAD on its hook URL stays 405. A challenge never stores an event.
     answers_get: ClassVar[bool] = False

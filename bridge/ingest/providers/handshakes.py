@@ -21,6 +21,13 @@
              first item (`created`), or `lifecycle.{lifecycleEvent}` for lifecycle
              notifications, which are routed like any event. No id: the key is the body's hash.
 
+    asana    The first POST carries X-Hook-Secret: S (and no events): answered 200 with the same
+             header, and S kept in the store for every replica. Only while the source has
+             `accept_handshake = true`: otherwise a handshake is refused, so nobody can swap
+             the secret of a live source. Events: X-Hook-Signature: <hex HMAC-SHA256 of the
+             body, S>. Type: `{resource_type}.{action}` of the first event, `heartbeat` for an
+             empty list. No id: the key is the body's hash.
+
 None of these signs a timestamp, so none has a replay window of its own: a replay is
 answered as a duplicate (its key is the same) for the dedupe window.
 """
@@ -34,6 +41,7 @@ from bridge.config import SourceConfig
 from bridge.core.errors import ConfigError, SignatureError
 from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field
 from bridge.ingest.providers.body_hmac import BodyHmac
+from bridge.signing import any_match
 
 TEXT = "text/plain; charset=utf-8"
 MAX_CHALLENGE = 1024  # characters echoed at most: a challenge is a short random string
@@ -165,3 +173,41 @@ class MicrosoftGraph(Provider):
         if first.get("lifecycleEvent"):
             return Identity(None, f"lifecycle.{first['lifecycleEvent']}")
         return Identity(None, str(first.get("changeType") or "unknown"))
+
+
+class Asana(Provider):
+    name = "asana"
+    options = frozenset({"accept_handshake"})
+    learns_secret = True
+    auth_headers = frozenset({"x-hook-secret"})
+
+    def __init__(self, source: SourceConfig) -> None:
+        super().__init__(source)
+        self.accepts_handshake = self.option("accept_handshake", False) is True
+
+    def offered_secret(self, request: InboundRequest) -> str | None:
+        value = request.header("x-hook-secret")
+        return value[:MAX_CHALLENGE] if value else None
+
+    def verify_learned(self, request: InboundRequest, learned: list[bytes]) -> None:
+        given = self.require(request, "x-hook-signature")
+        try:
+            provided = bytes.fromhex(given)
+        except ValueError:
+            raise SignatureError("signature does not match") from None
+        expected = [hmac.new(key, request.body, "sha256").digest() for key in learned]
+        if not any_match(expected, [provided]):
+            raise SignatureError("signature does not match")
+
+    def verify(self, request: InboundRequest, now: float) -> None:
+        self.verify_learned(request, self.keys)  # a configured secret; learned ones: hooks
+
+    def identify(self, request: InboundRequest) -> Identity:
+        data = request.json()
+        events = data.get("events") if isinstance(data, dict) else None
+        if isinstance(events, list) and not events:
+            return Identity(None, "heartbeat")
+        first = events[0] if isinstance(events, list) and isinstance(events[0], dict) else {}
+        resource = first.get("resource")
+        kind = resource.get("resource_type") if isinstance(resource, dict) else None
+        return Identity(None, f"{kind or 'unknown'}.{first.get('action') or 'unknown'}")
