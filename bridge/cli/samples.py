@@ -120,6 +120,19 @@ def _okta_session(delivery: str, now: int) -> dict[str, Any]:
                                  "outcome": {"result": "SUCCESS"}}]}}
 
 
+def _razorpay_captured(delivery: str, now: int) -> dict[str, Any]:
+    return {"entity": "event", "account_id": "acc_BFQ7uQEaa7j2z7", "event": "payment.captured",
+            "contains": ["payment"], "created_at": now, "payload": {"payment": {"entity": {
+                "id": f"pay_{delivery[:14]}", "amount": 50000, "currency": "INR",
+                "status": "captured", "method": "upi"}}}}
+
+
+def _workos_user_created(delivery: str, now: int) -> dict[str, Any]:
+    return {"id": f"event_{delivery.replace('-', '')[:26]}", "event": "user.created",
+            "created_at": iso(now), "data": {"object": "user", "id": "user_01E4ZCR3C56J083X43JQXF3JK5",
+                                             "email": "ada@example.com"}}
+
+
 SAMPLES: dict[str, dict[str, Body]] = {
     "github": {"push": _github_push, "pull_request.opened": _github_pull_request,
                "issues.opened": _github_issues},
@@ -144,6 +157,8 @@ SAMPLES: dict[str, dict[str, Body]] = {
     "meta": {"whatsapp_business_account.messages": _meta_whatsapp},
     "dropbox": {"list_folder": _dropbox_list_folder},
     "okta": {"user.session.start": _okta_session},
+    "razorpay": {"payment.captured": _razorpay_captured},
+    "workos": {"user.created": _workos_user_created},
 }
 
 

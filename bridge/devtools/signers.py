@@ -71,6 +71,9 @@ SIGNERS: dict[str, Callable[[bytes, str, int, str], dict[str, str]]] = {
     "dropbox": _prefixed("X-Dropbox-Signature", ""),
     "okta": lambda body, secret, now, url: {"Authorization": secret},
     "clerk": standard, "resend": standard,
+    "razorpay": _prefixed("X-Razorpay-Signature", ""),
+    "workos": lambda body, secret, now, url: {"WorkOS-Signature": f"t={now * 1000}, v1="
+                                              + _hex(secret, f"{now * 1000}.".encode() + body)},
 }
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 from bridge.config import Config, SourceConfig
 from bridge.core.errors import ConfigError
 from bridge.ingest.providers.base import Identity, InboundRequest, Provider
-from bridge.ingest.providers.body_hmac import Bitbucket, Intercom, Jira, Linear, PagerDuty, Shopify, Typeform
+from bridge.ingest.providers.body_hmac import (
+    Bitbucket,
+    Intercom,
+    Jira,
+    Linear,
+    PagerDuty,
+    Razorpay,
+    Shopify,
+    Typeform,
+)
 from bridge.ingest.providers.discord import Discord
 from bridge.ingest.providers.generic import Hmac, Token, Unverified
 from bridge.ingest.providers.github import GitHub
@@ -21,6 +30,7 @@ from bridge.ingest.providers.standard import Clerk, Resend, Standard
 from bridge.ingest.providers.stripe import Stripe
 from bridge.ingest.providers.twilio import Twilio
 from bridge.ingest.providers.twitch import Twitch
+from bridge.ingest.providers.workos import WorkOS
 from bridge.ingest.providers.zoom import Zoom
 
 SCHEMES: dict[str, type[Provider]] = {
@@ -28,7 +38,7 @@ SCHEMES: dict[str, type[Provider]] = {
         GitHub, Stripe, Standard, Hmac, Token, Unverified, Slack, Shopify, Twilio, GitLab,
         Bitbucket, Linear, Paddle, Square, Zoom, Twitch, HubSpot, Intercom, Discord, SendGrid,
         Mailgun, PagerDuty, Typeform, Jira, Meta, Dropbox, Okta, Clerk, Resend,
-        MicrosoftGraph, Asana,
+        MicrosoftGraph, Asana, Razorpay, WorkOS,
     )
 }
 

@@ -13,6 +13,9 @@
                body's webhookTimestamp (ms) within ±60 s     type {type}.{action}
                (the Linear-Timestamp header is not signed, so it is never used)
 
+    razorpay   X-Razorpay-Signature: <hex>                   key X-Razorpay-Event-Id,
+                                                             type body event
+
 All are HMAC-SHA256 unless noted, keyed with the secret's UTF-8 bytes; every configured secret is
 tried (rotation).
 """
@@ -150,3 +153,12 @@ class Linear(BodyHmac):
         kind = body_field(request, "type") or request.header("linear-event") or "unknown"
         action = body_field(request, "action")
         return Identity(request.header("linear-delivery"), f"{kind}.{action}" if action else kind)
+
+
+class Razorpay(BodyHmac):
+    name = "razorpay"
+    headers = ("x-razorpay-signature",)
+
+    def identify(self, request: InboundRequest) -> Identity:
+        return Identity(request.header("x-razorpay-event-id"),
+                        body_field(request, "event") or "unknown")
