@@ -133,6 +133,19 @@ def _workos_user_created(delivery: str, now: int) -> dict[str, Any]:
                                              "email": "ada@example.com"}}
 
 
+def _coinbase_charge(delivery: str, now: int) -> dict[str, Any]:
+    return {"id": 1, "scheduled_for": iso(now), "event": {
+        "id": delivery, "type": "charge:confirmed", "api_version": "2018-03-22",
+        "created_at": iso(now), "data": {"code": "66BEOV2A", "name": "The Sovereign Individual",
+                                         "pricing_type": "fixed_price"}}}
+
+
+def _box_uploaded(delivery: str, now: int) -> dict[str, Any]:
+    return {"type": "webhook_event", "id": delivery, "created_at": iso(now),
+            "trigger": "FILE.UPLOADED", "source": {"id": "1234567890", "type": "file",
+                                                   "name": "report.pdf"}}
+
+
 SAMPLES: dict[str, dict[str, Body]] = {
     "github": {"push": _github_push, "pull_request.opened": _github_pull_request,
                "issues.opened": _github_issues},
@@ -159,6 +172,8 @@ SAMPLES: dict[str, dict[str, Body]] = {
     "okta": {"user.session.start": _okta_session},
     "razorpay": {"payment.captured": _razorpay_captured},
     "workos": {"user.created": _workos_user_created},
+    "coinbase-commerce": {"charge:confirmed": _coinbase_charge},
+    "box": {"FILE.UPLOADED": _box_uploaded},
 }
 
 

@@ -72,9 +72,22 @@ SIGNERS: dict[str, Callable[[bytes, str, int, str], dict[str, str]]] = {
     "okta": lambda body, secret, now, url: {"Authorization": secret},
     "clerk": standard, "resend": standard,
     "razorpay": _prefixed("X-Razorpay-Signature", ""),
+    "coinbase-commerce": _prefixed("X-CC-Webhook-Signature", ""),
     "workos": lambda body, secret, now, url: {"WorkOS-Signature": f"t={now * 1000}, v1="
                                               + _hex(secret, f"{now * 1000}.".encode() + body)},
 }
+
+
+def box(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat()
+    return {"box-delivery-id": _uid(), "box-delivery-timestamp": stamp,
+            "box-signature-version": "1", "box-signature-algorithm": "HmacSHA256",
+            "box-signature-primary": _b64(secret.encode(), body + stamp.encode())}
+
+
+SIGNERS["box"] = box
 
 
 def _event(body: bytes, default: str) -> str:

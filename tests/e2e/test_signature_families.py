@@ -1,7 +1,8 @@
 """Providers that sign with an HMAC of their own layout, each checked against the provider's
 own SDK: what the bridge accepts, the SDK's verifier accepts too (Razorpay's
-`Utility.verify_webhook_signature`, WorkOS's `Webhooks.verify_header`), and the failure cases
-(a wrong secret, a tampered body, a missing header, a stale timestamp, a replay)."""
+`Utility.verify_webhook_signature`, WorkOS's `Webhooks.verify_header`, Coinbase Commerce's
+`WebhookSignature`, Box's `compute_webhook_signature` and `validate_message`), and the failure
+cases (a wrong secret, a tampered body, a missing header, a stale timestamp, a replay)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from tests.support.harness import Bridge
 
 RAZORPAY_SECRET = "rzp-webhook-secret-4c1a"
 WORKOS_SECRET = "workos-endpoint-secret-9e0b"
+COINBASE_SECRET = "cc-shared-secret-3b7d"
+BOX_PRIMARY, BOX_SECONDARY = "box-primary-key-11aa", "box-secondary-key-22bb"
 SOURCES = f"""
 [[sources]]
 name = "rzp"
@@ -28,6 +31,16 @@ secret = "{RAZORPAY_SECRET}"
 name = "workos"
 provider = "workos"
 secret = "{WORKOS_SECRET}"
+
+[[sources]]
+name = "cc"
+provider = "coinbase-commerce"
+secret = "{COINBASE_SECRET}"
+
+[[sources]]
+name = "box"
+provider = "box"
+secrets = ["{BOX_PRIMARY}", "{BOX_SECONDARY}"]
 """
 
 
@@ -100,8 +113,83 @@ def test_workos_as_its_sdk_verifies_with_its_180_second_window(bridge: Bridge) -
     assert bridge.post("/hooks/workos", body, {}).status_code == 401
 
 
-@pytest.mark.parametrize(("source", "event"), [("rzp", "payment.captured"),
-                                               ("workos", "user.created")])
+def test_coinbase_commerce_as_its_sdk_signs_and_verifies(bridge: Bridge) -> None:
+    from coinbase_commerce.webhook import WebhookSignature
+
+    body = json.dumps({"id": 1, "event": {"id": "24934862-d980-46cb-9402-43c81b0cdba6",
+                                          "type": "charge:confirmed",
+                                          "data": {"code": "66BEOV2A"}}})
+    signature = WebhookSignature._compute_signature(body, COINBASE_SECRET)
+    assert WebhookSignature.verify_sig_header(body, signature, COINBASE_SECRET)
+    headers = {"X-CC-Webhook-Signature": signature, "Content-Type": "application/json"}
+    ok = bridge.post("/hooks/cc", body.encode(), headers)
+    assert ok.status_code == 202, ok.text
+    shown = bridge.event(ok.json()["id"])
+    assert (shown["event_type"], shown["idempotency_key"]) == (
+        "charge:confirmed", "cc:24934862-d980-46cb-9402-43c81b0cdba6")
+    assert bridge.post("/hooks/cc", body.encode(), headers).json()["duplicate"] is True
+    assert bridge.post("/hooks/cc", body.encode() + b" ", headers).status_code == 401
+    assert bridge.post("/hooks/cc", body.encode(), {}).status_code == 401
+
+
+def box_headers(body: str, when: float, primary: str | None = BOX_PRIMARY,
+                secondary: str | None = BOX_SECONDARY, escape: bool = False,
+                delivery: str = "box-delivery-1") -> dict[str, str]:
+    from datetime import UTC, datetime
+
+    from box_sdk_gen.internal.utils import compute_webhook_signature
+
+    headers = {"box-delivery-id": delivery, "box-signature-version": "1",
+               "box-signature-algorithm": "HmacSHA256",
+               "box-delivery-timestamp": datetime.fromtimestamp(int(when), UTC).isoformat()}
+    for name, key in (("box-signature-primary", primary),
+                      ("box-signature-secondary", secondary)):
+        if key is not None:
+            headers[name] = str(compute_webhook_signature(body, headers, key,
+                                                          escape_body=escape))
+    return headers
+
+
+def test_box_as_its_sdk_signs_and_validates_with_both_keys_and_its_ten_minutes(
+        bridge: Bridge) -> None:
+    from box_sdk_gen.managers.webhooks import WebhooksManager
+
+    body = json.dumps({"type": "webhook_event", "id": "e-1", "trigger": "FILE.UPLOADED",
+                       "source": {"id": "12345", "type": "file", "name": "Résumé ✓.pdf"}},
+                      ensure_ascii=False)
+    now = time.time()
+    headers = box_headers(body, now)
+    assert WebhooksManager.validate_message(body, headers, BOX_PRIMARY,
+                                            secondary_key=BOX_SECONDARY)
+    ok = bridge.post("/hooks/box", body.encode(), headers)
+    assert ok.status_code == 202, ok.text
+    shown = bridge.event(ok.json()["id"])
+    assert (shown["event_type"], shown["idempotency_key"]) == ("FILE.UPLOADED",
+                                                               "box:box-delivery-1")
+    # A key rotation: the primary header made with a key this source no longer has, the
+    # secondary with one it has; and the SDK's escaped-body variant.
+    rotated = box_headers(body, now, primary="retired-key", delivery="box-delivery-2")
+    assert bridge.post("/hooks/box", body.encode(), rotated).status_code == 202
+    escaped = box_headers(body, now, secondary=None, escape=True, delivery="box-delivery-3")
+    assert WebhooksManager.validate_message(body, escaped, BOX_PRIMARY)
+    assert bridge.post("/hooks/box", body.encode(), escaped).status_code == 202
+    stale = box_headers(body, now - 660, delivery="box-delivery-4")
+    assert not WebhooksManager.validate_message(body, stale, BOX_PRIMARY)
+    assert bridge.post("/hooks/box", body.encode(), stale).status_code == 401
+    ahead = box_headers(body, now + 120, delivery="box-delivery-5")
+    assert bridge.post("/hooks/box", body.encode(), ahead).status_code == 401
+    wrong = box_headers(body, now, primary="guess", secondary="guess-2",
+                        delivery="box-delivery-6")
+    assert bridge.post("/hooks/box", body.encode(), wrong).status_code == 401
+    assert bridge.post("/hooks/box", body.encode() + b" ", headers).status_code == 401
+    unsigned = {k: v for k, v in headers.items() if not k.startswith("box-signature-p")
+                and not k.startswith("box-signature-s")}
+    assert bridge.post("/hooks/box", body.encode(), unsigned).status_code == 401
+
+
+@pytest.mark.parametrize(("source", "event"), [
+    ("rzp", "payment.captured"), ("workos", "user.created"), ("cc", "charge:confirmed"),
+    ("box", "FILE.UPLOADED")])
 def test_bridge_trigger_signs_a_sample_for_each(bridge: Bridge, source: str, event: str) -> None:
     sent = run_cli("trigger", source, event, "--config", str(bridge.config_path),
                    "--url", bridge.url, "--wait", "0")

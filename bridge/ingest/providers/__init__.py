@@ -7,6 +7,7 @@ from bridge.core.errors import ConfigError
 from bridge.ingest.providers.base import Identity, InboundRequest, Provider
 from bridge.ingest.providers.body_hmac import (
     Bitbucket,
+    CoinbaseCommerce,
     Intercom,
     Jira,
     Linear,
@@ -15,6 +16,7 @@ from bridge.ingest.providers.body_hmac import (
     Shopify,
     Typeform,
 )
+from bridge.ingest.providers.box import Box
 from bridge.ingest.providers.discord import Discord
 from bridge.ingest.providers.generic import Hmac, Token, Unverified
 from bridge.ingest.providers.github import GitHub
@@ -38,7 +40,7 @@ SCHEMES: dict[str, type[Provider]] = {
         GitHub, Stripe, Standard, Hmac, Token, Unverified, Slack, Shopify, Twilio, GitLab,
         Bitbucket, Linear, Paddle, Square, Zoom, Twitch, HubSpot, Intercom, Discord, SendGrid,
         Mailgun, PagerDuty, Typeform, Jira, Meta, Dropbox, Okta, Clerk, Resend,
-        MicrosoftGraph, Asana, Razorpay, WorkOS,
+        MicrosoftGraph, Asana, Razorpay, WorkOS, CoinbaseCommerce, Box,
     )
 }
 

@@ -15,6 +15,8 @@
 
     razorpay   X-Razorpay-Signature: <hex>                   key X-Razorpay-Event-Id,
                                                              type body event
+    coinbase-commerce  X-CC-Webhook-Signature: <hex>         key body event.id,
+                                                             type event.type
 
 All are HMAC-SHA256 unless noted, keyed with the secret's UTF-8 bytes; every configured secret is
 tried (rotation).
@@ -162,3 +164,12 @@ class Razorpay(BodyHmac):
     def identify(self, request: InboundRequest) -> Identity:
         return Identity(request.header("x-razorpay-event-id"),
                         body_field(request, "event") or "unknown")
+
+
+class CoinbaseCommerce(BodyHmac):
+    name = "coinbase-commerce"
+    headers = ("x-cc-webhook-signature",)
+
+    def identify(self, request: InboundRequest) -> Identity:
+        return Identity(body_field(request, "event", "id"),
+                        body_field(request, "event", "type") or "unknown")
