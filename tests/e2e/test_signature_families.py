@@ -195,3 +195,106 @@ def test_bridge_trigger_signs_a_sample_for_each(bridge: Bridge, source: str, eve
                    "--url", bridge.url, "--wait", "0")
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert "-> 202, accepted as event" in sent.stdout
+
+
+# Providers with no SDK that verifies (the scheme is checked as each one's docs state it, with
+# Python's own hmac here, never the bridge's code): Vercel (HMAC-SHA1 hex of the body), Sentry
+# (HMAC-SHA256 hex, Sentry-Hook-Resource + action), Lemon Squeezy (HMAC-SHA256 hex, X-Event-Name),
+# Calendly and Mux (`t=<s>,v1=<hex>` over `{t}.{body}`), Zendesk (base64 over timestamp + body).
+
+def mac(secret: str, message: bytes, algorithm: str = "sha256") -> bytes:
+    return hmac.new(secret.encode(), message, algorithm).digest()
+
+
+NO_SDK = """
+[[sources]]
+name = "vercel"
+provider = "vercel"
+secret = "vercel-secret-01"
+
+[[sources]]
+name = "sentry"
+provider = "sentry"
+secret = "sentry-client-secret-02"
+
+[[sources]]
+name = "lemon"
+provider = "lemonsqueezy"
+secret = "lemon-signing-secret-03"
+
+[[sources]]
+name = "calendly"
+provider = "calendly"
+secret = "calendly-signing-key-04"
+
+[[sources]]
+name = "mux"
+provider = "mux"
+secret = "mux-signing-secret-05"
+
+[[sources]]
+name = "zendesk"
+provider = "zendesk"
+secret = "dGhpc19zZWNyZXRfaXNfZm9yX3Rlc3Rpbmdfb25seQ=="
+"""
+
+
+@pytest.fixture(scope="module")
+def no_sdk(make_module_bridge: Callable[..., Bridge]) -> Iterator[Bridge]:
+    yield make_module_bridge(NO_SDK, name="no-sdk")
+
+
+def signed_cases(now: int) -> list[tuple[str, bytes, dict[str, str], str, str | None]]:
+    """(source, body, headers, event type, key id) for each, signed as its docs state."""
+    import base64
+    from datetime import UTC, datetime
+
+    vercel = b'{"id":"evt_vercel_1","type":"deployment.created","payload":{"name":"web"}}'
+    sentry = b'{"action":"created","data":{"issue":{"id":"1170820242"}}}'
+    lemon = b'{"meta":{"event_name":"order_created"},"data":{"id":"1"}}'
+    calendly = b'{"event":"invitee.created","payload":{"email":"ada@example.com"}}'
+    mux = b'{"id":"3a56ac3d-33da-4366-855b-f592d898409d","type":"video.asset.ready"}'
+    zendesk = b'{"id":"zen-evt-1","type":"zen:event-type:ticket.created","detail":{}}'
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return [
+        ("vercel", vercel, {"x-vercel-signature": mac("vercel-secret-01", vercel, "sha1").hex()},
+         "deployment.created", "evt_vercel_1"),
+        ("sentry", sentry, {"sentry-hook-signature": mac("sentry-client-secret-02", sentry).hex(),
+                            "sentry-hook-resource": "issue", "request-id": "req-sentry-1"},
+         "issue.created", "req-sentry-1"),
+        ("lemon", lemon, {"x-signature": mac("lemon-signing-secret-03", lemon).hex(),
+                          "x-event-name": "order_created"}, "order_created", None),
+        ("calendly", calendly, {"calendly-webhook-signature": f"t={now},v1=" + mac(
+            "calendly-signing-key-04", f"{now}.".encode() + calendly).hex()},
+         "invitee.created", None),
+        ("mux", mux, {"mux-signature": f"t={now},v1=" + mac(
+            "mux-signing-secret-05", f"{now}.".encode() + mux).hex()},
+         "video.asset.ready", "3a56ac3d-33da-4366-855b-f592d898409d"),
+        ("zendesk", zendesk, {
+            "x-zendesk-webhook-signature": base64.b64encode(mac(
+                "dGhpc19zZWNyZXRfaXNfZm9yX3Rlc3Rpbmdfb25seQ==", stamp.encode() + zendesk)).decode(),
+            "x-zendesk-webhook-signature-timestamp": stamp},
+         "zen:event-type:ticket.created", "zen-evt-1"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6), ids=["vercel", "sentry", "lemonsqueezy",
+                                                  "calendly", "mux", "zendesk"])
+def test_signed_as_documented_and_refused_otherwise(no_sdk: Bridge, index: int) -> None:
+    now = int(time.time())
+    source, body, headers, kind, key = signed_cases(now)[index]
+    ok = no_sdk.post(f"/hooks/{source}", body, {**headers, "content-type": "application/json"})
+    assert ok.status_code == 202, ok.text
+    shown = no_sdk.event(ok.json()["id"])
+    assert shown["event_type"] == kind
+    if key is not None:
+        assert shown["idempotency_key"] == f"{source}:{key}"
+    again = no_sdk.post(f"/hooks/{source}", body, headers)  # a replay: the same key
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert no_sdk.post(f"/hooks/{source}", body + b" ", headers).status_code == 401
+    signature = next(k for k in headers if "signature" in k)
+    assert no_sdk.post(f"/hooks/{source}", body, {k: v for k, v in headers.items()
+                                                   if k != signature}).status_code == 401
+    if source in ("calendly", "mux", "zendesk"):  # a signed timestamp: stale is refused
+        _, _, old, _, _ = signed_cases(now - 3600)[index]
+        assert no_sdk.post(f"/hooks/{source}", body, old).status_code == 401

@@ -10,11 +10,14 @@ from bridge.ingest.providers.body_hmac import (
     CoinbaseCommerce,
     Intercom,
     Jira,
+    LemonSqueezy,
     Linear,
     PagerDuty,
     Razorpay,
+    Sentry,
     Shopify,
     Typeform,
+    Vercel,
 )
 from bridge.ingest.providers.box import Box
 from bridge.ingest.providers.discord import Discord
@@ -30,6 +33,7 @@ from bridge.ingest.providers.slack import Slack
 from bridge.ingest.providers.square import Square
 from bridge.ingest.providers.standard import Clerk, Resend, Standard
 from bridge.ingest.providers.stripe import Stripe
+from bridge.ingest.providers.timestamped import Calendly, Mux, Zendesk
 from bridge.ingest.providers.twilio import Twilio
 from bridge.ingest.providers.twitch import Twitch
 from bridge.ingest.providers.workos import WorkOS
@@ -40,7 +44,8 @@ SCHEMES: dict[str, type[Provider]] = {
         GitHub, Stripe, Standard, Hmac, Token, Unverified, Slack, Shopify, Twilio, GitLab,
         Bitbucket, Linear, Paddle, Square, Zoom, Twitch, HubSpot, Intercom, Discord, SendGrid,
         Mailgun, PagerDuty, Typeform, Jira, Meta, Dropbox, Okta, Clerk, Resend,
-        MicrosoftGraph, Asana, Razorpay, WorkOS, CoinbaseCommerce, Box,
+        MicrosoftGraph, Asana, Razorpay, WorkOS, CoinbaseCommerce, Box, Vercel, Sentry,
+        LemonSqueezy, Calendly, Mux, Zendesk,
     )
 }
 

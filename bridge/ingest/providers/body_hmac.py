@@ -17,6 +17,12 @@
                                                              type body event
     coinbase-commerce  X-CC-Webhook-Signature: <hex>         key body event.id,
                                                              type event.type
+    vercel     x-vercel-signature: <hex> (HMAC-SHA1)         key body id, type body type
+    sentry     Sentry-Hook-Signature: <hex>                  key Request-ID,
+                                                             type {Sentry-Hook-Resource}.{action}
+    lemonsqueezy  X-Signature: <hex>                         no id (body hash),
+                                                             type X-Event-Name (else
+                                                             meta.event_name)
 
 All are HMAC-SHA256 unless noted, keyed with the secret's UTF-8 bytes; every configured secret is
 tried (rotation).
@@ -173,3 +179,32 @@ class CoinbaseCommerce(BodyHmac):
     def identify(self, request: InboundRequest) -> Identity:
         return Identity(body_field(request, "event", "id"),
                         body_field(request, "event", "type") or "unknown")
+
+
+class Vercel(BodyHmac):
+    name = "vercel"
+    headers = ("x-vercel-signature",)
+    algorithm = "sha1"
+
+    def identify(self, request: InboundRequest) -> Identity:
+        return Identity(body_field(request, "id"), body_field(request, "type") or "unknown")
+
+
+class Sentry(BodyHmac):
+    name = "sentry"
+    headers = ("sentry-hook-signature",)
+
+    def identify(self, request: InboundRequest) -> Identity:
+        resource = request.header("sentry-hook-resource") or "unknown"
+        action = body_field(request, "action")
+        return Identity(request.header("request-id"),
+                        f"{resource}.{action}" if action else resource)
+
+
+class LemonSqueezy(BodyHmac):
+    name = "lemonsqueezy"
+    headers = ("x-signature",)
+
+    def identify(self, request: InboundRequest) -> Identity:
+        kind = request.header("x-event-name") or body_field(request, "meta", "event_name")
+        return Identity(None, kind or "unknown")
