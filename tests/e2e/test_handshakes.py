@@ -64,6 +64,16 @@ name = "graph"
 provider = "microsoft-graph"
 secret = "graph-client-state-5e6f"
 
+[[sources]]
+name = "trello"
+provider = "trello"
+secret = "trello-app-secret-6a6b"
+
+[[sources]]
+name = "tg"
+provider = "telegram"
+secret = "telegram-secret-token_7c7d"
+
 [[routes]]
 source = "wa"
 trigger = "whatsapp"
@@ -224,6 +234,50 @@ def test_microsoft_graph_validates_its_url_and_checks_each_client_state(
     assert notify("graph-client-state-5e6f", "guess", changeType="updated").status_code == 401
     assert http.post(url, content=b'{"value": []}').status_code == 401
     assert http.post(url, content=b"").status_code == 401  # no token, no notification
+
+
+def test_trello_answers_its_head_check_and_verifies_body_plus_callback_url(
+        bridge: Bridge) -> None:
+    """Trello's docs: HEAD on the callback URL when the webhook is made; then X-Trello-Webhook,
+    base64 HMAC-SHA1 of the body followed by the callback URL (signed here with Python's hmac)."""
+    import base64
+
+    url = f"{bridge.url}/hooks/trello"
+    head = http.request("HEAD", url)
+    assert head.status_code == 200 and head.content == b""
+    body = json.dumps({"action": {"id": "5f1c8d2e9a0b", "type": "updateCard",
+                                  "data": {"card": {"name": "Ship ✓"}}}}).encode()
+    callback_url = url  # the hook's public URL: what the webhook was registered with
+
+    def signed(secret: str, signed_url: str) -> dict[str, str]:
+        digest = hmac.new(secret.encode(), body + signed_url.encode(), hashlib.sha1).digest()
+        return {"X-Trello-Webhook": base64.b64encode(digest).decode(),
+                "Content-Type": "application/json"}
+
+    ok = bridge.post("/hooks/trello", body, signed("trello-app-secret-6a6b", callback_url))
+    assert ok.status_code == 202, ok.text
+    shown = bridge.event(ok.json()["id"])
+    assert (shown["event_type"], shown["idempotency_key"]) == ("updateCard",
+                                                               "trello:5f1c8d2e9a0b")
+    other_url = signed("trello-app-secret-6a6b", "https://elsewhere.example/hooks/trello")
+    assert bridge.post("/hooks/trello", body, other_url).status_code == 401
+    assert bridge.post("/hooks/trello", body, signed("guess", callback_url)).status_code == 401
+    assert bridge.post("/hooks/trello", body, {}).status_code == 401
+
+
+def test_telegram_checks_its_secret_token_and_keys_on_update_id(bridge: Bridge) -> None:
+    body = json.dumps({"update_id": 912345678, "message": {"message_id": 1,
+                                                           "text": "/deploy api"}}).encode()
+    token = {"X-Telegram-Bot-Api-Secret-Token": "telegram-secret-token_7c7d"}
+    ok = bridge.post("/hooks/tg", body, token)
+    assert ok.status_code == 202, ok.text
+    shown = bridge.event(ok.json()["id"])
+    assert (shown["event_type"], shown["idempotency_key"]) == ("message", "tg:912345678")
+    assert "x-telegram-bot-api-secret-token" not in {k.lower() for k in shown["headers"]}
+    assert bridge.post("/hooks/tg", body, token).json()["duplicate"] is True
+    assert bridge.post("/hooks/tg", body, {"X-Telegram-Bot-Api-Secret-Token": "guess"}
+                       ).status_code == 401
+    assert bridge.post("/hooks/tg", body, {}).status_code == 401
 
 
 def test_a_get_is_answered_only_for_a_provider_that_checks_with_one(bridge: Bridge) -> None:

@@ -24,7 +24,15 @@ from bridge.ingest.providers.discord import Discord
 from bridge.ingest.providers.generic import Hmac, Token, Unverified
 from bridge.ingest.providers.github import GitHub
 from bridge.ingest.providers.gitlab import GitLab
-from bridge.ingest.providers.handshakes import Asana, Dropbox, Meta, MicrosoftGraph, Okta
+from bridge.ingest.providers.handshakes import (
+    Asana,
+    Dropbox,
+    Meta,
+    MicrosoftGraph,
+    Okta,
+    Telegram,
+    Trello,
+)
 from bridge.ingest.providers.hubspot import HubSpot
 from bridge.ingest.providers.mailgun import Mailgun
 from bridge.ingest.providers.paddle import Paddle
@@ -45,7 +53,7 @@ SCHEMES: dict[str, type[Provider]] = {
         Bitbucket, Linear, Paddle, Square, Zoom, Twitch, HubSpot, Intercom, Discord, SendGrid,
         Mailgun, PagerDuty, Typeform, Jira, Meta, Dropbox, Okta, Clerk, Resend,
         MicrosoftGraph, Asana, Razorpay, WorkOS, CoinbaseCommerce, Box, Vercel, Sentry,
-        LemonSqueezy, Calendly, Mux, Zendesk,
+        LemonSqueezy, Calendly, Mux, Zendesk, Trello, Telegram,
     )
 }
 

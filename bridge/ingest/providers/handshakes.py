@@ -28,6 +28,14 @@
              body, S>. Type: `{resource_type}.{action}` of the first event, `heartbeat` for an
              empty list. No id: the key is the body's hash.
 
+    trello   HEAD (and GET) on the callback URL when the webhook is created: 200, empty. Events:
+             X-Trello-Webhook: <base64 HMAC-SHA1 of the body followed by the callback URL,
+             app secret>; the URL is the hook's public URL, or the source's `callback_url`
+             when Trello was given another. Key: body `action.id`; type: `action.type`.
+    telegram setWebhook's `secret_token` comes back in X-Telegram-Bot-Api-Secret-Token on
+             every update (constant time against every configured secret). Key: body
+             `update_id`; type: the update's kind (`message`, `callback_query`, ...).
+
 None of these signs a timestamp, so none has a replay window of its own: a replay is
 answered as a duplicate (its key is the same) for the dedupe window.
 """
@@ -41,7 +49,7 @@ from bridge.config import SourceConfig
 from bridge.core.errors import ConfigError, SignatureError
 from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field
 from bridge.ingest.providers.body_hmac import BodyHmac
-from bridge.signing import any_match
+from bridge.signing import any_match, decode_b64, sign
 
 TEXT = "text/plain; charset=utf-8"
 MAX_CHALLENGE = 1024  # characters echoed at most: a challenge is a short random string
@@ -211,3 +219,42 @@ class Asana(Provider):
         resource = first.get("resource")
         kind = resource.get("resource_type") if isinstance(resource, dict) else None
         return Identity(None, f"{kind or 'unknown'}.{first.get('action') or 'unknown'}")
+
+
+class Trello(Provider):
+    name = "trello"
+    options = frozenset({"callback_url"})
+    answers_get = True
+
+    def challenge(self, request: InboundRequest) -> tuple[int, dict[str, str], bytes]:
+        return 200, {}, b""
+
+    def verify(self, request: InboundRequest, now: float) -> None:
+        provided = decode_b64(self.require(request, "x-trello-webhook"))
+        url = str(self.option("callback_url") or request.url.split("?", 1)[0])
+        expected = [sign(key, request.body + url.encode(), "sha1") for key in self.keys]
+        if not any_match(expected, [provided]):
+            raise SignatureError("signature does not match")
+
+    def identify(self, request: InboundRequest) -> Identity:
+        return Identity(body_field(request, "action", "id"),
+                        body_field(request, "action", "type") or "unknown")
+
+
+class Telegram(Provider):
+    name = "telegram"
+    auth_headers = frozenset({"x-telegram-bot-api-secret-token"})
+
+    def verify(self, request: InboundRequest, now: float) -> None:
+        given = self.require(request, "x-telegram-bot-api-secret-token").encode()
+        found = False
+        for key in self.keys:  # every secret compared, whatever matched
+            found |= hmac.compare_digest(given, key)
+        if not found:
+            raise SignatureError("token does not match")
+
+    def identify(self, request: InboundRequest) -> Identity:
+        data = request.json()
+        kind = next((k for k in data if k != "update_id"), "unknown") \
+            if isinstance(data, dict) else "unknown"
+        return Identity(body_field(request, "update_id"), str(kind))
