@@ -29,7 +29,8 @@ PROVIDERS = ("github", "stripe", "standard", "hmac", "token", "none", "slack", "
              "hubspot", "intercom", "discord", "sendgrid", "mailgun", "pagerduty", "typeform",
              "jira", "meta", "dropbox", "okta", "clerk", "resend", "microsoft-graph",
              "asana", "razorpay", "workos", "coinbase-commerce", "box", "vercel", "sentry",
-             "lemonsqueezy", "calendly", "mux", "zendesk", "trello", "telegram")
+             "lemonsqueezy", "calendly", "mux", "zendesk", "trello", "telegram",
+             "webflow", "docusign", "airtable")
 LEARNS_SECRET = ("asana",)  # the provider hands its secret over in a handshake
 ENVELOPES = ("envelope", "raw")
 SOURCE_KEYS = ("name", "provider", "secret", "secrets", "tolerance", "max_body_bytes", "insecure",

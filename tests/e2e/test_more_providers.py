@@ -526,7 +526,8 @@ def test_bad_public_keys_are_config_errors(tmp_path: object) -> None:
 
 FUZZ_SECRETS = {"discord": discord_public(0), "sendgrid": sendgrid_public(0),
                 **dict.fromkeys(("standard", "clerk", "resend"),
-                                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")}
+                                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+                "airtable": "ZnV6ei1tYWMtc2VjcmV0LWJ5dGVz"}
 FUZZ_OPTIONS = {"hmac": {"header": "X-Sig", "signed": "{timestamp}.{body}",
                          "timestamp_header": "X-Ts"},
                 "meta": {"verify_token": "fuzz-verify-token"}}

@@ -236,6 +236,21 @@ secret = "mux-signing-secret-05"
 name = "zendesk"
 provider = "zendesk"
 secret = "dGhpc19zZWNyZXRfaXNfZm9yX3Rlc3Rpbmdfb25seQ=="
+
+[[sources]]
+name = "webflow"
+provider = "webflow"
+secret = "webflow-secret-06"
+
+[[sources]]
+name = "docusign"
+provider = "docusign"
+secrets = ["docusign-connect-key-1", "docusign-connect-key-2"]
+
+[[sources]]
+name = "airtable"
+provider = "airtable"
+secret = "YWlydGFibGUtbWFjLXNlY3JldC1ieXRlcw=="
 """
 
 
@@ -255,6 +270,10 @@ def signed_cases(now: int) -> list[tuple[str, bytes, dict[str, str], str, str | 
     calendly = b'{"event":"invitee.created","payload":{"email":"ada@example.com"}}'
     mux = b'{"id":"3a56ac3d-33da-4366-855b-f592d898409d","type":"video.asset.ready"}'
     zendesk = b'{"id":"zen-evt-1","type":"zen:event-type:ticket.created","detail":{}}'
+    webflow = b'{"triggerType":"form_submission","payload":{"name":"Contact"}}'
+    docusign = b'{"event":"envelope-completed","data":{"envelopeId":"93be49ab"}}'
+    airtable = b'{"base":{"id":"appA"},"webhook":{"id":"achB"},"timestamp":"2026-12-08"}'
+    millis = str(now * 1000)
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return [
         ("vercel", vercel, {"x-vercel-signature": mac("vercel-secret-01", vercel, "sha1").hex()},
@@ -275,11 +294,24 @@ def signed_cases(now: int) -> list[tuple[str, bytes, dict[str, str], str, str | 
                 "dGhpc19zZWNyZXRfaXNfZm9yX3Rlc3Rpbmdfb25seQ==", stamp.encode() + zendesk)).decode(),
             "x-zendesk-webhook-signature-timestamp": stamp},
          "zen:event-type:ticket.created", "zen-evt-1"),
+        ("webflow", webflow, {"x-webflow-timestamp": millis, "x-webflow-signature": mac(
+            "webflow-secret-06", millis.encode() + b":" + webflow).hex()},
+         "form_submission", None),
+        # Two Connect keys: the first header made with a key this source does not hold.
+        ("docusign", docusign, {
+            "x-docusign-signature-1": base64.b64encode(mac("retired", docusign)).decode(),
+            "x-docusign-signature-2": base64.b64encode(
+                mac("docusign-connect-key-2", docusign)).decode()},
+         "envelope-completed", None),
+        ("airtable", airtable, {"x-airtable-content-mac": "hmac-sha256=" + hmac.new(
+            base64.b64decode("YWlydGFibGUtbWFjLXNlY3JldC1ieXRlcw=="), airtable,
+            "sha256").hexdigest()}, "notification", None),
     ]
 
 
-@pytest.mark.parametrize("index", range(6), ids=["vercel", "sentry", "lemonsqueezy",
-                                                  "calendly", "mux", "zendesk"])
+@pytest.mark.parametrize("index", range(9), ids=["vercel", "sentry", "lemonsqueezy",
+                                                  "calendly", "mux", "zendesk", "webflow",
+                                                  "docusign", "airtable"])
 def test_signed_as_documented_and_refused_otherwise(no_sdk: Bridge, index: int) -> None:
     now = int(time.time())
     source, body, headers, kind, key = signed_cases(now)[index]
@@ -292,9 +324,8 @@ def test_signed_as_documented_and_refused_otherwise(no_sdk: Bridge, index: int) 
     again = no_sdk.post(f"/hooks/{source}", body, headers)  # a replay: the same key
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert no_sdk.post(f"/hooks/{source}", body + b" ", headers).status_code == 401
-    signature = next(k for k in headers if "signature" in k)
-    assert no_sdk.post(f"/hooks/{source}", body, {k: v for k, v in headers.items()
-                                                   if k != signature}).status_code == 401
-    if source in ("calendly", "mux", "zendesk"):  # a signed timestamp: stale is refused
+    unsigned = {k: v for k, v in headers.items() if "signature" not in k and "mac" not in k}
+    assert no_sdk.post(f"/hooks/{source}", body, unsigned).status_code == 401
+    if source in ("calendly", "mux", "zendesk", "webflow"):  # signed time: stale is refused
         _, _, old, _, _ = signed_cases(now - 3600)[index]
         assert no_sdk.post(f"/hooks/{source}", body, old).status_code == 401

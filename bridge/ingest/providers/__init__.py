@@ -6,8 +6,10 @@ from bridge.config import Config, SourceConfig
 from bridge.core.errors import ConfigError
 from bridge.ingest.providers.base import Identity, InboundRequest, Provider
 from bridge.ingest.providers.body_hmac import (
+    Airtable,
     Bitbucket,
     CoinbaseCommerce,
+    DocuSign,
     Intercom,
     Jira,
     LemonSqueezy,
@@ -41,7 +43,7 @@ from bridge.ingest.providers.slack import Slack
 from bridge.ingest.providers.square import Square
 from bridge.ingest.providers.standard import Clerk, Resend, Standard
 from bridge.ingest.providers.stripe import Stripe
-from bridge.ingest.providers.timestamped import Calendly, Mux, Zendesk
+from bridge.ingest.providers.timestamped import Calendly, Mux, Webflow, Zendesk
 from bridge.ingest.providers.twilio import Twilio
 from bridge.ingest.providers.twitch import Twitch
 from bridge.ingest.providers.workos import WorkOS
@@ -53,7 +55,7 @@ SCHEMES: dict[str, type[Provider]] = {
         Bitbucket, Linear, Paddle, Square, Zoom, Twitch, HubSpot, Intercom, Discord, SendGrid,
         Mailgun, PagerDuty, Typeform, Jira, Meta, Dropbox, Okta, Clerk, Resend,
         MicrosoftGraph, Asana, Razorpay, WorkOS, CoinbaseCommerce, Box, Vercel, Sentry,
-        LemonSqueezy, Calendly, Mux, Zendesk, Trello, Telegram,
+        LemonSqueezy, Calendly, Mux, Zendesk, Trello, Telegram, Webflow, DocuSign, Airtable,
     )
 }
 

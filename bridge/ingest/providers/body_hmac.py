@@ -20,6 +20,10 @@
     vercel     x-vercel-signature: <hex> (HMAC-SHA1)         key body id, type body type
     sentry     Sentry-Hook-Signature: <hex>                  key Request-ID,
                                                              type {Sentry-Hook-Resource}.{action}
+    docusign   X-DocuSign-Signature-1, -2, ...: <base64>     no id (body hash), type body event
+               (one per Connect key; any may match any)
+    airtable   X-Airtable-Content-MAC: hmac-sha256=<hex>,    no id (body hash),
+               keyed with base64-decode(macSecretBase64)     type `notification`
     lemonsqueezy  X-Signature: <hex>                         no id (body hash),
                                                              type X-Event-Name (else
                                                              meta.event_name)
@@ -32,7 +36,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from bridge.core.errors import MalformedSignature, SignatureError
+from bridge.config import SourceConfig
+from bridge.core.errors import ConfigError, MalformedSignature, SignatureError
 from bridge.ingest.providers.base import Identity, InboundRequest, Provider, body_field, decode_hex
 from bridge.signing import any_match, decode_b64, sign
 
@@ -208,3 +213,37 @@ class LemonSqueezy(BodyHmac):
     def identify(self, request: InboundRequest) -> Identity:
         kind = request.header("x-event-name") or body_field(request, "meta", "event_name")
         return Identity(None, kind or "unknown")
+
+
+class DocuSign(BodyHmac):
+    name = "docusign"
+    encoding = "base64"
+    MAX_SIGNATURES = 100
+
+    def provided(self, request: InboundRequest) -> list[bytes]:
+        values = [decode_b64(request.headers[f"x-docusign-signature-{i}"])
+                  for i in range(1, self.MAX_SIGNATURES + 1)
+                  if f"x-docusign-signature-{i}" in request.headers]
+        if not values:
+            raise SignatureError("missing x-docusign-signature-1 header")
+        return values
+
+    def identify(self, request: InboundRequest) -> Identity:
+        return Identity(None, body_field(request, "event") or "unknown")
+
+
+class Airtable(BodyHmac):
+    name = "airtable"
+    headers = ("x-airtable-content-mac",)
+    prefix = "hmac-sha256="
+
+    def __init__(self, source: SourceConfig) -> None:
+        super().__init__(source)
+        try:  # Airtable gives the MAC secret base64-encoded (macSecretBase64)
+            self.keys = [decode_b64(s.reveal()) for s in source.secrets]
+        except MalformedSignature:
+            raise ConfigError(f"{self.where('secret')}: expected the macSecretBase64 value "
+                              "(base64)") from None
+
+    def identify(self, request: InboundRequest) -> Identity:
+        return Identity(None, "notification")

@@ -8,6 +8,10 @@
               X-Zendesk-Webhook-Signature-Timestamp (ISO)  separator), window 300 s;
                                                            key body id, type body type
 
+    webflow   x-webflow-signature: <hex>                  HMAC-SHA256 of `{timestamp}:{body}`,
+              x-webflow-timestamp (ms)                     window 300 s; no id (body hash),
+                                                           type body triggerType
+
 The window is always read from the signed timestamp, both directions; every configured
 secret is tried (rotation).
 """
@@ -23,6 +27,7 @@ from bridge.ingest.providers.base import (
     InboundRequest,
     Provider,
     body_field,
+    decode_hex,
     timestamped_signatures,
 )
 from bridge.signing import any_match, decode_b64, sign
@@ -76,3 +81,21 @@ class Zendesk(Provider):
 
     def identify(self, request: InboundRequest) -> Identity:
         return Identity(body_field(request, "id"), body_field(request, "type") or "unknown")
+
+
+class Webflow(Provider):
+    name = "webflow"
+    default_tolerance = 300.0
+
+    def verify(self, request: InboundRequest, now: float) -> None:
+        given = self.require(request, "x-webflow-signature")
+        stamp = self.require(request, "x-webflow-timestamp")
+        if not stamp.isdigit():
+            raise MalformedSignature("x-webflow-timestamp is not milliseconds")
+        self.check_timestamp(str(int(stamp) // 1000), now)
+        expected = [sign(key, stamp.encode() + b":" + request.body) for key in self.keys]
+        if not any_match(expected, [decode_hex(given)]):
+            raise SignatureError("signature does not match")
+
+    def identify(self, request: InboundRequest) -> Identity:
+        return Identity(None, body_field(request, "triggerType") or "unknown")
