@@ -22,9 +22,13 @@ with atheris.instrument_imports():
     from bridge.ingest.routing import envelope
 
 SECRETS = {"standard": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+           "clerk": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+           "resend": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+           "airtable": "ZnV6ei1tYWMtc2VjcmV0LWJ5dGVz",
            "discord": "d" * 64, "sendgrid": None}
 OPTIONS = {"hmac": {"header": "x-sig", "signed": "{timestamp}.{body}",
-                    "timestamp_header": "x-ts"}}
+                    "timestamp_header": "x-ts"},
+           "meta": {"verify_token": "fuzz-verify-token"}}
 HEADERS = ["x-hub-signature-256", "stripe-signature", "webhook-id", "webhook-timestamp",
            "webhook-signature", "x-slack-signature", "x-slack-request-timestamp",
            "paddle-signature", "x-twilio-signature", "x-zm-signature", "x-zm-request-timestamp",
@@ -33,7 +37,14 @@ HEADERS = ["x-hub-signature-256", "stripe-signature", "webhook-id", "webhook-tim
            "x-hubspot-signature-v3", "x-hubspot-request-timestamp", "x-gitlab-token",
            "x-pagerduty-signature", "typeform-signature", "x-hub-signature", "x-sig", "x-ts",
            "linear-signature", "x-shopify-hmac-sha256", "x-square-hmacsha256-signature",
-           "x-twilio-email-event-webhook-signature", "x-twilio-email-event-webhook-timestamp"]
+           "x-twilio-email-event-webhook-signature", "x-twilio-email-event-webhook-timestamp",
+           "x-dropbox-signature", "authorization", "x-razorpay-signature", "workos-signature",
+           "x-cc-webhook-signature", "box-signature-primary", "box-delivery-timestamp",
+           "x-vercel-signature", "sentry-hook-signature", "x-signature",
+           "calendly-webhook-signature", "mux-signature", "x-zendesk-webhook-signature",
+           "x-zendesk-webhook-signature-timestamp", "x-webflow-signature",
+           "x-webflow-timestamp", "x-docusign-signature-1", "x-airtable-content-mac",
+           "x-trello-webhook", "x-telegram-bot-api-secret-token", "x-hook-signature"]
 
 
 def verifiers() -> list[object]:
