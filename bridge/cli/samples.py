@@ -146,6 +146,14 @@ def _box_uploaded(delivery: str, now: int) -> dict[str, Any]:
                                                    "name": "report.pdf"}}
 
 
+def _simple(document: dict[str, Any]) -> Body:
+    """A sample that is the same document each time, with the delivery id where it names one."""
+    def build(delivery: str, now: int) -> dict[str, Any]:
+        built: dict[str, Any] = json.loads(json.dumps(document).replace("{delivery}", delivery))
+        return built
+    return build
+
+
 SAMPLES: dict[str, dict[str, Body]] = {
     "github": {"push": _github_push, "pull_request.opened": _github_pull_request,
                "issues.opened": _github_issues},
@@ -174,6 +182,31 @@ SAMPLES: dict[str, dict[str, Body]] = {
     "workos": {"user.created": _workos_user_created},
     "coinbase-commerce": {"charge:confirmed": _coinbase_charge},
     "box": {"FILE.UPLOADED": _box_uploaded},
+    "vercel": {"deployment.succeeded": _simple({
+        "id": "{delivery}", "type": "deployment.succeeded",
+        "payload": {"deployment": {"url": "web-7d1f.vercel.app"}, "target": "production"}})},
+    "lemonsqueezy": {"order_created": _simple({
+        "meta": {"event_name": "order_created"},
+        "data": {"type": "orders", "id": "1", "attributes": {"total": 999, "status": "paid"}}})},
+    "calendly": {"invitee.created": _simple({
+        "event": "invitee.created", "payload": {"email": "ada@example.com",
+                                                "name": "Ada Lovelace", "status": "active"}})},
+    "mux": {"video.asset.ready": _simple({
+        "id": "{delivery}", "type": "video.asset.ready",
+        "data": {"id": "asset-01", "status": "ready", "duration": 23.4}})},
+    "zendesk": {"zen:event-type:ticket.created": _simple({
+        "id": "{delivery}", "type": "zen:event-type:ticket.created",
+        "detail": {"id": "35436", "subject": "Help, my printer is on fire"}})},
+    "webflow": {"form_submission": _simple({
+        "triggerType": "form_submission",
+        "payload": {"name": "Contact", "data": {"email": "ada@example.com"}}})},
+    "docusign": {"envelope-completed": _simple({
+        "event": "envelope-completed", "data": {"envelopeId": "{delivery}"}})},
+    "trello": {"updateCard": _simple({
+        "action": {"id": "{delivery}", "type": "updateCard",
+                   "data": {"card": {"name": "Ship the release"}}}})},
+    "telegram": {"message": _simple({
+        "update_id": 912345678, "message": {"message_id": 1, "text": "/deploy api"}})},
 }
 
 

@@ -90,6 +90,45 @@ def box(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
 SIGNERS["box"] = box
 
 
+def _t_v1(header: str) -> Callable[[bytes, str, int, str], dict[str, str]]:
+    def sign(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+        return {header: f"t={now},v1=" + _hex(secret, f"{now}.".encode() + body)}
+
+    return sign
+
+
+def zendesk(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"X-Zendesk-Webhook-Signature": _b64(secret.encode(), stamp.encode() + body),
+            "X-Zendesk-Webhook-Signature-Timestamp": stamp}
+
+
+def webflow(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+    millis = str(now * 1000)
+    return {"x-webflow-timestamp": millis,
+            "x-webflow-signature": _hex(secret, millis.encode() + b":" + body)}
+
+
+def trello(body: bytes, secret: str, now: int, url: str) -> dict[str, str]:
+    return {"X-Trello-Webhook": _b64(secret.encode(), body + url.split("?", 1)[0].encode(),
+                                     "sha1")}
+
+
+SIGNERS.update({
+    "vercel": _prefixed("x-vercel-signature", "", "sha1"),
+    "sentry": _prefixed("Sentry-Hook-Signature", ""),
+    "lemonsqueezy": _prefixed("X-Signature", ""),
+    "calendly": _t_v1("Calendly-Webhook-Signature"),
+    "mux": _t_v1("Mux-Signature"),
+    "zendesk": zendesk, "webflow": webflow, "trello": trello,
+    "docusign": lambda body, secret, now, url: {
+        "X-DocuSign-Signature-1": _b64(secret.encode(), body)},
+    "telegram": lambda body, secret, now, url: {"X-Telegram-Bot-Api-Secret-Token": secret},
+})
+
+
 def _event(body: bytes, default: str) -> str:
     try:
         data = json.loads(body)

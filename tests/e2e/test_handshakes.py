@@ -291,7 +291,8 @@ def test_a_get_is_answered_only_for_a_provider_that_checks_with_one(bridge: Brid
 
 @pytest.mark.parametrize(("source", "event"), [
     ("wa", "whatsapp_business_account.messages"), ("box", "list_folder"),
-    ("okta", "user.session.start"), ("clerk", "user.created"), ("resend", "email.delivered")])
+    ("okta", "user.session.start"), ("clerk", "user.created"), ("resend", "email.delivered"),
+    ("trello", "updateCard"), ("tg", "message")])
 def test_bridge_trigger_signs_a_sample_for_each(bridge: Bridge, source: str, event: str) -> None:
     sent = run_cli("trigger", source, event, "--config", str(bridge.config_path),
                    "--url", bridge.url, "--wait", "0")

@@ -329,3 +329,16 @@ def test_signed_as_documented_and_refused_otherwise(no_sdk: Bridge, index: int) 
     if source in ("calendly", "mux", "zendesk", "webflow"):  # signed time: stale is refused
         _, _, old, _, _ = signed_cases(now - 3600)[index]
         assert no_sdk.post(f"/hooks/{source}", body, old).status_code == 401
+
+
+@pytest.mark.parametrize(("source", "event"), [
+    ("vercel", "deployment.succeeded"), ("lemon", "order_created"),
+    ("calendly", "invitee.created"), ("mux", "video.asset.ready"),
+    ("zendesk", "zen:event-type:ticket.created"), ("webflow", "form_submission"),
+    ("docusign", "envelope-completed")])
+def test_bridge_trigger_signs_a_sample_for_the_others(no_sdk: Bridge, source: str,
+                                                      event: str) -> None:
+    sent = run_cli("trigger", source, event, "--config", str(no_sdk.config_path),
+                   "--url", no_sdk.url, "--wait", "0")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "-> 202, accepted as event" in sent.stdout
