@@ -188,6 +188,12 @@ def configure(fmt: str = "json", secrets: Iterable[str] = (), level: str = "info
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    tune_libraries()
+
+
+def tune_libraries() -> None:
+    """uvicorn's lines through the root handler, no access lines, and only warnings from the
+    HTTP client and aiosqlite: the same for every handler `configure` (or a test) installs."""
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True

@@ -228,29 +228,31 @@ class Inbound:
                                      "accept_handshake = true on it while registering the "
                                      "webhook, then remove it")
             await self.store.learn_secret(name, offered, now)
-            self.secrets_learned[name] = offered
-            logs.REDACTOR.set_secrets({*logs.REDACTOR.secrets, offered})
+            self.remember_secret(name, offered)
             log.warning("secret learned in a handshake", extra={"source": name})
             return raw_answer(200, b"", {"x-hook-secret": offered})
-        for fresh in (False, True):
-            secret = None if fresh else self.secrets_learned.get(name)
-            if secret is None:
-                secret = await self.store.learned_secret(name)
-                if secret is not None:
-                    self.secrets_learned[name] = secret
-                    logs.REDACTOR.set_secrets({*logs.REDACTOR.secrets, secret})
-            keys = [*provider.keys, *([secret.encode()] if secret else [])]
-            if not keys:
-                raise SignatureError("no secret yet: this source learns it in the provider's "
-                                     "handshake (set accept_handshake = true, then register "
-                                     "the webhook)")
+        cached = self.secrets_learned.get(name)
+        if cached is not None:
             try:
-                provider.verify_learned(inbound, keys)
+                provider.verify_learned(inbound, [*provider.keys, cached.encode()])
                 return None
             except SignatureError:
-                if fresh:
-                    raise
+                pass  # another replica may have learned a new one: read it once
+        secret = await self.store.learned_secret(name)
+        if secret is not None:
+            self.remember_secret(name, secret)
+        keys = [*provider.keys, *([secret.encode()] if secret else [])]
+        if not keys:
+            raise SignatureError("no secret yet: this source learns it in the provider's "
+                                 "handshake (set accept_handshake = true, then register "
+                                 "the webhook)")
+        provider.verify_learned(inbound, keys)
         return None
+
+    def remember_secret(self, name: str, secret: str) -> None:
+        """A learned secret, cached for the next events and masked in every log line."""
+        self.secrets_learned[name] = secret
+        logs.REDACTOR.set_secrets({*logs.REDACTOR.secrets, secret})
 
     def answers_get(self, path: str) -> bool:
         provider = self.runtime.providers.get(path[path.rindex("/") + 1:])

@@ -63,12 +63,7 @@ class ChannelJobs(ExecutionJobs):
                 (channel, agent, address, now, now))
             done = 0
             for start in range(0, len(acked), 500):
-                chunk = dict(acked[start:start + 500])
-                held = [row[0] for row in conn.execute(
-                    "SELECT id, created_at FROM deliveries WHERE channel = {p} AND status = {p}"
-                    f" AND lease_owner = {{p}} AND id IN ({placeholders(len(chunk))})",
-                    (channel, DeliveryStatus.LEASED, owner, *chunk)).fetchall()
-                    if row[1] == chunk[row[0]]]
+                held = leases_held(conn, channel, owner, acked[start:start + 500])
                 if held:
                     done += conn.execute(
                         "UPDATE deliveries SET status = {p}, lease_until = {p},"
@@ -81,12 +76,7 @@ class ChannelJobs(ExecutionJobs):
                              (max(a[0] for a in acked), done, channel, agent))
             ignored = len(acked) - done  # acks that answered no lease of this agent
             for start in range(0, len(refused), 500):
-                given = dict(refused[start:start + 500])
-                mine = [row[0] for row in conn.execute(
-                    "SELECT id, created_at FROM deliveries WHERE channel = {p} AND status = {p}"
-                    f" AND lease_owner = {{p}} AND id IN ({placeholders(len(given))})",
-                    (channel, DeliveryStatus.LEASED, owner, *given)).fetchall()
-                    if row[1] == given[row[0]]]
+                mine = leases_held(conn, channel, owner, refused[start:start + 500])
                 if mine:
                     conn.execute(
                         "UPDATE deliveries SET status = {p}, lease_owner = NULL,"
@@ -282,3 +272,15 @@ class ChannelJobs(ExecutionJobs):
                 "SELECT value FROM meta WHERE key = 'instance_id'").fetchone()[0])
 
         return await self._write(job)
+
+
+def leases_held(conn: Session, channel: str, owner: str,
+                named: Sequence[tuple[str, float]]) -> list[str]:
+    """Of the (delivery id, generation) pairs an agent named, the deliveries it really holds:
+    leased to it, on this channel, of that generation. An ack or a refusal counts only there."""
+    given = dict(named)
+    return [row[0] for row in conn.execute(
+        "SELECT id, created_at FROM deliveries WHERE channel = {p} AND status = {p}"
+        f" AND lease_owner = {{p}} AND id IN ({placeholders(len(given))})",
+        (channel, DeliveryStatus.LEASED, owner, *given)).fetchall()
+        if row[1] == given[row[0]]]

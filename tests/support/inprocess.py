@@ -16,10 +16,15 @@ import contextvars
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from bridge.core.logs import JsonFormatter, LineHandler, Redactor, TextFormatter
+from bridge.core.logs import (
+    JsonFormatter,
+    LineHandler,
+    Redactor,
+    TextFormatter,
+    tune_libraries,
+)
 from tests.support.harness import Bridge
 
 _CURRENT: contextvars.ContextVar[logging.Handler | None] = contextvars.ContextVar(
@@ -54,12 +59,7 @@ def _install_router(level: int) -> None:
         logging.logProcesses = False
         logging.logMultiprocessing = False
         root.addHandler(_ROUTER)
-        for name in ("uvicorn", "uvicorn.error"):
-            logging.getLogger(name).handlers = []
-            logging.getLogger(name).propagate = True
-        logging.getLogger("uvicorn.access").disabled = True
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+        tune_libraries()
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
 
@@ -157,6 +157,3 @@ class InProcessBridge(Bridge):
         """The fixture's end of a test: stopped, whatever state it is in."""
         if self.running():
             self.terminate(30)
-
-    def logs(self) -> str:
-        return Path(self.log_path).read_text(errors="replace") if self.log_path.exists() else ""

@@ -130,10 +130,7 @@ class Okta(Provider):
 
     def verify(self, request: InboundRequest, now: float) -> None:
         given = self.require(request, self.header).encode()
-        found = False
-        for key in self.keys:  # every secret compared, whatever matched
-            found |= hmac.compare_digest(given, key)
-        if not found:
+        if not any_match(self.keys, [given]):
             raise SignatureError("token does not match")
 
     def identify(self, request: InboundRequest) -> Identity:
@@ -163,10 +160,7 @@ class MicrosoftGraph(Provider):
             state = item.get("clientState") if isinstance(item, dict) else None
             if not isinstance(state, str):
                 raise SignatureError("missing the notifications' clientState")
-            found = False
-            for key in self.keys:  # every configured clientState compared
-                found |= hmac.compare_digest(state.encode(), key)
-            if not found:
+            if not any_match(self.keys, [state.encode()]):  # every clientState compared
                 raise SignatureError("clientState does not match")
 
     def handshake(self, request: InboundRequest) -> tuple[int, dict[str, str], bytes] | None:
@@ -203,7 +197,7 @@ class Asana(Provider):
             provided = bytes.fromhex(given)
         except ValueError:
             raise SignatureError("signature does not match") from None
-        expected = [hmac.new(key, request.body, "sha256").digest() for key in learned]
+        expected = [sign(key, request.body) for key in learned]
         if not any_match(expected, [provided]):
             raise SignatureError("signature does not match")
 
@@ -247,10 +241,7 @@ class Telegram(Provider):
 
     def verify(self, request: InboundRequest, now: float) -> None:
         given = self.require(request, "x-telegram-bot-api-secret-token").encode()
-        found = False
-        for key in self.keys:  # every secret compared, whatever matched
-            found |= hmac.compare_digest(given, key)
-        if not found:
+        if not any_match(self.keys, [given]):
             raise SignatureError("token does not match")
 
     def identify(self, request: InboundRequest) -> Identity:
