@@ -8,6 +8,7 @@ the body and every header the provider would send: signature, event type, delive
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -154,6 +155,13 @@ def _simple(document: dict[str, Any]) -> Body:
     return build
 
 
+def _telegram_message(delivery: str, now: int) -> dict[str, Any]:
+    # update_id is Telegram's delivery id, an integer: a new one per sample, as Telegram does.
+    update_id = int.from_bytes(hashlib.sha256(delivery.encode()).digest()[:4], "big")
+    return {"update_id": update_id, "message": {"message_id": 1, "date": now,
+                                                "text": "/deploy api"}}
+
+
 SAMPLES: dict[str, dict[str, Body]] = {
     "github": {"push": _github_push, "pull_request.opened": _github_pull_request,
                "issues.opened": _github_issues},
@@ -187,9 +195,10 @@ SAMPLES: dict[str, dict[str, Body]] = {
         "payload": {"deployment": {"url": "web-7d1f.vercel.app"}, "target": "production"}})},
     "lemonsqueezy": {"order_created": _simple({
         "meta": {"event_name": "order_created"},
-        "data": {"type": "orders", "id": "1", "attributes": {"total": 999, "status": "paid"}}})},
+        "data": {"type": "orders", "id": "{delivery}",
+                 "attributes": {"total": 999, "status": "paid"}}})},
     "calendly": {"invitee.created": _simple({
-        "event": "invitee.created", "payload": {"email": "ada@example.com",
+        "event": "invitee.created", "payload": {"uri": "{delivery}", "email": "ada@example.com",
                                                 "name": "Ada Lovelace", "status": "active"}})},
     "mux": {"video.asset.ready": _simple({
         "id": "{delivery}", "type": "video.asset.ready",
@@ -199,14 +208,14 @@ SAMPLES: dict[str, dict[str, Body]] = {
         "detail": {"id": "35436", "subject": "Help, my printer is on fire"}})},
     "webflow": {"form_submission": _simple({
         "triggerType": "form_submission",
-        "payload": {"name": "Contact", "data": {"email": "ada@example.com"}}})},
+        "payload": {"name": "Contact", "id": "{delivery}",
+                    "data": {"email": "ada@example.com"}}})},
     "docusign": {"envelope-completed": _simple({
         "event": "envelope-completed", "data": {"envelopeId": "{delivery}"}})},
     "trello": {"updateCard": _simple({
         "action": {"id": "{delivery}", "type": "updateCard",
                    "data": {"card": {"name": "Ship the release"}}}})},
-    "telegram": {"message": _simple({
-        "update_id": 912345678, "message": {"message_id": 1, "text": "/deploy api"}})},
+    "telegram": {"message": _telegram_message},
 }
 
 
